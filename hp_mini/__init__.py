@@ -1,0 +1,64 @@
+"""hp_mini: Head Pursuit in miniature.
+
+The pipeline, one module a step::
+
+    models       load_model                      a model and its tokenizer
+    heads        attention_heads                 where each layer's heads are
+    activations  record_heads -> HeadActivations what each head writes, pooled per prompt
+    dictionary   unembedding_dictionary          directions that decode to tokens; concept word lists
+    pursuit      somp, omp, matching_pursuit     sparse codes of signals in a dictionary
+    ranking      rank_heads, random_heads_like   heads ranked for a concept, and random controls
+    editing      scale_heads                     scale chosen heads during forward passes
+    generation   generate                        greedy text, with or without edits
+"""
+
+from __future__ import annotations
+
+import os as _os
+
+import torch as _torch
+
+from .activations import HeadActivations, HeadMoments, record_heads
+from .dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
+from .editing import scale_heads
+from .generation import generate
+from .heads import LayerHeads, attention_heads, head_label, register_architecture
+from .models import DEFAULT_MODEL, ModelNotAvailableError, cache_dir, load_model, register_model
+from .pursuit import PursuitResult, matching_pursuit, omp, somp
+from .ranking import HeadRanking, pursue_heads, random_heads_like, rank_heads
+
+# A small CPU box gets its cores' worth of threads, not more (set OMP_NUM_THREADS to override).
+if "OMP_NUM_THREADS" not in _os.environ:
+    _cores = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
+    _torch.set_num_threads(max(1, min(_torch.get_num_threads(), _cores)))
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Dictionary",
+    "HeadActivations",
+    "HeadMoments",
+    "HeadRanking",
+    "LayerHeads",
+    "ModelNotAvailableError",
+    "PursuitResult",
+    "attention_heads",
+    "cache_dir",
+    "concept_names",
+    "concept_words",
+    "generate",
+    "head_label",
+    "load_model",
+    "matching_pursuit",
+    "omp",
+    "pursue_heads",
+    "random_heads_like",
+    "rank_heads",
+    "record_heads",
+    "register_architecture",
+    "register_model",
+    "scale_heads",
+    "somp",
+    "unembedding_dictionary",
+]

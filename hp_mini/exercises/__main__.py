@@ -1,0 +1,109 @@
+"""Exercises on the command line, for instructors.
+
+    python -m hp_mini.exercises student book/03_pursuing_heads.md -o 03_pursuing_heads.ipynb
+    python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--json] [--timeout 600]
+    python -m hp_mini.exercises assignment --write   # refresh the list in book/assignment.md
+    python -m hp_mini.exercises list                 # every exercise and its checker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _student(args) -> int:
+    import nbformat
+
+    from ._notebooks import student_notebook
+
+    sources = [Path(s) for s in args.sources]
+    out = Path(args.output)
+    if len(sources) > 1 or out.suffix != ".ipynb":
+        out.mkdir(parents=True, exist_ok=True)
+        targets = [out / f"{s.stem}.ipynb" for s in sources]
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        targets = [out]
+    for source, target in zip(sources, targets):
+        nb = student_notebook(source)
+        nbformat.validate(nb)
+        nbformat.write(nb, target)
+        print(f"{source} -> {target} ({len(nb.cells)} cells, solutions removed)")
+    return 0
+
+
+def _grade(args) -> int:
+    from ._grading import grade_notebook
+
+    reports = [grade_notebook(p, timeout=args.timeout, kernel_name=args.kernel) for p in args.notebooks]
+    if args.json:
+        print(json.dumps([json.loads(r.to_json()) for r in reports], indent=2, ensure_ascii=False))
+    else:
+        for r in reports:
+            print(r)
+            for err in r.errors:
+                print(f"  note: {err}")
+    return 0
+
+
+def _assignment(args) -> int:
+    from ._assignment import update_assignment
+
+    ok, new = update_assignment(args.root, write=args.write)
+    if args.write:
+        print("book/assignment.md is up to date" if ok else "book/assignment.md rewritten")
+        return 0
+    if args.check:
+        if not ok:
+            print("book/assignment.md is out of date: run `python -m hp_mini.exercises assignment --write`", file=sys.stderr)
+            return 1
+        print("book/assignment.md is up to date")
+        return 0
+    print(new)
+    return 0
+
+
+def _list(args) -> int:
+    from . import exercises
+
+    for name in exercises():
+        print(name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hp_mini.exercises", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("student", help="make the student version of chapters (no solutions, no outputs)")
+    p.add_argument("sources", nargs="+", help="chapter sources (.md) or notebooks (.ipynb)")
+    p.add_argument("-o", "--output", required=True, help="an .ipynb file (one source) or a folder")
+    p.set_defaults(run=_student)
+
+    p = sub.add_parser("grade", help="run students' notebooks without solutions and score each exercise")
+    p.add_argument("notebooks", nargs="+")
+    p.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.set_defaults(run=_grade)
+
+    p = sub.add_parser("assignment", help="the generated exercise list of book/assignment.md")
+    p.add_argument("--root", default=".", help="the book's root (with _toc.yml)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--write", action="store_true", help="rewrite book/assignment.md")
+    group.add_argument("--check", action="store_true", help="exit 1 when book/assignment.md is out of date")
+    p.set_defaults(run=_assignment)
+
+    p = sub.add_parser("list", help="the names of all exercises that have a checker")
+    p.set_defaults(run=_list)
+
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""Rank attention heads for a concept, and draw random control sets.
+
+:func:`pursue_heads` runs SOMP on every recorded head; :func:`rank_heads` scores
+each head for a dictionary (by the EVR its SOMP reaches, or by the mean logit
+the logit lens gives) and sorts them; :func:`random_heads_like` draws the
+paper's control: random heads with the same count per layer as a selection,
+disjoint from it.
+
+Heads are processed in batches that share every dictionary product, and each
+head is handled in its ``d_head`` coordinates (``X = Z W_O^T``), so the only
+``d_model``-wide work is the dictionary products themselves. With
+``criterion="l2"`` only the heads' second moments are used, so activations
+recorded with ``record_heads(..., store="moments")`` are enough.
+
+Example
+-------
+>>> import hp_mini
+>>> model, tokenizer = hp_mini.load_model()                                    # doctest: +SKIP
+>>> acts = hp_mini.record_heads(model, tokenizer, texts)                       # doctest: +SKIP
+>>> countries = hp_mini.unembedding_dictionary(model, tokenizer, hp_mini.concept_words("countries"))  # doctest: +SKIP
+>>> ranking = hp_mini.rank_heads(acts, countries, n_atoms=20)                   # doctest: +SKIP
+>>> ranking.to_frame().head(3)                                                 # doctest: +SKIP
+>>> controls = hp_mini.random_heads_like(ranking.top(8), acts)                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .activations import HeadActivations
+from .dictionary import Dictionary, as_dictionary
+from .heads import head_label
+from .pursuit import PursuitResult, _check_criterion, _check_finite, _check_n_atoms, _finish, _Head, _pursue
+
+__all__ = ["HeadRanking", "pursue_heads", "random_heads_like", "rank_heads"]
+
+Head = tuple[int, int]
+
+
+def _bar(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="head", leave=False)
+
+
+def pursue_heads(
+    acts: HeadActivations,
+    dictionary: Dictionary | torch.Tensor,
+    *,
+    n_atoms: int = 50,
+    criterion: Literal["l1", "l2"] = "l1",
+    center: bool = True,
+    heads: Sequence[Head] | None = None,
+    batch_heads: int = 90,
+    dtype: torch.dtype = torch.float64,
+    progress: bool = True,
+) -> dict[Head, PursuitResult]:
+    """Run :func:`somp` on every recorded head's contributions.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        From :func:`record_heads`. ``criterion="l1"`` needs the per-prompt
+        outputs (``store="samples"``); ``"l2"`` also runs from
+        ``store="moments"``.
+    dictionary : Dictionary or Tensor ``[v, d_model]``
+        The atoms.
+    n_atoms : int, default 50
+        SOMP steps per head.
+    criterion : {"l1", "l2"}, default "l1"
+        See :func:`somp`.
+    center : bool, default True
+        Centre each head's contributions over the prompts.
+    heads : list of (layer, head), optional
+        Only these heads (default: all, layer-major).
+    batch_heads : int, default 90
+        Heads advanced together; they share every dictionary product.
+    dtype : torch.dtype, default torch.float64
+        Precision of the computation.
+    progress : bool, default True
+        Show a progress bar over heads.
+
+    Returns
+    -------
+    dict of (layer, head) to PursuitResult
+        Same as ``somp(acts.head(layer, head), dictionary, ...)`` for each head.
+        ``coefficients`` is None for activations holding moments only.
+    """
+    _check_criterion(criterion)
+    dic = as_dictionary(dictionary)
+    if dic.d_model != acts.d_model:
+        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
+    _check_n_atoms(n_atoms, len(dic))
+    if criterion == "l1" and acts.z is None:
+        raise ValueError(
+            "criterion='l1' needs every prompt's head outputs, but these activations hold only moments "
+            "(store='moments'); use criterion='l2' or record with store='samples'"
+        )
+    if batch_heads < 1:
+        raise ValueError(f"batch_heads must be at least 1, got {batch_heads}")
+    todo = list(acts.heads) if heads is None else [tuple(h) for h in heads]
+    D = dic.atoms.to(dtype)
+    _check_finite("the dictionary", D)
+
+    results: dict[Head, PursuitResult] = {}
+    warned: list[str] = []
+    bar = _bar(len(todo), progress, f"SOMP ({criterion})")
+    try:
+        for start in range(0, len(todo), batch_heads):
+            chunk = todo[start : start + batch_heads]
+            problems, zs, means = [], [], []
+            for layer, head in chunk:
+                n, mean, M = acts.head_moments(layer, head)
+                W = acts.W_O[acts._index(layer), head].to(dtype)
+                Z = None
+                if acts.z is not None:
+                    Z = acts.z[:, acts._index(layer), head].to(dtype)
+                    _check_finite(f"the outputs of {head_label(layer, head)}", Z)
+                    if center:
+                        Z = Z - Z.mean(0)
+                    M = Z.T @ Z
+                elif not center:
+                    M = M + n * torch.outer(mean, mean)
+                _check_finite(f"the moments of {head_label(layer, head)}", M)
+                problems.append(_Head(W=W, M=M.to(dtype), Z=Z, n=n, name=head_label(layer, head)))
+                zs.append(Z)
+                means.append((W @ mean.to(dtype)) if center else None)
+            raws = _pursue(D, problems, n_atoms=n_atoms, criterion=criterion, on_warning=warned.append)
+            for (layer, head), raw, Z, mean in zip(chunk, raws, zs, means):
+                results[(layer, head)] = _finish(
+                    raw, dic.labels, Z=Z, criterion=criterion, mean=mean, out_dtype=torch.float32
+                )
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if warned:
+        shown = "; ".join(warned[:5]) + (f"; and {len(warned) - 5} more" if len(warned) > 5 else "")
+        warnings.warn(shown, RuntimeWarning, stacklevel=2)
+    return results
+
+
+@dataclass
+class HeadRanking:
+    """Heads sorted from best to worst for a dictionary.
+
+    Attributes
+    ----------
+    heads : list of (layer, head)
+        Best first.
+    scores : Tensor ``[n_heads]``
+        Their scores, in the same order.
+    method : str
+        ``"somp"`` (score: EVR after ``n_atoms`` steps) or ``"logit_lens"``
+        (score: mean logit given to the dictionary's tokens).
+    results : dict of (layer, head) to PursuitResult, or None
+        The pursuit of every head (``method="somp"``).
+    """
+
+    heads: list[Head]
+    scores: torch.Tensor
+    method: str
+    results: dict[Head, PursuitResult] | None = None
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def top(self, k: int) -> list[Head]:
+        """The ``k`` best heads."""
+        if not 0 <= k <= len(self.heads):
+            raise ValueError(f"k must be between 0 and {len(self.heads)}, got {k}")
+        return self.heads[:k]
+
+    def to_frame(self, *, n_labels: int = 5):
+        """A table, best first: rank, ``L{layer}H{head}`` label, layer, head, score
+        and, for SOMP, the first ``n_labels`` atoms by coefficient norm."""
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            {
+                "rank": range(1, len(self.heads) + 1),
+                "head": [head_label(layer, head) for layer, head in self.heads],
+                "layer": [layer for layer, _ in self.heads],
+                "index": [head for _, head in self.heads],
+                "score": self.scores.tolist(),
+            }
+        )
+        if self.results is not None and n_labels:
+            frame["atoms"] = [", ".join(self.results[h].ordered_labels[:n_labels]) for h in self.heads]
+        return frame.set_index("rank")
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{head_label(*h)} ({float(s):.3f})" for h, s in zip(self.heads[:3], self.scores[:3]))
+        return f"HeadRanking(method={self.method!r}, {len(self)} heads, best: {best})"
+
+
+def rank_heads(
+    acts: HeadActivations,
+    dictionary: Dictionary | torch.Tensor,
+    *,
+    method: Literal["somp", "logit_lens"] = "somp",
+    n_atoms: int = 50,
+    criterion: Literal["l1", "l2"] = "l1",
+    progress: bool = True,
+    **options,
+) -> HeadRanking:
+    """Rank every recorded head for a dictionary, best first.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        From :func:`record_heads`.
+    dictionary : Dictionary or Tensor ``[v, d_model]``
+        Usually a concept dictionary (:func:`unembedding_dictionary` with words).
+    method : {"somp", "logit_lens"}, default "somp"
+        ``"somp"``: the score is the EVR after ``n_atoms`` SOMP steps (Head
+        Pursuit). ``"logit_lens"``: the mean, over prompts and over the
+        dictionary's atoms, of the logit ``d_j . x_h`` the head's contribution
+        gives (uncentred).
+    n_atoms : int, default 50
+        SOMP steps (capped at the dictionary's size, with a warning).
+    criterion : {"l1", "l2"}, default "l1"
+        SOMP criterion.
+    progress : bool, default True
+        Show a progress bar over heads.
+    **options
+        Passed on to :func:`pursue_heads` (``center``, ``batch_heads``, ``dtype``).
+
+    Returns
+    -------
+    HeadRanking
+    """
+    dic = as_dictionary(dictionary)
+    if dic.d_model != acts.d_model:
+        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
+    if method == "somp":
+        if n_atoms > len(dic):
+            warnings.warn(
+                f"n_atoms={n_atoms} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            n_atoms = len(dic)
+        results = pursue_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, progress=progress, **options)
+        heads = list(results)
+        scores = torch.tensor([float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in heads])
+    elif method == "logit_lens":
+        results = None
+        heads = list(acts.heads)
+        atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
+        m = acts.moments
+        if acts.z is not None:
+            zbar = acts.z.double().mean(0)  # [L, H, dh]
+        else:
+            zbar = m.sum / m.count  # type: ignore[union-attr]
+        xbar = torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)  # mean contribution per head
+        per_head = xbar @ atom_mean  # [L, H]
+        scores = torch.tensor([float(per_head[acts._index(layer), head]) for layer, head in heads])
+    else:
+        raise ValueError(f"method must be 'somp' or 'logit_lens', got {method!r}")
+    order = torch.argsort(scores, descending=True, stable=True)
+    return HeadRanking([heads[int(i)] for i in order], scores[order].float(), method, results)
+
+
+def random_heads_like(
+    selected: Sequence[Head],
+    acts: HeadActivations | Sequence[Head],
+    *,
+    n_draws: int = 10,
+    seed: int = 0,
+) -> list[list[Head]]:
+    """Random control sets matching a selection layer by layer.
+
+    Parameters
+    ----------
+    selected : list of (layer, head)
+        The selected heads.
+    acts : HeadActivations or list of (layer, head)
+        The heads to draw from (all recorded heads).
+    n_draws : int, default 10
+        Number of control sets.
+    seed : int, default 0
+        Seed of the draws (reproducible).
+
+    Returns
+    -------
+    list of ``n_draws`` lists of (layer, head)
+        Each has the same number of heads in every layer as ``selected``, none
+        of them in ``selected``; sorted.
+
+    Examples
+    --------
+    >>> import hp_mini
+    >>> pool = [(layer, head) for layer in range(3) for head in range(4)]
+    >>> draws = hp_mini.random_heads_like([(0, 1), (2, 0), (2, 3)], pool, n_draws=2)
+    >>> [sorted(layer for layer, _ in d) for d in draws]
+    [[0, 2, 2], [0, 2, 2]]
+    """
+    pool = list(acts.heads) if isinstance(acts, HeadActivations) else [tuple(h) for h in acts]
+    chosen = {tuple(h) for h in selected}
+    unknown = chosen - set(pool)
+    if unknown:
+        raise ValueError(f"selected heads {sorted(unknown)} are not among the available heads")
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    per_layer: dict[int, int] = {}
+    for layer, _ in chosen:
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    free = {layer: sorted(h for h in pool if h[0] == layer and h not in chosen) for layer in per_layer}
+    for layer, count in per_layer.items():
+        if len(free[layer]) < count:
+            raise ValueError(
+                f"layer {layer} has {count} selected heads but only {len(free[layer])} others to draw from"
+            )
+    rng = random.Random(seed)
+    return [
+        sorted(h for layer in sorted(per_layer) for h in rng.sample(free[layer], per_layer[layer]))
+        for _ in range(n_draws)
+    ]

@@ -1,0 +1,334 @@
+"""``shapes-vlm``: a small LLaVA trained from scratch on synthetic shape scenes.
+
+The model is transformers' own :class:`~transformers.LlavaForConditionalGeneration`:
+a CLIP vision tower (:class:`~transformers.CLIPVisionConfig`, 48x48 images in
+8x8 patches, so 36 image tokens), LLaVA's two-layer projector, and a
+Llama language model (:class:`~transformers.LlamaConfig`) over a word-level
+vocabulary of a few dozen words. The processor is a real
+:class:`~transformers.LlavaProcessor`, so ``"<image>"`` in a prompt expands to
+the 36 image-token placeholders exactly as it does for LLaVA checkpoints.
+
+Pretrained weights cannot be downloaded here, and SmolLM2 as the language
+model would not train in a few CPU minutes, so the first call of
+``hp_mini.load_model("shapes-vlm")`` trains this model on CPU (seeded, a few
+minutes) and caches it under :func:`hp_mini.models.cache_dir`; later calls
+load the cache in about a second.
+
+The model answers two kinds of prompt:
+
+- ``caption_prompt()`` -> ``"<image> describe the image ."`` is answered with a
+  caption such as ``"three small red circles on the left"``;
+- ``question_prompt(q)`` -> ``"<image> " + q`` is answered with one word, for
+  the questions of :data:`hp_mini.vision.shapes.QUESTIONS`.
+
+Example
+-------
+>>> import hp_mini
+>>> from hp_mini.vision import shapes_dataset, caption_prompt
+>>> model, processor = hp_mini.load_model("shapes-vlm")          # doctest: +SKIP
+>>> ds = shapes_dataset(2, seed=1)
+>>> hp_mini.generate(model, processor, [caption_prompt()] * 2, images=ds["image"],
+...                  max_new_tokens=8)                              # doctest: +SKIP
+['three small red circles on the left', ...]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models import cache_dir, register_model, write_atomically
+from . import shapes
+
+__all__ = [
+    "CAPTION_PROMPT",
+    "IMAGE_TOKEN",
+    "TRAINING",
+    "build_processor",
+    "build_tokenizer",
+    "build_vlm",
+    "caption_prompt",
+    "load_shapes_vlm",
+    "question_prompt",
+    "train_shapes_vlm",
+]
+
+IMAGE_TOKEN = "<image>"
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+CAPTION_PROMPT = f"{IMAGE_TOKEN} describe the image ."
+PATCH_SIZE = 8
+
+# Everything that determines the trained weights; its hash names the cache folder.
+TRAINING: dict[str, object] = {
+    "seed": 0,
+    "train_scenes": 6000,
+    "scene_seed": 1000,  # held-out evaluations use other seeds
+    "steps": 1200,
+    "batch_size": 48,
+    "lr": 3e-3,
+    "warmup": 60,
+    "weight_decay": 0.01,
+    "caption_fraction": 0.4,
+    "vision": {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 4},
+    "text": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 8},
+}
+
+
+def caption_prompt() -> str:
+    """The prompt the model answers with a caption."""
+    return CAPTION_PROMPT
+
+
+def question_prompt(question: str) -> str:
+    """The prompt the model answers with a one-word answer to ``question``."""
+    return f"{IMAGE_TOKEN} {question}"
+
+
+def _words() -> list[str]:
+    extra = CAPTION_PROMPT.replace(IMAGE_TOKEN, "").split()
+    return [PAD, UNK, EOS, IMAGE_TOKEN] + sorted(set(shapes.vocabulary()) | set(extra))
+
+
+def build_tokenizer():
+    """A word-level tokenizer (``tokenizers`` WordLevel) as a ``PreTrainedTokenizerFast``.
+
+    Lower-cases, splits on whitespace and punctuation; ``"<image>"``,
+    ``"<pad>"``, ``"<eos>"`` and ``"<unk>"`` are special tokens. Decoding
+    joins words with single spaces.
+    """
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(_words())}
+    backend = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token=UNK,
+        pad_token=PAD,
+        eos_token=EOS,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="right",
+    )
+    return tok
+
+
+def build_processor(tokenizer=None):
+    """A :class:`~transformers.LlavaProcessor` for 48x48 scenes (no resizing, mean/std 0.5)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    n = shapes.IMAGE_SIZE
+    image_processor = CLIPImageProcessor(
+        do_resize=False,
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+        size={"height": n, "width": n},
+        crop_size={"height": n, "width": n},
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
+    )
+
+
+def build_vlm(tokenizer=None, *, vision: dict | None = None, text: dict | None = None, seed: int = 0):
+    """An untrained LLaVA for the scenes (random weights from ``seed``).
+
+    ``vision`` and ``text`` override fields of the vision and language configs
+    (the defaults are those of :data:`TRAINING`).
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
+    vocab = tokenizer.get_vocab()
+    n = shapes.IMAGE_SIZE
+    vision_cfg = CLIPVisionConfig(
+        image_size=n, patch_size=PATCH_SIZE, num_channels=3, **{**TRAINING["vision"], **(vision or {})}  # type: ignore[dict-item]
+    )
+    text_kw = {**TRAINING["text"], **(text or {})}  # type: ignore[dict-item]
+    text_cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        num_key_value_heads=text_kw["num_attention_heads"],
+        max_position_embeddings=128,
+        pad_token_id=vocab[PAD],
+        eos_token_id=vocab[EOS],
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **text_kw,
+    )
+    config = LlavaConfig(
+        vision_config=vision_cfg,
+        text_config=text_cfg,
+        image_token_index=vocab[IMAGE_TOKEN],
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=(n // PATCH_SIZE) ** 2,
+        pad_token_id=vocab[PAD],
+        eos_token_id=vocab[EOS],
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = vocab[PAD]
+    model.generation_config.eos_token_id = vocab[EOS]
+    model.generation_config.bos_token_id = None
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# Training
+# --------------------------------------------------------------------------- #
+
+
+def _pixels(scene_list) -> torch.Tensor:
+    """Normalised pixel values ``[n, 3, 48, 48]``, as the processor computes them."""
+    arr = shapes.scene_pixels([shapes.render_scene(s) for s in scene_list]).astype(np.float32)
+    arr = (arr / 255.0 - 0.5) / 0.5
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _examples(tokenizer, scene_list, tasks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, ``labels`` (loss on the answer only)."""
+    vocab = tokenizer.get_vocab()
+    n_image = (shapes.IMAGE_SIZE // PATCH_SIZE) ** 2
+    rows, targets = [], []
+    for scene, task in zip(scene_list, tasks):
+        if task == "caption":
+            prompt, answer = CAPTION_PROMPT, shapes.caption_of(scene)
+        else:
+            qs, ans = shapes.qa_of(scene)
+            k = shapes.ATTRIBUTES.index(task)
+            prompt, answer = question_prompt(qs[k]), ans[k]
+        p = [vocab[IMAGE_TOKEN]] * n_image + [vocab[w] for w in prompt.split()[1:]]
+        a = [vocab[w] for w in answer.split()] + [vocab[EOS]]
+        rows.append(p + a)
+        targets.append([-100] * len(p) + a)
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), vocab[PAD])
+    labels = torch.full((len(rows), t), -100)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, (r, y) in enumerate(zip(rows, targets)):
+        ids[i, : len(r)] = torch.tensor(r)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(r)] = 1
+    return ids, mask, labels
+
+
+def train_shapes_vlm(*, progress: bool = True, settings: dict | None = None):
+    """Train ``shapes-vlm`` from scratch on CPU; returns ``(model, processor, log)``.
+
+    Deterministic for a given ``settings`` (default :data:`TRAINING`) and
+    thread count. ``log`` has the loss curve and the wall time in seconds.
+    """
+    cfg = {**TRAINING, **(settings or {})}
+    t0 = time.perf_counter()
+    torch.manual_seed(int(cfg["seed"]))
+    rng = np.random.default_rng(int(cfg["seed"]))
+    processor = build_processor()
+    tok = processor.tokenizer
+    model = build_vlm(tok, vision=cfg["vision"], text=cfg["text"], seed=int(cfg["seed"]))  # type: ignore[arg-type]
+    model.train()
+    pool = shapes.scenes(int(cfg["train_scenes"]), seed=int(cfg["scene_seed"]))
+    pixels = _pixels(pool)
+    steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=float(cfg["lr"]), betas=(0.9, 0.98), weight_decay=float(cfg["weight_decay"])
+    )
+    warmup = int(cfg["warmup"])
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * 0.98 + 0.02
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    question_tasks = list(shapes.ATTRIBUTES)
+    losses = []
+    bar = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc="training shapes-vlm", leave=False)
+    for step in bar:
+        idx = rng.integers(len(pool), size=bs)
+        is_caption = rng.random(bs) < float(cfg["caption_fraction"])
+        q = rng.integers(len(question_tasks), size=bs)
+        tasks = ["caption" if c else question_tasks[j] for c, j in zip(is_caption, q)]
+        ids, mask, labels = _examples(tok, [pool[i] for i in idx], tasks)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[torch.as_tensor(idx)], labels=labels)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(out.loss))
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")  # type: ignore[union-attr]
+    model.eval()
+    log = {"losses": losses, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    return model, processor, log
+
+
+# --------------------------------------------------------------------------- #
+# Loading (train once, then cache)
+# --------------------------------------------------------------------------- #
+
+
+def _cache_path() -> Path:
+    key = hashlib.sha1(json.dumps(TRAINING, sort_keys=True).encode()).hexdigest()[:10]
+    return cache_dir() / f"shapes-vlm-{key}"
+
+
+def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progress: bool = True):
+    """Load ``shapes-vlm`` from the cache, training it first if it is not there.
+
+    Returns ``(model, processor)``; ``model.config.hp_mini_training`` holds
+    the training wall time (seconds) of the cached weights.
+    """
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    final = _cache_path()
+    if not (final / "config.json").is_file():
+        if progress:
+            print(f"hp_mini: training shapes-vlm on CPU (once, a few minutes); cache: {final}", flush=True)
+
+        def fill(tmp: Path) -> None:
+            model, processor, log = train_shapes_vlm(progress=progress)
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
+
+        write_atomically(final, fill)
+    model = LlavaForConditionalGeneration.from_pretrained(final, dtype=dtype)
+    processor = LlavaProcessor.from_pretrained(final)
+    log = json.loads((final / "training_log.json").read_text())
+    model.config.hp_mini_training = {"seconds": log["seconds"], "steps": len(log["losses"])}
+    return model.to(device).eval(), processor
+
+
+def training_log() -> dict:
+    """The training log of the cached model (loss curve, seconds), training it if needed."""
+    load_shapes_vlm(progress=False)
+    return json.loads((_cache_path() / "training_log.json").read_text())
+
+
+register_model("shapes-vlm", lambda dtype=torch.float32, device="cpu": load_shapes_vlm(dtype=dtype, device=device))

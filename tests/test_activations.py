@@ -1,0 +1,156 @@
+"""record_heads: exact pooling, padding-independence, compact storage, streamed moments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hp_mini
+from conftest import TEXT_ARCHITECTURES, CharTokenizer, tiny_model
+
+TEXTS = ["a short one", "a much longer prompt here", "mid size", "x"]
+
+
+def _per_position_z(model, text, tok):
+    """[T, layers, heads, d_head]: the heads' outputs at every position of one prompt, by hand."""
+    sites = hp_mini.attention_heads(model)
+    zs = []
+    handles = [s.module.register_forward_pre_hook(lambda m, a: zs.append(a[0][0].detach())) for s in sites]
+    try:
+        batch = tok([text])
+        with torch.no_grad():
+            model(input_ids=batch["input_ids"])
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([s.split(z) for s, z in zip(sites, zs)], 1)
+
+
+@pytest.mark.parametrize("arch", TEXT_ARCHITECTURES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batches_match_prompts_run_one_at_a_time(arch, side):
+    model = tiny_model(arch)
+    tok = CharTokenizer(side)
+    acts = hp_mini.record_heads(model, tok, TEXTS, batch_size=4, progress=False)
+    for i, text in enumerate(TEXTS):
+        z = _per_position_z(model, text, tok)
+        torch.testing.assert_close(acts.z[i], z.mean(0), rtol=1e-5, atol=1e-6)
+    last = hp_mini.record_heads(model, tok, TEXTS, pool="last", batch_size=3, progress=False)
+    for i, text in enumerate(TEXTS):
+        torch.testing.assert_close(last.z[i], _per_position_z(model, text, tok)[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_contributions_are_W_O_times_z_and_sum_to_the_layer_output():
+    model = tiny_model("llama")
+    tok = CharTokenizer()
+    acts = hp_mini.record_heads(model, tok, TEXTS, progress=False)
+    x = acts.contributions()
+    assert x.shape == (4, 2, 6, 48)
+    assert acts.contributions(layer=1).shape == (4, 6, 48)
+    torch.testing.assert_close(acts.head(1, 4), x[:, 1, 4])
+    # The mean of the projection's output over the prompt equals sum_h x_h + bias.
+    site = hp_mini.attention_heads(model)[1]
+    outs = []
+    h = site.module.register_forward_hook(lambda m, a, o: outs.append(o[0].mean(0)))
+    with torch.no_grad():
+        model(input_ids=tok([TEXTS[1]])["input_ids"])
+    h.remove()
+    torch.testing.assert_close(x[1, 1].sum(0), outs[0], rtol=1e-5, atol=1e-6)
+
+
+def test_storage_is_compact_d_head_wide():
+    acts = hp_mini.record_heads(tiny_model("llama"), CharTokenizer(), TEXTS, progress=False)
+    assert acts.z.shape == (4, 2, 6, 8)  # d_head, not d_model
+    assert acts.W_O.shape == (2, 6, 48, 8)
+    assert acts.heads[:2] == [(0, 0), (0, 1)] and acts.labels[-1] == "L1H5"
+
+
+def test_custom_masks_select_positions():
+    model = tiny_model("qwen2")
+    tok = CharTokenizer("left")
+    masks = [torch.tensor([c == "e" for c in t]) for t in TEXTS[:3]]
+    acts = hp_mini.record_heads(model, tok, TEXTS[:3], pool=masks, progress=False)
+    for i, text in enumerate(TEXTS[:3]):
+        z = _per_position_z(model, text, tok)
+        torch.testing.assert_close(acts.z[i], z[masks[i]].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_masks_and_arguments_are_explained():
+    model, tok = tiny_model("llama"), CharTokenizer()
+    with pytest.raises(ValueError, match="pool mask 0 has 2 entries but the prompt has 11 tokens"):
+        hp_mini.record_heads(model, tok, TEXTS[:1], pool=[torch.tensor([True, False])], progress=False)
+    with pytest.raises(ValueError, match="selects no position"):
+        hp_mini.record_heads(model, tok, TEXTS[:1], pool=[torch.zeros(11, dtype=torch.bool)], progress=False)
+    with pytest.raises(ValueError, match="pool must be"):
+        hp_mini.record_heads(model, tok, TEXTS, pool="max", progress=False)
+    with pytest.raises(IndexError, match=r"layers \[5\] are out of range"):
+        hp_mini.record_heads(model, tok, TEXTS, layers=[5], progress=False)
+    with pytest.raises(ValueError, match="image token"):
+        hp_mini.record_heads(model, tok, TEXTS, pool="image", progress=False)
+
+
+def test_layer_subset_keeps_model_layer_indices():
+    model, tok = tiny_model("gpt2"), CharTokenizer()
+    full = hp_mini.record_heads(model, tok, TEXTS, progress=False)
+    sub = hp_mini.record_heads(model, tok, TEXTS, layers=[1], progress=False)
+    assert sub.layers == [1] and sub.heads == [(1, h) for h in range(4)]
+    torch.testing.assert_close(sub.head(1, 2), full.head(1, 2))
+    with pytest.raises(IndexError, match="layer 0 was not recorded"):
+        sub.head(0, 0)
+
+
+def test_streamed_moments_equal_the_moments_of_the_samples():
+    model, tok = tiny_model("llama"), CharTokenizer()
+    texts = [f"prompt number {i} " * (1 + i % 3) for i in range(11)]
+    samples = hp_mini.record_heads(model, tok, texts, batch_size=4, progress=False)
+    streamed = hp_mini.record_heads(model, tok, texts, batch_size=3, store="moments", progress=False)
+    assert streamed.z is None and streamed.n_prompts == 11
+    for layer, head in [(0, 0), (1, 5)]:
+        n, mu, cov = streamed.head_moments(layer, head)
+        z = samples.factors(layer, head)[0].double()
+        zc = z - z.mean(0)
+        assert n == 11
+        torch.testing.assert_close(mu, z.mean(0), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(cov, zc.T @ zc, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="store='samples'"):
+        streamed.contributions()
+
+
+def test_select_keeps_rows_and_texts():
+    acts = hp_mini.record_heads(tiny_model("llama"), CharTokenizer(), TEXTS, progress=False)
+    sub = acts.select([2, 0])
+    assert sub.texts == [TEXTS[2], TEXTS[0]]
+    torch.testing.assert_close(sub.z[1], acts.z[0])
+
+
+@pytest.mark.slow
+def test_smollm2_heads_decompose_every_position(smollm2):
+    model, tok = smollm2
+    sites = hp_mini.attention_heads(model)
+    assert len(sites) == 30 and sites[0].n_heads == 9 and sites[0].d_head == 64
+    captured = []
+    handles = [s.module.register_forward_hook(lambda m, a, o: captured.append((a[0], o))) for s in sites]
+    try:
+        with torch.no_grad():
+            model(**tok(["The capital of France is", "Heads write into the residual stream."][:1], return_tensors="pt"))
+    finally:
+        for h in handles:
+            h.remove()
+    for site, (z, out) in zip(sites, captured):
+        total = site.contributions(z).sum(-2) + (site.bias if site.bias is not None else 0)
+        assert ((total - out).norm() / out.norm()) < 1e-5
+
+
+@pytest.mark.slow
+def test_smollm2_padding_sides_agree(smollm2):
+    model, tok = smollm2
+    texts = ["The capital of France is", "One two three", "A much longer sentence about the history of Rome."]
+    alone = torch.stack([hp_mini.record_heads(model, tok, [t], progress=False).z[0] for t in texts])
+    old = tok.padding_side
+    try:
+        for side in ("left", "right"):
+            tok.padding_side = side
+            batched = hp_mini.record_heads(model, tok, texts, batch_size=3, progress=False).z
+            torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
+    finally:
+        tok.padding_side = old

@@ -1,0 +1,191 @@
+"""The exercise tooling: student notebooks, grading, and the assignment page."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hp_mini.exercises import ExerciseError, check, exercises
+from hp_mini.exercises._assignment import book_exercises, update_assignment
+from hp_mini.exercises._grading import grade_notebook
+from hp_mini.exercises._notebooks import find_exercises, read_notebook, strip_solutions, student_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HEADER = """\
+---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+(demo-chapter)=
+# A demo chapter
+
+```{code-cell} ipython3
+from hp_mini.exercises import check
+```
+"""
+
+
+def exercise(short: str, title: str, learner_body: str, difficulty: str = "★☆☆ easy", minutes: int = 2) -> str:
+    """One exercise in the book's convention; the solution is always correct."""
+    return f"""
+```{{exercise}} {title}
+:label: ex-demo-{short}
+
+**Difficulty:** {difficulty} · **Time:** about {minutes} minutes
+
+Complete `add`.
+```
+
+```{{code-cell}} ipython3
+:tags: [skip-execution]
+
+def add(a, b):
+{textwrap.indent(learner_body, "    ")}
+
+check("demo.add", add)
+```
+
+````{{solution-start}} ex-demo-{short}
+:class: dropdown
+````
+
+The solution adds.
+
+```{{code-cell}} ipython3
+def add(a, b):
+    return a + b
+
+check("demo.add", add)
+```
+
+````{{solution-end}}
+````
+
+Text after the solution of {short}.
+"""
+
+
+@pytest.fixture()
+def chapter(tmp_path: Path) -> Path:
+    path = tmp_path / "99_demo.md"
+    path.write_text(
+        HEADER
+        + exercise("right", "A right answer", "return a + b")
+        + exercise("wrong", "A wrong answer", "return a - b", difficulty="★★☆ medium", minutes=10)
+        + exercise("stub", "An untouched stub", "# YOUR CODE HERE\nraise NotImplementedError")
+        + exercise("crash", "An answer that crashes", "return undefined_name"),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_strip_solutions_removes_solution_cells_and_keeps_the_rest(chapter: Path):
+    nb = strip_solutions(read_notebook(chapter))
+    text = "\n".join(c.source for c in nb.cells)
+    assert "solution-start" not in text and "solution-end" not in text
+    assert "The solution adds." not in text
+    assert "return a + b\n\ncheck" in text  # the right learner answer stays
+    assert text.count('check("demo.add", add)') == 4  # one learner cell per exercise, no solution cells
+    for short in ("right", "wrong", "stub", "crash"):
+        assert f"Text after the solution of {short}." in text
+    learner = [c for c in nb.cells if c.cell_type == "code" and "check(" in c.source]
+    assert all("skip-execution" not in c.metadata.get("tags", []) for c in learner)
+
+
+def test_student_notebook_is_valid_and_has_no_outputs(chapter: Path, tmp_path: Path):
+    out = tmp_path / "student.ipynb"
+    result = subprocess.run(
+        [sys.executable, "-m", "hp_mini.exercises", "student", str(chapter), "-o", str(out)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "solutions removed" in result.stdout
+    nb = nbformat.read(out, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata.kernelspec.name == "python3"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert not any("solution-start" in c.source for c in nb.cells)
+
+
+def test_find_exercises_reads_labels_difficulty_time_and_checks(chapter: Path):
+    found = find_exercises(chapter)
+    assert [e.label for e in found] == ["ex-demo-right", "ex-demo-wrong", "ex-demo-stub", "ex-demo-crash"]
+    wrong = found[1]
+    assert (wrong.title, wrong.difficulty, wrong.time) == ("A wrong answer", "★★☆ medium", "about 10 minutes")
+    assert wrong.checks == ["demo.add"]
+    assert (wrong.chapter, wrong.chapter_label, wrong.chapter_title) == ("99_demo", "demo-chapter", "A demo chapter")
+
+
+def test_grading_scores_each_exercise(chapter: Path):
+    report = grade_notebook(chapter, timeout=60)
+    grades = report.by_label()
+    assert list(grades) == ["ex-demo-right", "ex-demo-wrong", "ex-demo-stub", "ex-demo-crash"]
+    assert grades["ex-demo-right"].score == 1 and grades["ex-demo-right"].status == "passed"
+    # The solution that follows each exercise would pass: it must not be run.
+    assert grades["ex-demo-wrong"].score == 0 and grades["ex-demo-wrong"].status == "failed"
+    assert "add(1, 2) returned -1; expected 3" in grades["ex-demo-wrong"].message
+    assert grades["ex-demo-stub"].score == 0 and "still the stub" in grades["ex-demo-stub"].message
+    assert grades["ex-demo-crash"].score == 0 and "NameError" in grades["ex-demo-crash"].message
+    assert (report.score, report.total) == (1, 4)
+    assert "1/4" in str(report)
+
+
+def test_grade_command_prints_json(chapter: Path, tmp_path: Path):
+    student = tmp_path / "student.ipynb"
+    nbformat.write(student_notebook(chapter), student)
+    result = subprocess.run(
+        [sys.executable, "-m", "hp_mini.exercises", "grade", str(student), "--json", "--timeout", "60"],
+        capture_output=True, text=True, check=True,
+    )
+    (payload,) = json.loads(result.stdout)
+    assert (payload["score"], payload["total"]) == (1, 4)
+    assert [e["score"] for e in payload["exercises"]] == [1, 0, 0, 0]
+
+
+def test_an_exercise_whose_check_never_runs_scores_zero(tmp_path: Path):
+    path = tmp_path / "98_demo.md"
+    body = exercise("removed", "The learner deleted the check", "return a + b").replace(
+        '    return a + b\n\ncheck("demo.add", add)\n```\n\n````{solution-start}',
+        "    return a + b\n```\n\n````{solution-start}",
+    )
+    path.write_text(HEADER + body, encoding="utf-8")
+    (grade,) = grade_notebook(path, timeout=60).grades
+    assert (grade.score, grade.status) == (0, "not checked")
+
+
+def test_check_records_verdicts_for_grading(tmp_path: Path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("HP_MINI_GRADING_LOG", str(log))
+    check("demo.add", lambda a, b: a + b, quiet=True)
+    with pytest.raises(ExerciseError):
+        check("demo.add", lambda a, b: a * b)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["passed"] for r in records] == [True, False]
+    assert "returned" in records[1]["message"]
+
+
+def test_every_exercise_in_the_book_has_a_checker():
+    known = set(exercises())
+    for ex in book_exercises(ROOT):
+        assert ex.checks, f"{ex.chapter}: exercise {ex.label} calls no check(...)"
+        for name in ex.checks:
+            assert name in known, f"{ex.chapter}: exercise {ex.label} calls check({name!r}), which has no checker"
+        assert ex.difficulty and ex.time, f"{ex.chapter}: exercise {ex.label} lacks its **Difficulty:** · **Time:** line"
+
+
+def test_assignment_page_lists_every_exercise():
+    up_to_date, _ = update_assignment(ROOT)
+    assert up_to_date, "book/assignment.md is out of date: run `python -m hp_mini.exercises assignment --write`"
