@@ -37,6 +37,8 @@ _SMOLLM2_CACHE = "smollm2-135m-instruct"
 
 # Models that hp_mini builds itself: name -> loader(dtype, device) -> (model, processor).
 _BUILDERS: dict[str, Callable[..., tuple[nn.Module, object]]] = {}
+# hp_mini's own vision models register themselves when hp_mini.vision is imported.
+_VISION_MODELS = ("shapes-vlm", "shapes-clip")
 
 
 class ModelNotAvailableError(OSError):
@@ -156,6 +158,8 @@ def load_model(
     -------
     (model, tokenizer) or (model, processor)
     """
+    if name in _VISION_MODELS and name not in _BUILDERS:
+        import hp_mini.vision  # noqa: F401  (registers hp_mini's vision models)
     if name in _BUILDERS:
         model, processor = _BUILDERS[name](dtype=dtype, device=device)
         return model.eval(), processor

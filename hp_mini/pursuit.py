@@ -73,8 +73,9 @@ __all__ = ["PursuitResult", "matching_pursuit", "omp", "somp"]
 
 Criterion = Literal["l1", "l2"]
 
-# The residual counts as zero below this fraction of the initial energy.
-_ZERO_RESIDUAL = 1e-24
+# The residual counts as zero below this fraction of the initial energy (a
+# relative norm of 1e-6: the rounding of float32 data lies below it).
+_ZERO_RESIDUAL = 1e-12
 # An atom counts as inside the span of the chosen ones below this relative norm.
 _DEPENDENT = 1e-10
 

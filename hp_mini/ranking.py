@@ -118,17 +118,19 @@ def pursue_heads(
             chunk = todo[start : start + batch_heads]
             problems, zs, means = [], [], []
             for layer, head in chunk:
-                n, mean, M = acts.head_moments(layer, head)
                 W = acts.W_O[acts._index(layer), head].to(dtype)
                 Z = None
                 if acts.z is not None:
                     Z = acts.z[:, acts._index(layer), head].to(dtype)
                     _check_finite(f"the outputs of {head_label(layer, head)}", Z)
+                    n, mean = Z.shape[0], Z.mean(0)
                     if center:
-                        Z = Z - Z.mean(0)
+                        Z = Z - mean
                     M = Z.T @ Z
-                elif not center:
-                    M = M + n * torch.outer(mean, mean)
+                else:
+                    n, mean, M = acts.head_moments(layer, head)
+                    if not center:
+                        M = M + n * torch.outer(mean, mean)
                 _check_finite(f"the moments of {head_label(layer, head)}", M)
                 problems.append(_Head(W=W, M=M.to(dtype), Z=Z, n=n, name=head_label(layer, head)))
                 zs.append(Z)

@@ -85,3 +85,33 @@ class CharTokenizer:
 def smollm2():
     """The embedded SmolLM2-135M-Instruct and its tokenizer (loaded once per session)."""
     return hp_mini.load_model()
+
+
+def concept_prompts(n: int) -> list[str]:
+    """``n`` varied prompts built deterministically from templates and the concept word lists."""
+    import itertools
+
+    templates = [
+        "The capital of {c} is known for its {a}s.",
+        "In {m}, people from {c} often wear {k}.",
+        "My favourite colour is {k}, and I was born in {m}.",
+        "{n} {a}s were seen near the border of {c} on {w}.",
+        "She said the {k} {a} arrived on a {w} in {m}.",
+        "A {p} family moved to {c} with {n} children.",
+    ]
+    words = {key: hp_mini.concept_words(name) for key, name in
+             [("c", "countries"), ("a", "animals"), ("m", "months"), ("k", "colours"),
+              ("n", "numbers"), ("w", "weekdays"), ("p", "nationalities")]}
+    out = []
+    for i in itertools.count():
+        if len(out) == n:
+            return out
+        fill = {key: ws[(i * (3 + 2 * j)) % len(ws)] for j, (key, ws) in enumerate(words.items())}
+        out.append(templates[i % len(templates)].format(**fill))
+
+
+@pytest.fixture(scope="session")
+def smollm2_heads(smollm2):
+    """SmolLM2 head outputs on 48 prompts (store='samples'), recorded once per session."""
+    model, tok = smollm2
+    return hp_mini.record_heads(model, tok, concept_prompts(48), batch_size=16, progress=False)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import nbformat
 import pytest
 
 from hp_mini.exercises import ExerciseError, check, exercises
+from hp_mini.exercises.__main__ import main
 from hp_mini.exercises._assignment import book_exercises, update_assignment
 from hp_mini.exercises._grading import grade_notebook
 from hp_mini.exercises._notebooks import find_exercises, read_notebook, strip_solutions, student_notebook
@@ -106,13 +105,10 @@ def test_strip_solutions_removes_solution_cells_and_keeps_the_rest(chapter: Path
     assert all("skip-execution" not in c.metadata.get("tags", []) for c in learner)
 
 
-def test_student_notebook_is_valid_and_has_no_outputs(chapter: Path, tmp_path: Path):
+def test_student_notebook_is_valid_and_has_no_outputs(chapter: Path, tmp_path: Path, capsys):
     out = tmp_path / "student.ipynb"
-    result = subprocess.run(
-        [sys.executable, "-m", "hp_mini.exercises", "student", str(chapter), "-o", str(out)],
-        capture_output=True, text=True, check=True,
-    )
-    assert "solutions removed" in result.stdout
+    assert main(["student", str(chapter), "-o", str(out)]) == 0
+    assert "solutions removed" in capsys.readouterr().out
     nb = nbformat.read(out, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.kernelspec.name == "python3"
@@ -143,27 +139,28 @@ def test_grading_scores_each_exercise(chapter: Path):
     assert "1/4" in str(report)
 
 
-def test_grade_command_prints_json(chapter: Path, tmp_path: Path):
+def test_grade_command_on_a_student_notebook(chapter: Path, tmp_path: Path, capsys):
+    # The student's notebook as handed out, with one exercise whose check call was deleted.
+    nb = student_notebook(chapter)
+    body = exercise("removed", "The learner deleted the check", "return a + b")
+    extra = strip_solutions(read_notebook_text(tmp_path, HEADER + body)).cells[2:]
+    for cell in extra:
+        cell.source = cell.source.replace('check("demo.add", add)', "")
+    nb.cells.extend(extra)
     student = tmp_path / "student.ipynb"
-    nbformat.write(student_notebook(chapter), student)
-    result = subprocess.run(
-        [sys.executable, "-m", "hp_mini.exercises", "grade", str(student), "--json", "--timeout", "60"],
-        capture_output=True, text=True, check=True,
-    )
-    (payload,) = json.loads(result.stdout)
-    assert (payload["score"], payload["total"]) == (1, 4)
-    assert [e["score"] for e in payload["exercises"]] == [1, 0, 0, 0]
+    nbformat.write(nb, student)
+    assert main(["grade", str(student), "--json", "--timeout", "60"]) == 0
+    (payload,) = json.loads(capsys.readouterr().out)
+    assert (payload["score"], payload["total"]) == (1, 5)
+    assert [e["score"] for e in payload["exercises"]] == [1, 0, 0, 0, 0]
+    assert payload["exercises"][-1]["label"] == "ex-demo-removed"
+    assert payload["exercises"][-1]["status"] == "not checked"
 
 
-def test_an_exercise_whose_check_never_runs_scores_zero(tmp_path: Path):
-    path = tmp_path / "98_demo.md"
-    body = exercise("removed", "The learner deleted the check", "return a + b").replace(
-        '    return a + b\n\ncheck("demo.add", add)\n```\n\n````{solution-start}',
-        "    return a + b\n```\n\n````{solution-start}",
-    )
-    path.write_text(HEADER + body, encoding="utf-8")
-    (grade,) = grade_notebook(path, timeout=60).grades
-    assert (grade.score, grade.status) == (0, "not checked")
+def read_notebook_text(tmp_path: Path, text: str):
+    path = tmp_path / "extra.md"
+    path.write_text(text, encoding="utf-8")
+    return read_notebook(path)
 
 
 def test_check_records_verdicts_for_grading(tmp_path: Path, monkeypatch):

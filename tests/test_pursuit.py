@@ -195,8 +195,6 @@ def test_omp_matches_sklearn(seed):
     support = np.flatnonzero(coef)
     assert sorted(r.atoms.tolist()) == sorted(support.tolist())
     np.testing.assert_allclose(r.coefficients[0].numpy(), coef[r.atoms.numpy()], rtol=1e-9, atol=1e-12)
-    # sklearn's greedy path in order
-    _, path = orthogonal_mp(D.T.numpy(), x.numpy(), n_nonzero_coefs=k, return_path=True), None
     assert r.coefficients.shape == (1, k)
     resid = x - r.coefficients[0] @ D[r.atoms]
     torch.testing.assert_close(r.evr[-1], 1 - resid.square().sum() / x.square().sum())
@@ -280,3 +278,39 @@ def test_duplicate_atoms_are_never_chosen_twice():
     picked = r.atoms.tolist()
     assert len(set(picked)) == len(picked)
     assert not any(a in picked and a + 20 in picked for a in range(5))
+
+
+# --------------------------------------------------------------------------- #
+# Recorded SmolLM2 heads
+# --------------------------------------------------------------------------- #
+
+SMOLLM2_HEADS = [(0, 0), (14, 4), (29, 8)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_smollm2_heads_full_vocabulary_match_reference(smollm2, smollm2_heads, criterion):
+    model, tok = smollm2
+    full = hp_mini.unembedding_dictionary(model, tok)
+    results = hp_mini.pursue_heads(
+        smollm2_heads, full, n_atoms=6, criterion=criterion, heads=SMOLLM2_HEADS, progress=False
+    )
+    for head in SMOLLM2_HEADS:
+        X = smollm2_heads.head(*head)
+        atoms, evr, coef, _ = reference_somp(X, full.atoms, 6, criterion)
+        assert results[head].atoms.tolist() == atoms, head
+        torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[head].coefficients.double(), coef, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_smollm2_heads_concept_dictionary_match_reference(smollm2, smollm2_heads, criterion):
+    model, tok = smollm2
+    countries = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("countries"), final_norm=True)
+    heads = [(layer, head) for layer in (3, 17, 26) for head in range(9)]
+    results = hp_mini.pursue_heads(smollm2_heads, countries, n_atoms=25, criterion=criterion, heads=heads, progress=False)
+    for head in heads:
+        atoms, evr, _, _ = reference_somp(smollm2_heads.head(*head), countries.atoms, 25, criterion)
+        assert results[head].atoms.tolist() == atoms, head
+        torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..activations import HeadActivations, HeadMoments
+from ..dictionary import Dictionary
 from ..heads import LayerHeads
 from ..models import cache_dir, register_model, write_atomically
 
@@ -620,12 +621,18 @@ def concept_prompts(attribute: str) -> tuple[list[str], list[str]]:
     return [str(v) for v in vals], [describe(**{attribute: v}) for v in vals]
 
 
-def text_dictionary(model: nn.Module, processor, prompts: Sequence[str], *, normalize: bool = True) -> torch.Tensor:
-    """Text embeddings of ``prompts``, ``[len(prompts), embed_dim]``: atoms in the joint space."""
-    tokens = processor.tokenizer(list(prompts)) if hasattr(processor, "tokenizer") else processor(list(prompts))
+def text_dictionary(model: nn.Module, processor, prompts: Sequence[str], *, normalize: bool = True) -> Dictionary:
+    """Text embeddings of ``prompts`` as a :class:`hp_mini.Dictionary` in the joint space.
+
+    ``atoms`` is ``[len(prompts), embed_dim]`` (L2-normalised rows unless
+    ``normalize=False``), ``labels`` are the prompts. Heads recorded with
+    ``record_image_heads(..., space="joint")`` write vectors of the same width.
+    """
+    prompts = list(prompts)
+    tokens = processor.tokenizer(prompts) if hasattr(processor, "tokenizer") else processor(prompts)
     with torch.no_grad():
         emb = model.encode_text(tokens.to(next(model.parameters()).device)).float().cpu()
-    return F.normalize(emb, dim=-1) if normalize else emb
+    return Dictionary(F.normalize(emb, dim=-1) if normalize else emb, prompts)
 
 
 # --------------------------------------------------------------------------- #
@@ -638,7 +645,7 @@ def zero_shot_predict(model: nn.Module, processor, images, prompts: Sequence[str
 
     Runs inside any :func:`hp_mini.scale_heads` block around it, so edits apply.
     """
-    text = text_dictionary(model, processor, prompts)
+    text = text_dictionary(model, processor, prompts).atoms
     pixels = _pixels(processor, images)
     device = next(model.parameters()).device
     preds = []
@@ -670,8 +677,8 @@ class ShapesCLIPConfig:
 
     embed_dim: int = 64
     vision_layers: int = 4
-    vision_width: int = 128
-    head_width: int = 16
+    vision_width: int = 96
+    head_width: int = 12
     patch_size: int = 8
     text_layers: int = 2
     text_width: int = 64
@@ -679,8 +686,8 @@ class ShapesCLIPConfig:
     mlp_ratio: float = 2.0
     context_length: int = 12
     n_train: int = 6000
-    steps: int = 500
-    batch_size: int = 128
+    steps: int = 400
+    batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.05
@@ -688,8 +695,12 @@ class ShapesCLIPConfig:
     seed: int = 0
 
 
-def build_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig()):
-    """An untrained ``shapes-clip``: ``(open_clip.CLIP, ShapesCLIPProcessor)``, heads already split."""
+def build_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig(), *, split: bool = True):
+    """An untrained ``shapes-clip``: ``(open_clip.CLIP, ShapesCLIPProcessor)``.
+
+    With ``split=True`` (default) the image encoder's heads are already split
+    (:func:`split_heads`); ``split=False`` gives open_clip's model as it comes.
+    """
     import open_clip
 
     from .shapes import IMAGE_SIZE, vocabulary
@@ -713,7 +724,8 @@ def build_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig()):
     )
     torch.manual_seed(config.seed)
     model = open_clip.CLIP(config.embed_dim, vision, text)
-    split_heads(model)
+    if split:
+        split_heads(model)
     return model, ShapesCLIPProcessor(tokenizer)
 
 

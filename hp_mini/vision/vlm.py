@@ -2,11 +2,11 @@
 
 The model is transformers' own :class:`~transformers.LlavaForConditionalGeneration`:
 a CLIP vision tower (:class:`~transformers.CLIPVisionConfig`, 48x48 images in
-8x8 patches, so 36 image tokens), LLaVA's two-layer projector, and a
+12x12 patches, so 16 image tokens), LLaVA's two-layer projector, and a
 Llama language model (:class:`~transformers.LlamaConfig`) over a word-level
 vocabulary of a few dozen words. The processor is a real
 :class:`~transformers.LlavaProcessor`, so ``"<image>"`` in a prompt expands to
-the 36 image-token placeholders exactly as it does for LLaVA checkpoints.
+the 16 image-token placeholders exactly as it does for LLaVA checkpoints.
 
 Pretrained weights cannot be downloaded here, and SmolLM2 as the language
 model would not train in a few CPU minutes, so the first call of
@@ -62,7 +62,7 @@ __all__ = [
 IMAGE_TOKEN = "<image>"
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 CAPTION_PROMPT = f"{IMAGE_TOKEN} describe the image ."
-PATCH_SIZE = 8
+PATCH_SIZE = 12
 
 # Everything that determines the trained weights; its hash names the cache folder.
 TRAINING: dict[str, object] = {
@@ -75,8 +75,8 @@ TRAINING: dict[str, object] = {
     "warmup": 60,
     "weight_decay": 0.01,
     "caption_fraction": 0.4,
-    "vision": {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 3, "num_attention_heads": 4},
-    "text": {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 8},
+    "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
+    "text": {"hidden_size": 96, "intermediate_size": 192, "num_hidden_layers": 4, "num_attention_heads": 8},
 }
 
 

@@ -1,0 +1,82 @@
+"""Checkers for the chapter "The signal-processing view"."""
+
+from __future__ import annotations
+
+import torch
+
+from . import checker
+
+
+def _dictionary(seed: int, v: int = 60, d: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(v, d, generator=g, dtype=torch.float64)
+    return D / D.norm(dim=1, keepdim=True)
+
+
+def _reference_somp(H: torch.Tensor, D: torch.Tensor, k: int) -> list[int]:
+    R, chosen = H.clone(), []
+    for _ in range(k):
+        scores = (D @ R.T).abs().sum(1)
+        if chosen:
+            scores[chosen] = -float("inf")
+        chosen.append(int(scores.argmax()))
+        A = D[chosen]
+        W = torch.linalg.lstsq(A.T, H.T).solution.T
+        R = H - W @ A
+    return chosen
+
+
+@checker("pursuit.mp_step")
+def _check_mp_step(mp_step) -> None:
+    D = _dictionary(0)
+    g = torch.Generator().manual_seed(1)
+    # The strongest atom enters with a negative sign: an answer without abs() picks another one.
+    r = -3.0 * D[5] + 1.0 * D[9] + 0.01 * torch.randn(D.shape[1], generator=g, dtype=torch.float64)
+    j, new_r = mp_step(r.clone(), D)
+    scores = D @ r
+    expected = int(scores.abs().argmax())
+    if int(j) == int(scores.argmax()) and int(j) != expected:
+        raise AssertionError(f"picked atom {int(j)}, the largest *signed* correlation; use the largest absolute one ({expected})")
+    assert int(j) == expected, f"picked atom {int(j)}, expected {expected} (largest |D @ r|)"
+    new_r = torch.as_tensor(new_r, dtype=torch.float64)
+    want = r - scores[expected] * D[expected]
+    assert new_r.shape == r.shape, f"the new residual has shape {tuple(new_r.shape)}, expected {tuple(r.shape)}"
+    assert torch.allclose(new_r, want, atol=1e-6), (
+        "the new residual is wrong: subtract (D[j] @ r) * D[j]; it should be orthogonal to D[j]"
+    )
+
+
+@checker("pursuit.somp")
+def _check_somp(somp_support) -> None:
+    D = _dictionary(2, v=80, d=20)
+    g = torch.Generator().manual_seed(3)
+    support = [4, 17, 33, 61]
+    C = torch.randn(30, 4, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.5, 1.0], dtype=torch.float64)
+    H = C @ D[support] + 0.02 * torch.randn(30, 20, generator=g, dtype=torch.float64)
+    expected = _reference_somp(H, D, 6)
+    got = [int(a) for a in somp_support(H.clone(), D.clone(), 6)]
+    assert len(got) == 6, f"returned {len(got)} atoms, expected 6"
+    assert len(set(got)) == len(got), f"an atom was chosen twice: {got}; exclude the chosen atoms from the argmax"
+    assert set(got[:4]) == set(support), f"the first four atoms {got[:4]} should be the planted support {support}"
+    assert got == expected, (
+        f"chose {got}, expected {expected}: refit all chosen atoms by least squares at every step "
+        "and score atoms by the sum of absolute correlations over samples"
+    )
+
+
+@checker("pursuit.evr")
+def _check_evr(evr) -> None:
+    D = _dictionary(4, v=30, d=10)
+    g = torch.Generator().manual_seed(5)
+    H = torch.randn(25, 3, generator=g, dtype=torch.float64) @ D[[1, 2, 3]] + 2.0 + 0.3 * torch.randn(25, 10, generator=g, dtype=torch.float64)
+    atoms = [1, 2]
+    Hc = H - H.mean(0)
+    A = D[atoms]
+    W = torch.linalg.lstsq(A.T, Hc.T).solution.T
+    expected = float(1 - (Hc - W @ A).pow(2).sum() / Hc.pow(2).sum())
+    got = float(evr(H.clone(), D, atoms))
+    Wu = torch.linalg.lstsq(A.T, H.T).solution.T
+    uncentred = float(1 - (H - Wu @ A).pow(2).sum() / H.pow(2).sum())
+    if abs(got - uncentred) < 1e-6:
+        raise AssertionError("that is the EVR of the uncentred data: subtract H.mean(0) first")
+    assert abs(got - expected) < 1e-6, f"returned {got:.6f}, expected {expected:.6f}"

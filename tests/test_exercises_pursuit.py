@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from hp_mini.exercises import ExerciseError, check
+
+
+def test_mp_step_accepts_correct_and_rejects_signed_argmax():
+    def good(r, D):
+        s = D @ r
+        j = int(s.abs().argmax())
+        return j, r - s[j] * D[j]
+
+    assert check("pursuit.mp_step", good, quiet=True)
+
+    def signed(r, D):
+        s = D @ r
+        j = int(s.argmax())
+        return j, r - s[j] * D[j]
+
+    with pytest.raises(ExerciseError, match="absolute"):
+        check("pursuit.mp_step", signed, quiet=True)
+
+
+def _somp(H, D, k, refit=True):
+    R, chosen = H.clone(), []
+    for _ in range(k):
+        scores = (D @ R.T).abs().sum(1)
+        if chosen:
+            scores[chosen] = -1.0
+        j = int(scores.argmax())
+        chosen.append(j)
+        if refit:
+            A = D[chosen]
+            R = H - torch.linalg.lstsq(A.T, H.T).solution.T @ A
+        else:  # plain MP-style update: subtract only the new atom
+            R = R - (R @ D[j])[:, None] * D[j]
+    return chosen
+
+
+def test_somp_accepts_reference_and_rejects_repeats():
+    assert check("pursuit.somp", lambda H, D, k: _somp(H, D, k), quiet=True)
+
+    def repeats(H, D, k):
+        j = int((D @ H.T).abs().sum(1).argmax())
+        return [j] * k
+
+    with pytest.raises(ExerciseError, match="chosen twice"):
+        check("pursuit.somp", repeats, quiet=True)
+
+
+def test_evr_rejects_uncentred():
+    def good(H, D, atoms):
+        Hc = H - H.mean(0)
+        A = D[atoms]
+        W = torch.linalg.lstsq(A.T, Hc.T).solution.T
+        return float(1 - (Hc - W @ A).pow(2).sum() / Hc.pow(2).sum())
+
+    assert check("pursuit.evr", good, quiet=True)
+
+    def uncentred(H, D, atoms):
+        A = D[atoms]
+        W = torch.linalg.lstsq(A.T, H.T).solution.T
+        return float(1 - (H - W @ A).pow(2).sum() / H.pow(2).sum())
+
+    with pytest.raises(ExerciseError, match="uncentred"):
+        check("pursuit.evr", uncentred, quiet=True)

@@ -1,0 +1,139 @@
+"""pursue_heads, rank_heads and random_heads_like on synthetic and recorded heads."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import hp_mini
+from hp_mini.activations import HeadActivations, HeadMoments
+
+
+def synthetic_acts(n=40, layers=(0, 1, 2), n_heads=4, d_head=6, d_model=20, v=120, seed=0):
+    """Random heads, except L1H2, whose contributions are spanned by atoms 3, 17 and 40."""
+    g = torch.Generator().manual_seed(seed)
+    D = torch.nn.functional.normalize(torch.randn(v, d_model, generator=g), dim=1)
+    W_O = torch.randn(len(layers), n_heads, d_model, d_head, generator=g) / d_model**0.5
+    z = torch.randn(n, len(layers), n_heads, d_head, generator=g) + 0.5
+    # L1H2 writes only along three atoms: W_O = D[S]^T B
+    W_O[1, 2] = D[[3, 17, 40]].T @ torch.randn(3, d_head, generator=g)
+    acts = HeadActivations(z, W_O, None, list(layers), None, [f"prompt {i}" for i in range(n)])
+    return acts, D
+
+
+def moments_only(acts: HeadActivations) -> HeadActivations:
+    z = acts.z.double()
+    m = HeadMoments(z.shape[0], z.sum(0), torch.einsum("nlhk,nlhj->lhkj", z, z))
+    return HeadActivations(None, acts.W_O, acts.bias, list(acts.layers), m, list(acts.texts))
+
+
+@pytest.mark.filterwarnings("ignore:L1H2. the residual is zero after 3 atoms")
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+@pytest.mark.parametrize("batch_heads", [1, 5, 90])
+def test_pursue_heads_equals_somp_on_each_head(criterion, batch_heads):
+    acts, D = synthetic_acts()
+    results = hp_mini.pursue_heads(acts, D, n_atoms=5, criterion=criterion, batch_heads=batch_heads, progress=False)
+    assert list(results) == acts.heads
+    assert len(results[(1, 2)]) == 3  # its residual is zero after its three atoms
+    for (layer, head), r in results.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = hp_mini.somp(acts.head(layer, head), D, n_atoms=5, criterion=criterion)
+        assert r.atoms.tolist() == expected.atoms.tolist(), (layer, head)
+        torch.testing.assert_close(r.evr, expected.evr, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r.coefficients, expected.coefficients, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(r.mean, expected.mean, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:L1H2. the residual is zero after 3 atoms")
+def test_moments_only_gives_the_same_l2_pursuit():
+    acts, D = synthetic_acts(seed=1)
+    full = hp_mini.pursue_heads(acts, D, n_atoms=6, criterion="l2", progress=False)
+    light = hp_mini.pursue_heads(moments_only(acts), D, n_atoms=6, criterion="l2", progress=False)
+    for h in acts.heads:
+        assert full[h].atoms.tolist() == light[h].atoms.tolist()
+        torch.testing.assert_close(full[h].evr, light[h].evr)
+        torch.testing.assert_close(full[h].coefficient_norms, light[h].coefficient_norms, rtol=1e-4, atol=1e-5)
+        assert light[h].coefficients is None
+    with pytest.raises(ValueError, match="store='moments'"):
+        hp_mini.pursue_heads(moments_only(acts), D, n_atoms=3, criterion="l1", progress=False)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_rank_heads_finds_the_planted_head(criterion):
+    acts, D = synthetic_acts(seed=2)
+    ranking = hp_mini.rank_heads(acts, D, n_atoms=3, criterion=criterion, progress=False)
+    assert ranking.heads[0] == (1, 2)
+    assert float(ranking.scores[0]) == pytest.approx(1.0, abs=1e-5)
+    assert sorted(ranking.results[(1, 2)].atoms.tolist()) == [3, 17, 40]
+    assert (ranking.scores.diff() <= 0).all()
+    assert sorted(ranking.heads) == sorted(acts.heads)
+    frame = ranking.to_frame()
+    assert frame["head"].iloc[0] == "L1H2"
+    assert list(frame.columns) == ["head", "layer", "index", "score", "atoms"]
+    assert ranking.top(2) == ranking.heads[:2]
+
+
+def test_rank_heads_logit_lens_is_the_mean_logit():
+    acts, D = synthetic_acts(seed=3)
+    ranking = hp_mini.rank_heads(acts, D, method="logit_lens")
+    for (layer, head), score in zip(ranking.heads, ranking.scores):
+        expected = (acts.head(layer, head) @ D.T).mean()
+        assert float(score) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    light = hp_mini.rank_heads(moments_only(acts), D, method="logit_lens")
+    assert light.heads == ranking.heads
+    with pytest.raises(ValueError, match="method"):
+        hp_mini.rank_heads(acts, D, method="tuned_lens")
+
+
+def test_mismatched_width_and_too_many_atoms():
+    acts, D = synthetic_acts()
+    with pytest.raises(ValueError, match="wide"):
+        hp_mini.pursue_heads(acts, D[:, :10], progress=False)
+    with pytest.raises(ValueError, match="more than"):
+        hp_mini.pursue_heads(acts, D[:4], n_atoms=5, progress=False)
+    with pytest.warns(RuntimeWarning, match="using 4"):
+        hp_mini.rank_heads(acts, D[:4], n_atoms=5, progress=False)
+
+
+def test_dead_head_warns_and_scores_zero():
+    acts, D = synthetic_acts(seed=4)
+    acts.z[:, 0, 1] = 0.7  # constant output: zero variance
+    with pytest.warns(RuntimeWarning, match="L0H1 has zero variance"):
+        ranking = hp_mini.rank_heads(acts, D, n_atoms=3, progress=False)
+    assert ranking.heads[-1] == (0, 1) and float(ranking.scores[-1]) == 0.0
+
+
+def test_random_heads_like():
+    pool = [(layer, head) for layer in range(4) for head in range(5)]
+    selected = [(0, 1), (0, 3), (2, 2), (3, 0), (3, 4)]
+    draws = hp_mini.random_heads_like(selected, pool, n_draws=10, seed=7)
+    assert len(draws) == 10
+    for d in draws:
+        assert len(d) == len(selected) and len(set(d)) == len(d)
+        assert not set(d) & set(selected)
+        counts = {layer: sum(1 for l, _ in d if l == layer) for layer in range(4)}
+        assert counts == {0: 2, 1: 0, 2: 1, 3: 2}
+    assert len({tuple(d) for d in draws}) > 1
+    assert draws == hp_mini.random_heads_like(selected, pool, n_draws=10, seed=7)
+    assert draws != hp_mini.random_heads_like(selected, pool, n_draws=10, seed=8)
+    acts, _ = synthetic_acts()
+    assert all(h in acts.heads for d in hp_mini.random_heads_like([(1, 2)], acts, n_draws=3) for h in d)
+    with pytest.raises(ValueError, match="only 1 others"):
+        hp_mini.random_heads_like([(0, 0), (0, 1), (0, 2), (0, 3)], pool)
+    with pytest.raises(ValueError, match="not among"):
+        hp_mini.random_heads_like([(9, 0)], pool)
+
+
+@pytest.mark.slow
+def test_smollm2_rank_heads_runs_from_moments(smollm2_heads, smollm2):
+    model, tok = smollm2
+    months = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("months"))
+    acts = smollm2_heads
+    full = hp_mini.rank_heads(acts, months, n_atoms=10, criterion="l2", progress=False)
+    light = hp_mini.rank_heads(moments_only(acts), months, n_atoms=10, criterion="l2", progress=False)
+    assert full.heads == light.heads
+    torch.testing.assert_close(full.scores, light.scores, rtol=1e-5, atol=1e-6)
+    assert len(full.heads) == 270 and full.to_frame()["head"].str.match(r"L\d+H\d$").all()

@@ -1,0 +1,185 @@
+"""hp_mini.widgets: the widgets' callbacks change what they show, and the static stand-ins."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("matplotlib")
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import hp_mini  # noqa: E402
+from conftest import CharTokenizer, tiny_model  # noqa: E402
+from hp_mini.widgets import ConceptBuilder, EditingPlayground, HeadExplorer  # noqa: E402
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PROMPTS = [
+    "the red fox jumps",
+    "a blue sky over the sea",
+    "green grass and yellow sun",
+    "seven cats sleep all day",
+    "on monday we sail north",
+    "paris is in france",
+]
+
+
+class TextTokenizer(CharTokenizer):
+    """CharTokenizer with encode/decode (one token per character, ids 1..90)."""
+
+    def encode(self, text, add_special_tokens=False):
+        return self._ids(text)
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i - 1) if i - 1 >= 32 else chr(i - 1 + 90) for i in map(int, ids))
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [self.decode(row) for row in ids]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = tiny_model("llama"), TextTokenizer()
+    acts = hp_mini.record_heads(model, tok, PROMPTS, progress=False)
+    full = hp_mini.unembedding_dictionary(model, tok)
+    return model, tok, acts, full
+
+
+# -- head explorer --------------------------------------------------------- #
+
+
+def test_explorer_view_matches_an_independent_computation(setup):
+    _, _, acts, full = setup
+    explorer = HeadExplorer(acts, full, n_atoms=5, n_prompts=3, head=(1, 2))
+    view = explorer.current
+    X = acts.head(1, 2)
+    expected = hp_mini.somp(X, full, n_atoms=5)
+    assert view.pursuit.atoms.tolist() == expected.atoms.tolist()
+    torch.testing.assert_close(view.pursuit.evr.double(), expected.evr.double(), atol=1e-4, rtol=0)
+    lens = full.atoms @ X.mean(0)
+    assert view.lens_labels == [full.labels[i] for i in torch.topk(lens, 5).indices]
+    loudest = torch.topk(X.norm(dim=1), 3).indices
+    assert view.prompts == [PROMPTS[i] for i in loudest]
+
+
+def test_explorer_sliders_change_the_head_shown(setup):
+    _, _, acts, full = setup
+    explorer = HeadExplorer(acts, full, n_atoms=5, head=(0, 0))
+    ui = explorer.ui
+    before = explorer._output.value
+    assert "Head <b>L0H0</b>" in before
+    explorer._head.value = 4
+    assert explorer.head == (0, 4)
+    assert "Head <b>L0H4</b>" in explorer._output.value and explorer._output.value != before
+    explorer._layer.value = 1
+    assert explorer.head == (1, 4)
+    assert "Head <b>L1H4</b>" in explorer._output.value
+    # The ranking drop-down moves the sliders.
+    ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
+    ranked = HeadExplorer(acts, full, n_atoms=5, ranking=ranking)
+    ranked.ui
+    ranked._ranked.value = tuple(ranking.heads[3])
+    assert ranked.head == tuple(ranking.heads[3])
+    assert (ranked._layer.value, ranked._head.value) == tuple(ranking.heads[3])
+    assert ui is explorer.ui  # built once
+
+
+def test_explorer_static_stand_in(setup):
+    _, _, acts, full = setup
+    explorer = HeadExplorer(acts, full, n_atoms=4, head=(1, 0))
+    fig = explorer.static()
+    assert len(fig.axes) == 3
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [repr(s) for s in explorer.current.pursuit.labels]
+    bundle = explorer._repr_mimebundle_()
+    assert bundle["text/html"].count('<img src="data:image/png;base64,') == 1
+    assert WIDGET_VIEW in bundle and bundle[WIDGET_VIEW]["model_id"] == explorer.ui.model_id
+
+
+def test_explorer_rejects_moments_only_and_unknown_heads(setup):
+    model, tok, acts, full = setup
+    moments = hp_mini.record_heads(model, tok, PROMPTS, store="moments", progress=False)
+    with pytest.raises(ValueError, match="store='samples'"):
+        HeadExplorer(moments, full)
+    with pytest.raises(ValueError, match="L5H0 was not recorded"):
+        HeadExplorer(acts, full, head=(5, 0))
+
+
+# -- editing playground ---------------------------------------------------- #
+
+
+def test_playground_alpha_slider_changes_the_edited_text(setup):
+    model, tok, acts, full = setup
+    ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
+    playground = EditingPlayground(model, tok, {"tokens": ranking}, PROMPTS[:3], n_heads=6, alpha=1.0,
+                                   max_new_tokens=8, chat=False)
+    playground.ui
+    table = playground.static()
+    # alpha = 1 leaves the heads as they are.
+    assert table["with edit"].tolist() == table["without edit"].tolist()
+    before = playground._output.value
+    playground._alpha.value = -3.0
+    assert playground.alpha == -3.0
+    edited = playground.static()
+    assert edited["without edit"].tolist() == table["without edit"].tolist()
+    assert edited["with edit"].tolist() != edited["without edit"].tolist()
+    assert playground._output.value != before and "alpha = -3" in playground._output.value
+    # The edited text is what generate() gives under scale_heads with the same heads.
+    with hp_mini.scale_heads(model, {h: -3.0 for h in ranking.heads[:6]}):
+        expected = hp_mini.generate(model, tok, PROMPTS[:3], max_new_tokens=8)
+    assert edited["with edit"].tolist() == expected
+    # Fewer heads: a different edit.
+    playground._n.value = 1
+    assert playground.heads == ranking.heads[:1]
+    assert f"top 1 heads scaled by alpha = -3 ({hp_mini.head_label(*ranking.heads[0])})" in playground._output.value
+    # New prompts typed in the box are generated.
+    playground._prompts.value = "a new prompt"
+    assert playground.prompts == ["a new prompt"]
+    assert "a new prompt" in playground._output.value
+
+
+def test_playground_validates_settings(setup):
+    model, tok, acts, full = setup
+    ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
+    with pytest.raises(ValueError, match="n_heads must be between 1 and 18"):
+        EditingPlayground(model, tok, ranking, PROMPTS, n_heads=50)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        EditingPlayground(model, tok, ranking, ["  "])
+
+
+# -- concept builder ------------------------------------------------------- #
+
+
+def test_concept_builder_reports_kept_and_dropped_tokens(setup):
+    model, tok, _, _ = setup
+    builder = ConceptBuilder(model, tok, ["a", "red", "b", "a"])
+    frame = builder.frame().set_index("word")
+    # One character is one token: "a" is kept; " a" splits into ' ' + 'a' and is dropped.
+    assert frame.loc["b", "status"] == "kept"
+    assert frame.loc["b", "tokens in the dictionary"] == "'b'"
+    assert "' b' -> ' ' + 'b'" in frame.loc["b", "dropped variants (why)"]
+    assert "too short" in frame.loc["b", "dropped variants (why)"]
+    # "red" splits into characters whose first is too short to stand for it: missing.
+    assert frame.loc["red", "status"].tolist() if hasattr(frame.loc["red", "status"], "tolist") else frame.loc["red", "status"] == "missing"
+    assert builder.dictionary.missing == ["red"]
+    assert len(builder.dictionary) == 2
+
+
+def test_concept_builder_callbacks(setup):
+    model, tok, _, _ = setup
+    builder = ConceptBuilder(model, tok, ["x"])
+    builder.ui
+    assert "1 words give 1 atoms" in builder._output.value
+    builder._words.value = "x, y\nz; blue"
+    assert builder.words == ["x", "y", "z", "blue"]
+    assert "4 words give 3 atoms; 1 words are missing (blue)" in builder._output.value
+    builder._policy.value = "drop"
+    assert builder.multi_token == "drop"
+    assert "the policy &#x27;drop&#x27; drops words of several tokens" in builder._output.value
+    builder._preset.value = "weekdays"
+    assert builder.words == hp_mini.concept_words("weekdays")
+    assert "7 words give" in builder._output.value
+    bundle = builder._repr_mimebundle_()
+    assert "<table" in bundle["text/html"] and WIDGET_VIEW in bundle
