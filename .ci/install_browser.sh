@@ -15,6 +15,6 @@ fi
 chromium --version
 
 if ! "$PY" -c "import selenium" >/dev/null 2>&1; then
-    "$PY" -m pip install --quiet --disable-pip-version-check -e ".[browser]" --constraint constraints.txt
+    "$PY" -m pip install --quiet --disable-pip-version-check "selenium>=4.15"  # the [browser] extra of pyproject.toml
 fi
 "$PY" -c "import selenium; print('selenium', selenium.__version__)"

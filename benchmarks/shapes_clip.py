@@ -20,16 +20,14 @@ import time
 
 import torch
 
-from hp_mini.vision.clip import ShapesCLIPConfig, load_shapes_clip, train_shapes_clip, zero_shot_accuracy
+from hp_mini.vision.clip import ShapesCLIPConfig, load_shapes_clip, train_shapes_clip, zero_shot_accuracies
 from hp_mini.vision.shapes import ATTRIBUTES, render_scene, scenes
 
 
 def evaluate(model, processor, n: int = 1000, seed: int = 1) -> dict[str, float]:
     items = scenes(n, seed=seed)
     images = [render_scene(s) for s in items]
-    return {
-        a: zero_shot_accuracy(model, processor, images, [s.attributes()[a] for s in items], a) for a in ATTRIBUTES
-    }
+    return zero_shot_accuracies(model, processor, images, {a: [s.attributes()[a] for s in items] for a in ATTRIBUTES})
 
 
 def main() -> None:

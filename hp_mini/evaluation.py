@@ -114,6 +114,7 @@ def qa_evaluator(
     answers: Sequence[Sequence[str]],
     groups: Sequence[str] | None = None,
     *,
+    prefix: str = "",
     max_new_tokens: int = 6,
     batch_size: int = 48,
     keep_predictions: bool = False,
@@ -129,8 +130,11 @@ def qa_evaluator(
     groups : list of str, optional
         A group per prompt (e.g. ``"country"`` / ``"other"``): the result has
         one mean F1 per group, ``"f1_<group>"``, besides ``"f1"`` over all.
+    prefix : str, optional
+        A text put before every prompt (e.g. the few-shot examples
+        :data:`hp_mini.textdata.QA_FEWSHOT`).
     max_new_tokens, batch_size
-        Passed to :func:`hp_mini.generate`.
+        Generation length and batch size.
     keep_predictions : bool
         Also store the last predictions in ``evaluate.predictions``.
 
@@ -146,7 +150,9 @@ def qa_evaluator(
         raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
 
     def evaluate() -> dict[str, float]:
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        outputs = generate(
+            model, tokenizer, [prefix + p for p in prompts], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
         preds = [first_answer(o) for o in outputs]
         f1 = np.array([token_f1(p, a) for p, a in zip(preds, answers)])
         result = {"f1": float(f1.mean())}

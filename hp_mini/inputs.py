@@ -81,7 +81,8 @@ def encode(
     finally:
         tok.padding_side = old_side
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    batch.pop("token_type_ids", None)
+    if images is None or not _accepts(model, "token_type_ids"):
+        batch.pop("token_type_ids", None)  # Gemma3 needs them to mark image tokens; text models do not
     if images is None and _accepts(model, "position_ids"):
         mask = batch["attention_mask"].long()
         batch["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)

@@ -212,8 +212,10 @@ def rank_heads(
     method: Literal["somp", "logit_lens"] = "somp",
     n_atoms: int = 50,
     criterion: Literal["l1", "l2"] = "l1",
+    center: bool = True,
+    batch_heads: int = 90,
+    dtype: torch.dtype = torch.float64,
     progress: bool = True,
-    **options,
 ) -> HeadRanking:
     """Rank every recorded head for a dictionary, best first.
 
@@ -232,10 +234,10 @@ def rank_heads(
         SOMP steps (capped at the dictionary's size, with a warning).
     criterion : {"l1", "l2"}, default "l1"
         SOMP criterion.
+    center, batch_heads, dtype
+        Passed on to :func:`pursue_heads`.
     progress : bool, default True
         Show a progress bar over heads.
-    **options
-        Passed on to :func:`pursue_heads` (``center``, ``batch_heads``, ``dtype``).
 
     Returns
     -------
@@ -252,7 +254,16 @@ def rank_heads(
                 stacklevel=2,
             )
             n_atoms = len(dic)
-        results = pursue_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, progress=progress, **options)
+        results = pursue_heads(
+            acts,
+            dic,
+            n_atoms=n_atoms,
+            criterion=criterion,
+            center=center,
+            batch_heads=batch_heads,
+            dtype=dtype,
+            progress=progress,
+        )
         heads = list(results)
         scores = torch.tensor([float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in heads])
     elif method == "logit_lens":

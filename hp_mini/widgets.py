@@ -516,8 +516,14 @@ class ConceptBuilder(_Interactive):
         labels = {int(t): lab for t, lab in zip(d.token_ids.tolist(), d.labels)}
         kept_first = set(d.kept_first)
         rows = []
+        typed: set[str] = set()
         for word in self.words:
             word = word.strip()
+            if word in typed:
+                rows.append({"word": word, "status": "duplicate", "tokens in the dictionary": "",
+                             "dropped variants (why)": "typed twice: its tokens are in the dictionary once"})
+                continue
+            typed.add(word)
             got, dropped = [], []
             for variant in (" " + word, word):
                 if variant in d.multi_token:

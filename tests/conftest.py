@@ -112,6 +112,6 @@ def concept_prompts(n: int) -> list[str]:
 
 @pytest.fixture(scope="session")
 def smollm2_heads(smollm2):
-    """SmolLM2 head outputs on 48 prompts (store='samples'), recorded once per session."""
+    """SmolLM2 head outputs on 32 prompts (store="samples"), recorded once per session."""
     model, tok = smollm2
-    return hp_mini.record_heads(model, tok, concept_prompts(48), batch_size=16, progress=False)
+    return hp_mini.record_heads(model, tok, concept_prompts(32), batch_size=16, progress=False)

@@ -281,3 +281,10 @@ def test_training_is_deterministic():
     sa, sb, su = a.state_dict(), b.state_dict(), untrained.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["visual.proj"], su["visual.proj"]), "training changed nothing"
+
+
+def test_shapes_clip_is_registered():
+    import hp_mini.models
+    import hp_mini.vision  # noqa: F401
+
+    assert "shapes-clip" in hp_mini.models._BUILDERS

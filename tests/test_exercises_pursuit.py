@@ -64,3 +64,33 @@ def test_evr_rejects_uncentred():
 
     with pytest.raises(ExerciseError, match="uncentred"):
         check("pursuit.evr", uncentred, quiet=True)
+
+
+def test_order_rejects_signed_sum():
+    def good(atoms, coefficients):
+        return [int(atoms[i]) for i in coefficients.norm(dim=0).argsort(descending=True)]
+
+    assert check("pursuit.order", good, quiet=True)
+
+    def signed(atoms, coefficients):
+        return [int(atoms[i]) for i in coefficients.sum(0).argsort(descending=True)]
+
+    with pytest.raises(ExerciseError, match="signed sum"):
+        check("pursuit.order", signed, quiet=True)
+
+
+def test_copy_score_rejects_dot_products():
+    def good(acts, layer, head, token_ids, U):
+        x = acts.head(layer, head)
+        t = torch.stack([U[torch.as_tensor(ids)].mean(0) for ids in token_ids])
+        return float(torch.nn.functional.cosine_similarity(x, t, dim=1).mean())
+
+    assert check("pursuit.copy_score", good, quiet=True)
+
+    def dots(acts, layer, head, token_ids, U):
+        x = acts.head(layer, head)
+        t = torch.stack([U[torch.as_tensor(ids)].mean(0) for ids in token_ids])
+        return float((x * t).sum(1).mean())
+
+    with pytest.raises(ExerciseError, match="cosine"):
+        check("pursuit.copy_score", dots, quiet=True)

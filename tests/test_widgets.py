@@ -143,7 +143,7 @@ def test_playground_alpha_slider_changes_the_edited_text(setup):
 def test_playground_validates_settings(setup):
     model, tok, acts, full = setup
     ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
-    with pytest.raises(ValueError, match="n_heads must be between 1 and 18"):
+    with pytest.raises(ValueError, match="n_heads must be between 1 and 12"):
         EditingPlayground(model, tok, ranking, PROMPTS, n_heads=50)
     with pytest.raises(ValueError, match="at least one prompt"):
         EditingPlayground(model, tok, ranking, ["  "])
@@ -154,7 +154,7 @@ def test_playground_validates_settings(setup):
 
 def test_concept_builder_reports_kept_and_dropped_tokens(setup):
     model, tok, _, _ = setup
-    builder = ConceptBuilder(model, tok, ["a", "red", "b", "a"])
+    builder = ConceptBuilder(model, tok, ["a", "red", "b"])
     frame = builder.frame().set_index("word")
     # One character is one token: "a" is kept; " a" splits into ' ' + 'a' and is dropped.
     assert frame.loc["b", "status"] == "kept"
@@ -162,9 +162,14 @@ def test_concept_builder_reports_kept_and_dropped_tokens(setup):
     assert "' b' -> ' ' + 'b'" in frame.loc["b", "dropped variants (why)"]
     assert "too short" in frame.loc["b", "dropped variants (why)"]
     # "red" splits into characters whose first is too short to stand for it: missing.
-    assert frame.loc["red", "status"].tolist() if hasattr(frame.loc["red", "status"], "tolist") else frame.loc["red", "status"] == "missing"
+    assert frame.loc["red", "status"] == "missing"
+    assert frame.loc["red", "tokens in the dictionary"] == ""
     assert builder.dictionary.missing == ["red"]
     assert len(builder.dictionary) == 2
+    # A word typed twice gives its token once; the second copy says so.
+    twice = ConceptBuilder(model, tok, ["a", "a"]).frame()
+    assert twice["status"].tolist() == ["kept", "duplicate"]
+    assert "typed twice" in twice.loc[1, "dropped variants (why)"]
 
 
 def test_concept_builder_callbacks(setup):
@@ -177,9 +182,12 @@ def test_concept_builder_callbacks(setup):
     assert "4 words give 3 atoms; 1 words are missing (blue)" in builder._output.value
     builder._policy.value = "drop"
     assert builder.multi_token == "drop"
-    assert "the policy &#x27;drop&#x27; drops words of several tokens" in builder._output.value
+    assert "the policy 'drop' drops words of several tokens" in builder._output.value
+    # A shipped list: with one token per character, no weekday gets a token, and the widget says so.
     builder._preset.value = "weekdays"
     assert builder.words == hp_mini.concept_words("weekdays")
-    assert "7 words give" in builder._output.value
+    assert "ValueError:</b> none of the words gave a token" in builder._output.value
+    builder._words.value = "q"
+    assert "1 words give 1 atoms" in builder._output.value
     bundle = builder._repr_mimebundle_()
     assert "<table" in bundle["text/html"] and WIDGET_VIEW in bundle

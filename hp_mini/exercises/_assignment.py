@@ -67,6 +67,10 @@ def _minutes(time: str) -> int | None:
     return int(m.group(2) or m.group(1))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _plain(text: str) -> str:
     return text.replace("`", "").replace("<", "‹").replace(">", "›").replace("|", "/").strip()
 
@@ -80,7 +84,7 @@ def render_exercise_list(exercises: list[Exercise]) -> str:
         chapters.setdefault(ex.chapter, []).append(ex)
     total = [m for ex in exercises if (m := _minutes(ex.time)) is not None]
     lines = [
-        f"The book has {len(exercises)} exercises in {len(chapters)} chapters"
+        f"The book has {_count(len(exercises), 'exercise')} in {_count(len(chapters), 'chapter')}"
         + (f", about {sum(total)} minutes of work in all." if len(total) == len(exercises) else "."),
         "",
     ]

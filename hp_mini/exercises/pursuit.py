@@ -80,3 +80,44 @@ def _check_evr(evr) -> None:
     if abs(got - uncentred) < 1e-6:
         raise AssertionError("that is the EVR of the uncentred data: subtract H.mean(0) first")
     assert abs(got - expected) < 1e-6, f"returned {got:.6f}, expected {expected:.6f}"
+
+
+@checker("pursuit.order")
+def _check_order(by_coefficient_norm) -> None:
+    atoms = torch.tensor([40, 7, 19, 3])
+    coefficients = torch.tensor([[0.1, -5.0, 1.0, 0.0], [0.2, 0.5, -2.0, 0.3], [0.0, 0.1, 1.5, -0.1]])
+    norms = coefficients.norm(dim=0)
+    expected = [int(atoms[i]) for i in norms.argsort(descending=True)]
+    got = [int(a) for a in by_coefficient_norm(atoms, coefficients)]
+    signed = [int(atoms[i]) for i in coefficients.sum(0).argsort(descending=True)]
+    if got == signed and got != expected:
+        raise AssertionError("you sorted by the signed sum of the coefficients; use the L2 norm of each column")
+    if got == expected[::-1]:
+        raise AssertionError("the order is reversed: largest norm first")
+    if got == [int(atoms[i]) for i in coefficients.norm(dim=1).argsort(descending=True)[: len(atoms)]]:
+        raise AssertionError("you took norms of rows (samples); take the norm of each column (atom)")
+    assert got == expected, f"returned {got}, expected {expected} (atoms sorted by column norm, largest first)"
+
+
+@checker("pursuit.copy_score")
+def _check_copy_score(copy_score) -> None:
+    from ..activations import HeadActivations
+
+    g = torch.Generator().manual_seed(7)
+    vocab, d_model, d_head, n = 30, 12, 4, 6
+    U = torch.randn(vocab, d_model, generator=g)
+    W_O = torch.randn(1, 2, d_model, d_head, generator=g)
+    z = torch.randn(n, 1, 2, d_head, generator=g)
+    acts = HeadActivations(z, W_O, None, [0])
+    token_ids = [[int(t) for t in torch.randint(0, vocab, (3,), generator=g)] for _ in range(n)]
+    x = acts.head(0, 1)
+    targets = torch.stack([U[torch.tensor(ids)].mean(0) for ids in token_ids])
+    expected = float(torch.nn.functional.cosine_similarity(x, targets, dim=1).mean())
+    got = float(copy_score(acts, 0, 1, token_ids, U))
+    dots = float((x * targets).sum(1).mean())
+    if abs(got - dots) < 1e-4:
+        raise AssertionError("that is a mean dot product; normalise both vectors (cosine similarity)")
+    other = float(torch.nn.functional.cosine_similarity(acts.head(0, 0), targets, dim=1).mean())
+    if abs(got - other) < 1e-5:
+        raise AssertionError("you scored the wrong head: use acts.head(layer, head)")
+    assert abs(got - expected) < 1e-4, f"returned {got:.4f}, expected {expected:.4f}"

@@ -65,12 +65,14 @@ __all__ = [
     "concept_prompts",
     "describe",
     "head_split_error",
+    "image_embeddings",
     "joint_space_map",
     "load_shapes_clip",
     "record_image_heads",
     "split_heads",
     "text_dictionary",
     "train_shapes_clip",
+    "zero_shot_accuracies",
     "zero_shot_accuracy",
     "zero_shot_predict",
 ]
@@ -640,35 +642,57 @@ def text_dictionary(model: nn.Module, processor, prompts: Sequence[str], *, norm
 # --------------------------------------------------------------------------- #
 
 
+def image_embeddings(model: nn.Module, processor, images, *, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised image embeddings ``[n, embed_dim]`` (edits of an enclosing ``scale_heads`` apply)."""
+    pixels = _pixels(processor, images)
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, pixels.shape[0], batch_size):
+            out.append(model.encode_image(pixels[start : start + batch_size].to(device)).float().cpu())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
 def zero_shot_predict(model: nn.Module, processor, images, prompts: Sequence[str], *, batch_size: int = 256) -> torch.Tensor:
     """The index of the best-matching prompt for each image (cosine similarity), ``[n]``.
 
-    Runs inside any :func:`hp_mini.scale_heads` block around it, so edits apply.
+    Runs inside any :func:`hp_mini.scale_heads` block around it, so edits apply
+    (to the image encoder; the text embeddings are those of the unedited text tower).
     """
     text = text_dictionary(model, processor, prompts).atoms
-    pixels = _pixels(processor, images)
-    device = next(model.parameters()).device
-    preds = []
-    with torch.no_grad():
-        for start in range(0, pixels.shape[0], batch_size):
-            emb = F.normalize(model.encode_image(pixels[start : start + batch_size].to(device)).float().cpu(), dim=-1)
-            preds.append((emb @ text.T).argmax(-1))
-    return torch.cat(preds)
+    return (image_embeddings(model, processor, images, batch_size=batch_size) @ text.T).argmax(-1)
+
+
+def zero_shot_accuracies(
+    model: nn.Module, processor, images, labels: dict[str, Sequence], *, batch_size: int = 256
+) -> dict[str, float]:
+    """Zero-shot accuracy per attribute, ``{attribute: accuracy}``, encoding the images once.
+
+    ``labels`` maps an attribute (``"colour"``, ``"shape"``, ...) to the true
+    value of each image; the prompts are those of :func:`concept_prompts`.
+    """
+    emb = image_embeddings(model, processor, images, batch_size=batch_size)
+    out = {}
+    for attribute, truth in labels.items():
+        values, prompts = concept_prompts(attribute)
+        if len(truth) != emb.shape[0]:
+            raise ValueError(f"{len(truth)} {attribute} labels for {emb.shape[0]} images")
+        text = text_dictionary(model, processor, prompts).atoms
+        target = torch.tensor([values.index(str(v)) for v in truth])
+        out[attribute] = float(((emb @ text.T).argmax(-1) == target).float().mean())
+    return out
 
 
 def zero_shot_accuracy(model: nn.Module, processor, images, labels: Sequence, attribute: str, *, batch_size: int = 256) -> float:
     """Zero-shot accuracy on one attribute, with the prompts of :func:`concept_prompts`."""
-    values, prompts = concept_prompts(attribute)
-    pred = zero_shot_predict(model, processor, images, prompts, batch_size=batch_size)
-    truth = torch.tensor([values.index(str(v)) for v in labels])
-    return float((pred == truth).float().mean())
+    return zero_shot_accuracies(model, processor, images, {attribute: labels}, batch_size=batch_size)[attribute]
 
 
 # --------------------------------------------------------------------------- #
 # The shapes-clip model: build, train, cache, load
 # --------------------------------------------------------------------------- #
 
-_CACHE_NAME = "shapes-clip-v1"
+_CACHE_PREFIX = "shapes-clip"
 
 
 @dataclass(frozen=True)
@@ -686,9 +710,9 @@ class ShapesCLIPConfig:
     mlp_ratio: float = 2.0
     context_length: int = 12
     n_train: int = 6000
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.05
     p_full_caption: float = 0.3
@@ -825,12 +849,22 @@ def train_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig(), *, progress
     return model, processor, time.perf_counter() - t0
 
 
+def cache_name(config: ShapesCLIPConfig = ShapesCLIPConfig()) -> str:
+    """The cache folder of a recipe: ``shapes-clip-<hash of the recipe and open_clip's version>``."""
+    import hashlib
+
+    import open_clip
+
+    key = json.dumps({"recipe": asdict(config), "open_clip": open_clip.__version__}, sort_keys=True)
+    return f"{_CACHE_PREFIX}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
 def load_shapes_clip(*, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = True):
     """``(model, processor)`` of ``shapes-clip``: trained on the first call, then read from the cache."""
     from safetensors.torch import load_file, save_file
 
     config = ShapesCLIPConfig()
-    final = cache_dir() / _CACHE_NAME
+    final = cache_dir() / cache_name(config)
     if not (final / "model.safetensors").is_file():
         if progress:
             print(f"hp_mini: training shapes-clip (once; cached in {final})...", flush=True)

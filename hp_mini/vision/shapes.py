@@ -34,6 +34,7 @@ __all__ = [
     "COLOURS",
     "COUNTS",
     "COUNT_WORDS",
+    "GENERATOR_VERSION",
     "IMAGE_SIZE",
     "POSITIONS",
     "QUESTIONS",
@@ -88,7 +89,10 @@ QUESTIONS: dict[str, str] = {
 }
 """One question per attribute; its answer is the attribute's word."""
 
-_RADIUS = {"small": 3.5, "large": 6.0}  # in pixels of the final image
+_RADIUS = {"small": 3.5, "large": 5.0}  # in pixels of the final image
+_GAP = 1.0  # the least gap between two shapes, in pixels
+GENERATOR_VERSION = 2
+"""Bumped whenever the same ``(seed, index)`` would draw a different scene."""
 _SUPERSAMPLE = 4  # draw at 4x and downsample, for anti-aliased edges
 
 
@@ -131,7 +135,8 @@ def sample_scene(seed: int, index: int) -> Scene:
     centres = []
     for c in sorted(int(c) for c in cells):
         col, row = c % 2, c // 2
-        slack_x, slack_y = max(cw / 2 - r - 0.5, 0), max(ch / 2 - r - 0.5, 0)
+        # Jitter inside the cell, keeping neighbours at least _GAP apart.
+        slack_x, slack_y = max(cw / 2 - r - _GAP, 0), max(ch / 2 - r - _GAP, 0)
         cx = x0 + (col + 0.5) * cw + rng.uniform(-slack_x, slack_x)
         cy = (row + 0.5) * ch + rng.uniform(-slack_y, slack_y)
         centres.append((float(cx), float(cy)))

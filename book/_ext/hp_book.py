@@ -1,4 +1,4 @@
-"""Sphinx extension: every chapter as a Jupyter notebook, to download and to open in Colab.
+"""Sphinx extension of the book: chapters as notebooks (download, Colab), and clean pages.
 
 The chapters are MyST Markdown notebooks. The build turns each one into an ``.ipynb``:
 
@@ -12,6 +12,16 @@ The chapters are MyST Markdown notebooks. The build turns each one into an ``.ip
   button points at the ``.md`` source. The button is pointed instead at the generated
   notebook as published with the HTML: ``<hp_colab_branch>/<hp_colab_path>/<page>.ipynb``
   (default ``gh-pages/_sources``, where ``ghp-import -n -p -f _build/html`` puts it).
+
+Two page fixes, found by the browser check (``tests/browser/check_pages.py``):
+
+* Inline scripts registered twice in a Jupyter Book 1 build (``const THEBE_JS_URL = ...`` from
+  sphinx-thebe, the togglebutton selector) are emitted once, so pages have no
+  ``SyntaxError: Identifier 'THEBE_JS_URL' has already been declared``.
+* With ``nb_ipywidgets_js`` empty (widgets show their static stand-ins), the saved widget
+  state is not embedded in the pages.
+* The theme's colour mode defaults to ``auto`` (pydata-sphinx-theme logs a console error on a
+  reader's first visit when ``default_mode`` is empty).
 
 Configuration (``sphinx: config:`` in ``_config.yml``): ``hp_colab_branch``,
 ``hp_colab_path``, ``hp_install_spec`` (what ``pip`` installs in the first cell).
@@ -30,6 +40,7 @@ from sphinx.util import logging
 LOGGER = logging.getLogger(__name__)
 
 INSTALL_TAG = "hp-install"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
 def install_cell(spec: str) -> dict:
@@ -89,13 +100,40 @@ def _walk_buttons(buttons):
 
 
 def point_colab_at_notebook(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
-    """Runs after sphinx-book-theme's launch buttons (priority 501): fix the Colab link."""
+    """Runs after sphinx-book-theme's launch buttons (priority 501): fix the Colab and Binder links."""
     url = None
     for button in _walk_buttons(context.get("header_buttons", [])):
+        if "url" in button and "/./" in button["url"]:  # path_to_book "." gives "tree/./book/..."
+            button["url"] = button["url"].replace("/./", "/")
         if button.get("text") == "Colab":
             url = url or _colab_url(app, context, pagename)
             if url:
                 button["url"] = url
+
+
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated identical scripts (same file or same inline body and attributes;
+    sphinx-thebe and sphinx-togglebutton register their inline scripts twice, once with the file
+    name None and once with "", which Sphinx does not see as equal)."""
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, kept = set(), []
+    for js in scripts:
+        attributes = getattr(js, "attributes", {}) or {}
+        if attributes.get("type") == WIDGET_STATE and not app.config.nb_ipywidgets_js:
+            continue  # no widget JavaScript on the pages: the saved widget state is dead weight
+        key = (getattr(js, "filename", str(js)) or "", tuple(sorted((k, str(v)) for k, v in attributes.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(js)
+    context["script_files"] = kept
+
+
+def default_colour_mode(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    if not context.get("default_mode"):
+        context["default_mode"] = "auto"
 
 
 def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
@@ -127,6 +165,8 @@ def setup(app: Sphinx) -> dict:
     app.add_config_value(
         "hp_install_spec", "hp_mini[widgets] @ git+https://github.com/hp-mini/hp_mini", "html"
     )
+    app.connect("html-page-context", default_colour_mode)
     app.connect("html-page-context", point_colab_at_notebook, priority=600)
+    app.connect("html-page-context", dedupe_scripts, priority=900)
     app.connect("build-finished", write_notebooks)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,305 @@
+"""Open every page of the built book in headless Chromium and check it like a reader would.
+
+    python tests/browser/check_pages.py [--html _build/html] [--screenshots _build/screenshots]
+
+The book is served from ``_build/html`` on 127.0.0.1 (a random free port) and every HTML page
+is opened in Debian's headless Chromium through chromedriver (Selenium). On each page:
+
+* **console**: no console message of level SEVERE. Chromium runs offline (no network in CI,
+  and ``--host-resolver-rules`` makes every host but 127.0.0.1 unresolvable, so nothing
+  hangs on DNS). Resources that the book deliberately loads from a CDN (MathJax from
+  cdn.jsdelivr.net) therefore fail to load; such a failure is reported as "offline" and
+  does not fail the check, but only for the hosts in ``EXTERNAL_OK``. Any other failed
+  request -- a local file missing, or an unexpected third-party host -- and every
+  JavaScript error fails the check.
+  The browser's own request for ``/favicon.ico`` is not a page's resource and is ignored.
+* **images**: every ``<img>`` has loaded with ``naturalWidth > 0`` (the page is scrolled
+  through first, so lazy images load).
+* **links**: every internal link (same origin) points to a file that exists under
+  ``_build/html``, and its ``#anchor``, if any, is an ``id`` (or ``<a name>``) in that page.
+
+A full-page screenshot of each page goes to ``--screenshots`` (``book/03.html`` ->
+``book__03.png``), and ``report.json`` beside them lists every page with its findings.
+Exit status 1 when any page fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urlsplit
+
+#: Third-party hosts the book loads on purpose; offline, their failures are reported, not fatal.
+EXTERNAL_OK = {
+    "cdn.jsdelivr.net": "MathJax 3 (sphinx.ext.mathjax)",
+    "cdnjs.cloudflare.com": "RequireJS for embedded widget state (myst-nb), unused when nb_ipywidgets_js is empty",
+    "unpkg.com": "Jupyter widget bundles (myst-nb)",
+}
+
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--mute-audio",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+]
+
+WINDOW = (1280, 900)
+MAX_SHOT_HEIGHT = 16000  # px; longer pages are cut there
+
+SKIP_DIRS = {"_static", "_sources", "_images", "_sphinx_design_static", "_panels_static"}
+
+
+# --------------------------------------------------------------------------- #
+# Serving the book
+# --------------------------------------------------------------------------- #
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def pages_of(root: Path) -> list[Path]:
+    return sorted(
+        p for p in root.rglob("*.html") if not (set(p.relative_to(root).parts[:-1]) & SKIP_DIRS)
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Anchors of a page, read from the file
+# --------------------------------------------------------------------------- #
+
+
+class _Ids(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if value and (name == "id" or (tag == "a" and name == "name")):
+                self.ids.add(value)
+
+
+@functools.lru_cache(maxsize=None)
+def anchors(path: Path) -> frozenset[str]:
+    parser = _Ids()
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    return frozenset(parser.ids)
+
+
+def resolve_local(root: Path, url_path: str) -> Path | None:
+    """The file under ``root`` that serves ``url_path``, or None."""
+    rel = unquote(url_path).lstrip("/")
+    target = (root / rel).resolve()
+    if not str(target).startswith(str(root.resolve())):
+        return None
+    if target.is_dir():
+        target = target / "index.html"
+    return target if target.is_file() else None
+
+
+def check_links(root: Path, base: str, hrefs: list[str]) -> tuple[list[str], int]:
+    """Broken internal links among ``hrefs`` (absolute URLs), and how many were checked."""
+    problems, checked = [], 0
+    origin = urlsplit(base).netloc
+    for href in sorted(set(hrefs)):
+        parts = urlsplit(href)
+        if parts.scheme not in ("http", "https") or parts.netloc != origin:
+            continue
+        checked += 1
+        url, fragment = urldefrag(href)
+        target = resolve_local(root, urlsplit(url).path)
+        if target is None:
+            problems.append(f"link to a missing file: {href}")
+            continue
+        fragment = unquote(fragment)
+        if fragment and target.suffix == ".html" and fragment not in anchors(target):
+            problems.append(f"link to a missing anchor: {href}")
+    return problems, checked
+
+
+# --------------------------------------------------------------------------- #
+# The browser
+# --------------------------------------------------------------------------- #
+
+
+def start_browser(chromium: str, chromedriver: str, profile: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
+    driver.set_page_load_timeout(60)
+    driver.set_window_size(*WINDOW)
+    return driver
+
+
+_IMAGES_JS = """
+return Array.from(document.images).map(img => ({
+    src: img.currentSrc || img.src, complete: img.complete, width: img.naturalWidth,
+    alt: img.alt || ""}));
+"""
+_LINKS_JS = "return Array.from(document.querySelectorAll('a[href]')).map(a => a.href);"
+
+
+def _wait_for_images(driver, timeout: float = 15.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        images = driver.execute_script(_IMAGES_JS)
+        if all(i["complete"] for i in images) or time.monotonic() > deadline:
+            return images
+        time.sleep(0.2)
+
+
+def _scroll_through(driver) -> None:
+    """Scroll to the bottom and back, so that lazy images start loading."""
+    driver.execute_script(
+        "const h = document.documentElement.scrollHeight;"
+        "for (let y = 0; y < h; y += 800) { window.scrollTo(0, y); }"
+        "window.scrollTo(0, 0);"
+    )
+
+
+def _screenshot(driver, path: Path) -> None:
+    """A full-page PNG: the window is made as tall as the document, then captured.
+
+    (Capturing beyond the viewport instead misplaces the theme's sticky sidebars.)
+    """
+    width, height = WINDOW
+    chrome = driver.execute_script("return window.outerHeight - window.innerHeight") or 0
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(max(full, height), MAX_SHOT_HEIGHT) + chrome)
+    time.sleep(0.3)
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.set_window_size(width, height)
+
+
+def classify_console(entries: list[dict], origin: str) -> tuple[list[str], list[str]]:
+    """SEVERE console entries split into (failures, offline external resources)."""
+    failures, offline = [], []
+    for entry in entries:
+        if entry.get("level") != "SEVERE":
+            continue
+        message = entry.get("message", "")
+        source = entry.get("source", "")
+        url = message.split(" ", 1)[0]
+        host = urlsplit(url).hostname or ""
+        if source == "network" and url == f"{origin}/favicon.ico":
+            continue  # the browser's own request for a site icon, not a resource of the page
+        if source == "network" and host and host != urlsplit(origin).hostname and host in EXTERNAL_OK:
+            offline.append(f"{host} ({EXTERNAL_OK[host]}): {message}")
+        else:
+            failures.append(f"console {source or 'error'}: {message}")
+    return failures, offline
+
+
+def check_page(driver, root: Path, base: str, page: Path, shots: Path) -> dict:
+    rel = page.relative_to(root).as_posix()
+    url = f"{base}/{rel}"
+    driver.get_log("browser")  # drop what the previous page left
+    driver.get(url)
+    driver.execute_script("return document.readyState")  # page loaded (get() waits for load)
+    _scroll_through(driver)
+    images = _wait_for_images(driver)
+    time.sleep(1.0)  # let late scripts report their errors and the layout settle
+    console = driver.get_log("browser")
+    failures, offline = classify_console(console, base)
+    for img in images:
+        if not (img["complete"] and img["width"] > 0):
+            failures.append(f"image not rendered (naturalWidth={img['width']}): {img['src'][:120]} alt={img['alt']!r}")
+    link_problems, n_links = check_links(root, base, driver.execute_script(_LINKS_JS))
+    failures += link_problems
+    shot = shots / (rel[: -len(".html")].replace("/", "__") + ".png")
+    _screenshot(driver, shot)
+    return {
+        "page": rel,
+        "ok": not failures,
+        "failures": failures,
+        "offline_external": offline,
+        "images": len(images),
+        "internal_links": n_links,
+        "screenshot": str(shot),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--html", default="_build/html", type=Path, help="the built book (default _build/html)")
+    parser.add_argument("--screenshots", default="_build/screenshots", type=Path)
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--chromedriver", default="/usr/bin/chromedriver")
+    parser.add_argument("--pages", nargs="*", help="only these pages (paths relative to --html)")
+    args = parser.parse_args(argv)
+
+    root = args.html.resolve()
+    if not (root / "index.html").exists() and not any(root.glob("*.html")):
+        print(f"no built book in {root}: build it first (make book)", file=sys.stderr)
+        return 2
+    pages = [root / p for p in args.pages] if args.pages else pages_of(root)
+    args.screenshots.mkdir(parents=True, exist_ok=True)
+    server, base = serve(root)
+    profile = Path(tempfile.mkdtemp(prefix="hp_mini_chromium_"))
+    driver = start_browser(args.chromium, args.chromedriver, profile)
+    results = []
+    try:
+        for page in pages:
+            try:
+                result = check_page(driver, root, base, page, args.screenshots)
+            except Exception as err:  # a page that breaks the checker is a failed page
+                result = {"page": page.relative_to(root).as_posix(), "ok": False,
+                          "failures": [f"{type(err).__name__}: {err}"], "offline_external": []}
+            results.append(result)
+            status = "ok  " if result["ok"] else "FAIL"
+            extra = f" ({len(result['offline_external'])} offline external)" if result["offline_external"] else ""
+            print(f"{status} {result['page']}{extra}")
+            for failure in result["failures"]:
+                print(f"       {failure}")
+    finally:
+        driver.quit()
+        server.shutdown()
+        shutil.rmtree(profile, ignore_errors=True)
+
+    (args.screenshots / "report.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    failed = [r for r in results if not r["ok"]]
+    offline = sorted({o.split(":", 1)[0] for r in results for o in r["offline_external"]})
+    print(f"\n{len(results)} pages checked, {len(failed)} failed; screenshots and report.json in {args.screenshots}")
+    if offline:
+        print("external resources not loaded (offline; see EXTERNAL_OK): " + "; ".join(offline))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
