@@ -29,6 +29,21 @@ def fractions_of_heads(n_heads: int, fractions=(0.01, 0.02, 0.04)) -> list[int]:
     return [max(1, round(f * n_heads)) for f in fractions]
 
 
+def _per_k(model, evaluate, selections, ks, alpha, acts, n_random, seed):
+    """evaluate_head_edits one k at a time, printing each partial table as it is done."""
+    import pandas as pd
+
+    baseline = evaluate()
+    print("unedited:", {m: round(v, 3) for m, v in baseline.items()}, flush=True)
+    parts = []
+    for i, k in enumerate(ks):
+        part = evaluate_head_edits(model, evaluate, selections, ks=[k], alpha=alpha, pool=acts, n_random=n_random,
+                                   seed=seed, baseline=baseline, progress=False)
+        parts.append(part if i == 0 else part[part.method != "unedited"])
+        print(edit_table(part).to_string(), flush=True)
+    return pd.concat(parts, ignore_index=True)
+
+
 def qa_experiment(model, tok, *, ks, n_random, n_atoms, seed, alpha=-1.0):
     """Countries vs other questions; heads chosen on the selection split, scored on the evaluation split."""
     sel = load_text_dataset("qa", split="selection")
@@ -39,8 +54,7 @@ def qa_experiment(model, tok, *, ks, n_random, n_atoms, seed, alpha=-1.0):
     lens = rank_heads(acts, countries, method="logit_lens", progress=False)
     evaluate = qa_evaluator(model, tok, [qa_prompt(q) for q in ev["question"]], ev["answers"], ev["group"],
                             prefix=QA_FEWSHOT)
-    table = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks=ks,
-                                alpha=alpha, pool=acts, n_random=n_random, seed=seed, progress=False)
+    table = _per_k(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks, alpha, acts, n_random, seed)
     # Enhancement: the largest SOMP set scaled by 5 (no controls).
     enhanced = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads}, ks=[ks[-1]], alpha=5.0, progress=False)
     return table, somp, lens, enhanced
@@ -55,8 +69,7 @@ def toxicity_experiment(model, tok, *, ks, n_random, n_atoms, seed):
     somp = rank_heads(acts, words, n_atoms=min(n_atoms, len(words)), progress=False)
     lens = rank_heads(acts, words, method="logit_lens", progress=False)
     evaluate = toxicity_evaluator(model, tok, list(ev["prompt"]), toxic_words("held_out"))
-    table = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks=ks,
-                                pool=acts, n_random=n_random, seed=seed, progress=False)
+    table = _per_k(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks, -1.0, acts, n_random, seed)
     return table, somp, lens, None
 
 

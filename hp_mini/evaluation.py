@@ -257,6 +257,7 @@ def evaluate_head_edits(
     n_random: int = 10,
     seed: int = 0,
     heads=None,
+    baseline: Mapping[str, float] | None = None,
     progress: bool = True,
 ):
     """Score the model unedited and under each head edit, with random controls.
@@ -287,6 +288,9 @@ def evaluate_head_edits(
         Seed of the draws (``seed + k`` for each ``k``).
     heads : list of LayerHeads, optional
         Passed to :func:`hp_mini.scale_heads`.
+    baseline : dict, optional
+        The unedited scores, when already known (``evaluate`` is then not
+        called unedited).
     progress : bool
         Show a progress bar over edits.
 
@@ -330,7 +334,7 @@ def evaluate_head_edits(
 
         iterator = tqdm(jobs, desc=f"edits (alpha={alpha:g})", leave=False)
 
-    baseline = dict(evaluate())
+    baseline = dict(evaluate()) if baseline is None else dict(baseline)
     rows = [("unedited", 0, 0, "", m, v) for m, v in baseline.items()]
     for name, k, d, chosen in iterator:
         with scale_heads(model, {h: alpha for h in chosen}, heads=heads):

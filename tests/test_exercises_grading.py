@@ -11,7 +11,7 @@ import pytest
 
 from hp_mini.exercises import ExerciseError, check, exercises
 from hp_mini.exercises.__main__ import main
-from hp_mini.exercises._assignment import book_exercises, update_assignment
+from hp_mini.exercises._assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list
 from hp_mini.exercises._grading import grade_notebook
 from hp_mini.exercises._notebooks import find_exercises, read_notebook, strip_solutions, student_notebook
 
@@ -183,6 +183,19 @@ def test_every_exercise_in_the_book_has_a_checker():
         assert ex.difficulty and ex.time, f"{ex.chapter}: exercise {ex.label} lacks its **Difficulty:** · **Time:** line"
 
 
-def test_assignment_page_lists_every_exercise():
-    up_to_date, _ = update_assignment(ROOT)
-    assert up_to_date, "book/assignment.md is out of date: run `python -m hp_mini.exercises assignment --write`"
+def test_assignment_page_is_filled_with_every_exercise():
+    page = (ROOT / "book" / "assignment.md").read_text(encoding="utf-8")
+    filled = fill_assignment(page, ROOT)
+    found = book_exercises(ROOT)
+    for ex in found:
+        assert f"<{ex.label}>`" in filled, f"{ex.label} is missing from the assignment page"
+    assert filled.count("{ref}`") >= len(found)
+    assert filled.startswith(page.split(BEGIN)[0]) and filled.endswith(page.split(END)[1])
+
+
+def test_assignment_list_of_a_chapter(chapter: Path, tmp_path: Path):
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: 99_demo\n")
+    text = render_exercise_list(book_exercises(tmp_path))
+    assert "The book has 4 exercises in 1 chapter, about 16 minutes of work in all." in text
+    assert "**{ref}`A demo chapter <demo-chapter>`** (`99_demo`)" in text
+    assert "| {ref}`A wrong answer <ex-demo-wrong>` | ★★☆ medium | about 10 minutes | `demo.add` |" in text

@@ -13,7 +13,10 @@ The chapters are MyST Markdown notebooks. The build turns each one into an ``.ip
   notebook as published with the HTML: ``<hp_colab_branch>/<hp_colab_path>/<page>.ipynb``
   (default ``gh-pages/_sources``, where ``ghp-import -n -p -f _build/html`` puts it).
 
-Two page fixes, found by the browser check (``tests/browser/check_pages.py``):
+The exercise list of ``book/assignment.md`` is filled in from the chapters at build time
+(``hp_mini.exercises._assignment``), so it always lists every exercise.
+
+Page fixes, found by the browser check (``tests/browser/check_pages.py``):
 
 * Inline scripts registered twice in a Jupyter Book 1 build (``const THEBE_JS_URL = ...`` from
   sphinx-thebe, the togglebutton selector) are emitted once, so pages have no
@@ -159,12 +162,26 @@ def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
         raise ExtensionError(f"hp_notebooks: no executed notebook to offer for {', '.join(missing)}")
 
 
+def fill_assignment(app: Sphinx, docname: str, source: list[str]) -> None:
+    """Fill ``book/assignment.md``'s exercise list from the chapters, so it is always complete."""
+    if docname != app.config.hp_assignment_page:
+        return
+    from hp_mini.exercises._assignment import fill_assignment as fill, toc_files
+
+    root = Path(app.srcdir)
+    source[0] = fill(source[0], root)
+    for chapter in toc_files(root):
+        app.env.note_dependency(str(chapter))
+
+
 def setup(app: Sphinx) -> dict:
     app.add_config_value("hp_colab_branch", "gh-pages", "html")
     app.add_config_value("hp_colab_path", "_sources", "html")
     app.add_config_value(
         "hp_install_spec", "hp_mini[widgets] @ git+https://github.com/hp-mini/hp_mini", "html"
     )
+    app.add_config_value("hp_assignment_page", "book/assignment", "env")
+    app.connect("source-read", fill_assignment)
     app.connect("html-page-context", default_colour_mode)
     app.connect("html-page-context", point_colab_at_notebook, priority=600)
     app.connect("html-page-context", dedupe_scripts, priority=900)

@@ -2,7 +2,7 @@
 
     python -m hp_mini.exercises student book/03_pursuing_heads.md -o 03_pursuing_heads.ipynb
     python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--json] [--timeout 600]
-    python -m hp_mini.exercises assignment --write   # refresh the list in book/assignment.md
+    python -m hp_mini.exercises assignment           # every exercise of the book, by chapter
     python -m hp_mini.exercises list                 # every exercise and its checker
 """
 
@@ -50,19 +50,9 @@ def _grade(args) -> int:
 
 
 def _assignment(args) -> int:
-    from ._assignment import update_assignment
+    from ._assignment import book_exercises, render_exercise_list
 
-    ok, new = update_assignment(args.root, write=args.write)
-    if args.write:
-        print("book/assignment.md is up to date" if ok else "book/assignment.md rewritten")
-        return 0
-    if args.check:
-        if not ok:
-            print("book/assignment.md is out of date: run `python -m hp_mini.exercises assignment --write`", file=sys.stderr)
-            return 1
-        print("book/assignment.md is up to date")
-        return 0
-    print(new)
+    print(render_exercise_list(book_exercises(args.root)))
     return 0
 
 
@@ -91,11 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.set_defaults(run=_grade)
 
-    p = sub.add_parser("assignment", help="the generated exercise list of book/assignment.md")
+    p = sub.add_parser("assignment", help="print the list of every exercise (as on book/assignment.md)")
     p.add_argument("--root", default=".", help="the book's root (with _toc.yml)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help="rewrite book/assignment.md")
-    group.add_argument("--check", action="store_true", help="exit 1 when book/assignment.md is out of date")
     p.set_defaults(run=_assignment)
 
     p = sub.add_parser("list", help="the names of all exercises that have a checker")

@@ -1,0 +1,73 @@
+"""Checkers for the chapter "Editing text generation"."""
+
+from __future__ import annotations
+
+import torch
+
+from . import checker
+
+
+@checker("editing.f1")
+def _check_f1(f1) -> None:
+    from ..evaluation import token_f1
+
+    cases = [
+        ("Paris", ["Paris"]),
+        ("the United States", ["USA", "United States"]),
+        ("Paris, France", ["Paris"]),
+        ("Vincent van Gogh", ["van Gogh"]),
+        ("a a b", ["a b b"]),
+        ("Berlin", ["Paris", "Rome"]),
+        ("The Sun!", ["sun"]),
+    ]
+    for prediction, answers in cases:
+        want = token_f1(prediction, answers)
+        got = float(f1(prediction, answers))
+        if prediction == "the United States" and abs(got - 1.0) > 1e-9:
+            raise AssertionError(f"f1({prediction!r}, {answers}) = {got:.3f}, expected 1.0: drop the articles and take the best answer")
+        if prediction == "The Sun!" and abs(got - 1.0) > 1e-9:
+            raise AssertionError(f"f1({prediction!r}, {answers}) = {got:.3f}, expected 1.0: lower-case and drop punctuation first")
+        assert abs(got - want) < 1e-9, f"f1({prediction!r}, {answers}) returned {got:.4f}, expected {want:.4f}"
+
+
+@checker("editing.scale_z")
+def _check_scale_z(scale_z) -> None:
+    g = torch.Generator().manual_seed(0)
+    n_heads, d_head = 4, 3
+    z = torch.randn(2, 5, n_heads * d_head, generator=g)
+    original = z.clone()
+    got = torch.as_tensor(scale_z(z, n_heads, 2, -1.0))
+    assert torch.equal(z, original), "scale_z changed its input in place: work on a copy (z.clone())"
+    assert got.shape == z.shape, f"returned shape {tuple(got.shape)}, expected {tuple(z.shape)}"
+    want = z.reshape(2, 5, n_heads, d_head).clone()
+    want[..., 2, :] *= -1.0
+    want = want.reshape(z.shape)
+    interleaved = z.reshape(2, 5, d_head, n_heads).clone()
+    interleaved[..., 2] *= -1.0
+    if torch.allclose(got, interleaved.reshape(z.shape)):
+        raise AssertionError("you scaled every n_heads-th feature: head h owns the contiguous slice z[..., h*d_head:(h+1)*d_head]")
+    assert torch.allclose(got, want), "wrong slice scaled: head h owns z[..., h*d_head:(h+1)*d_head]"
+    assert torch.allclose(torch.as_tensor(scale_z(z, n_heads, 0, 5.0))[..., d_head:], z[..., d_head:]), (
+        "other heads must stay unchanged"
+    )
+
+
+@checker("editing.random_summary")
+def _check_random_summary(random_summary) -> None:
+    import pandas as pd
+
+    rows = [("unedited", 0, "m", 1.0), ("SOMP", 3, "m", 0.2), ("random", 5, "other", 9.0)]
+    rows += [("random", 3, "m", v) for v in (1.0, 0.8, 1.2, 0.9)]
+    rows += [("random", 5, "m", v) for v in (0.5, 1.5, 1.0)]
+    table = pd.DataFrame(rows, columns=["method", "k", "metric", "normalised"])
+    got = random_summary(table, "m")
+    assert list(got.index) == [3, 5], f"index is {list(got.index)}, expected the ks [3, 5] of the random rows"
+    for col in ("median", "q25", "q75"):
+        assert col in got.columns, f"column {col!r} is missing"
+    sub = table[(table.method == "random") & (table.metric == "m")].groupby("k")["normalised"]
+    for k in (3, 5):
+        if abs(float(got.loc[k, "median"]) - float(sub.mean()[k])) < 1e-9 and abs(sub.mean()[k] - sub.median()[k]) > 1e-9:
+            raise AssertionError("that is the mean; the paper reports the median of the random draws")
+        assert abs(float(got.loc[k, "median"]) - float(sub.median()[k])) < 1e-9, f"median at k={k} is wrong"
+        assert abs(float(got.loc[k, "q25"]) - float(sub.quantile(0.25)[k])) < 1e-9, f"q25 at k={k} is wrong"
+        assert abs(float(got.loc[k, "q75"]) - float(sub.quantile(0.75)[k])) < 1e-9, f"q75 at k={k} is wrong"

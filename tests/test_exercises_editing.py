@@ -1,0 +1,49 @@
+import pandas as pd
+import pytest
+import torch
+
+from hp_mini.evaluation import token_f1
+from hp_mini.exercises import ExerciseError, check
+
+
+def test_f1():
+    assert check("editing.f1", token_f1, quiet=True)
+
+    def no_normalisation(prediction, answers):
+        return max(float(prediction == a) for a in answers)
+
+    with pytest.raises(ExerciseError, match="articles|lower-case|expected"):
+        check("editing.f1", no_normalisation, quiet=True)
+
+
+def test_scale_z():
+    def good(z, n_heads, head, alpha):
+        d = z.shape[-1] // n_heads
+        z = z.clone()
+        z[..., head * d : (head + 1) * d] *= alpha
+        return z
+
+    assert check("editing.scale_z", good, quiet=True)
+
+    def strided(z, n_heads, head, alpha):
+        z = z.clone()
+        z[..., head::n_heads] *= alpha
+        return z
+
+    with pytest.raises(ExerciseError, match="contiguous"):
+        check("editing.scale_z", strided, quiet=True)
+
+
+def test_random_summary():
+    def good(table, metric):
+        g = table[(table.method == "random") & (table.metric == metric)].groupby("k")["normalised"]
+        return pd.DataFrame({"median": g.median(), "q25": g.quantile(0.25), "q75": g.quantile(0.75)})
+
+    assert check("editing.random_summary", good, quiet=True)
+
+    def mean(table, metric):
+        g = table[(table.method == "random") & (table.metric == metric)].groupby("k")["normalised"]
+        return pd.DataFrame({"median": g.mean(), "q25": g.quantile(0.25), "q75": g.quantile(0.75)})
+
+    with pytest.raises(ExerciseError, match="mean"):
+        check("editing.random_summary", mean, quiet=True)
