@@ -32,10 +32,13 @@ How it is computed (exactly, without approximation):
   term, so every score is updated from two dictionary products, ``D q_t`` and
   ``D F_t F_t^T q_t``. The L2 criterion therefore needs only the ``r x r``
   second moment ``M``, never the samples: its memory does not grow with ``n``.
-* The L1 criterion needs the per-sample correlations. Since
-  ``||p||_2 <= ||p||_1 <= sqrt(n) ||p||_2``, the exact L1 score is evaluated only
-  for the atoms whose bound ``sqrt(n)`` times the L2 score can still beat the best
-  L1 score found; all the others provably lose.
+* The L1 criterion needs the per-sample correlations ``p = Z a_j``. Two upper
+  bounds come from the same rank-one updates: ``||p||_1 <= sqrt(n) ||p||_2`` and
+  ``||p||_1 <= sqrt(sum_i w_i) (sum_i p_i^2 / w_i)^(1/2)`` with ``w_i = ||z_i||``
+  (Cauchy-Schwarz; tight when the correlations scale with the samples' norms).
+  The exact L1 score (``n x r`` work per atom) is computed only for the atoms
+  whose bound can still beat the best exact score found; the others provably
+  lose, so the result is the exact argmax.
 * The coefficients in the atoms' own basis come from back-substitution with the
   triangular factor ``R`` of ``D[S]^T = Q R``.
 
@@ -235,16 +238,23 @@ def _pursue(
         W[i, :, : p.W.shape[1]] = p.W
         F[i, :, : p.W.shape[1]] = p.W.to(dtype) @ _sqrt_factor(p.M.to(dtype))
     Wt = W.clone() if criterion == "l1" else None  # (I - Q Q^T) W, for exact L1 scores
+    # For L1, a second quadratic form with the samples weighted by 1/||z_i||:
+    # ||p||_1 <= sqrt(sum_i ||z_i||) * sqrt(sum_i p_i^2 / ||z_i||)   (Cauchy-Schwarz),
+    # tight when |p_i| is proportional to ||z_i||, where sqrt(n) ||p||_2 is loose.
+    F2 = None
+    weight_sums = torch.zeros(h, dtype=dtype, device=device)
+    if criterion == "l1":
+        F2 = torch.zeros(h, d, r, dtype=dtype, device=device)
+        for i, p in enumerate(problems):
+            Z = p.Z.to(dtype)  # type: ignore[union-attr]
+            w = Z.norm(dim=1)
+            weight_sums[i] = w.sum()
+            Zw = Z / w.clamp_min(torch.finfo(dtype).tiny).sqrt()[:, None]
+            F2[i, :, : p.W.shape[1]] = p.W.to(dtype) @ _sqrt_factor(Zw.T @ Zw)
 
     # Initial squared L2 scores ||F_0^T d_j||^2: the bare products D W, blocked.
-    s = torch.empty(h, v, dtype=dtype, device=device)
-    per_block = max(1, 576 // r)
-    for start in range(0, h, per_block):
-        block = F[start : start + per_block]  # [b, d, r]
-        b = block.shape[0]
-        prod = D @ block.permute(1, 0, 2).reshape(d, b * r)  # [v, b*r]
-        s[start : start + b] = prod.square_().reshape(v, b, r).sum(-1).T
-        del prod
+    s = _initial_scores(D, F)
+    s2 = _initial_scores(D, F2) if F2 is not None else None
     energy0 = F.square().sum((1, 2))  # ||H_c||_F^2
     energy = energy0.clone()
 
@@ -278,8 +288,12 @@ def _pursue(
             chosen_scores = torch.zeros(h, dtype=dtype, device=device)
             for i in range(h):
                 if active[i]:
+                    bound = torch.minimum(
+                        masked[i].clamp_min(0).sqrt() * math.sqrt(problems[i].n),
+                        s2[i].clamp_min(0).sqrt() * weight_sums[i].sqrt(),  # type: ignore[index]
+                    ).masked_fill(taken[i], -1.0)
                     best[i], chosen_scores[i] = _best_l1(
-                        D, masked[i], Wt[i], problems[i], candidates=candidates  # type: ignore[index]
+                        D, bound, Wt[i], problems[i], candidates=candidates  # type: ignore[index]
                     )
         # 2. orthogonalise the chosen atoms against the basis (Gram-Schmidt, twice)
         dp = D[best]  # [h, d]
@@ -322,12 +336,20 @@ def _pursue(
         F -= q[:, :, None] * u[:, None, :]
         if Wt is not None:
             Wt -= q[:, :, None] * torch.einsum("hdr,hd->hr", Wt, q)[:, None, :]
+        if F2 is not None:
+            u2 = torch.einsum("hdr,hd->hr", F2, q)
+            y2 = torch.einsum("hdr,hr->hd", F2, u2)
+            F2 -= q[:, :, None] * u2[:, None, :]
         energy = F.square().sum((1, 2))
         evr[active, t] = (1 - energy / energy0.clamp_min(torch.finfo(dtype).tiny))[act].cpu()
         if t + 1 < k:
-            cy = D @ torch.cat([q, y]).T  # [v, 2h]: D q_t and D F_t F_t^T q_t
-            c, e = cy[:, :h].T, cy[:, h:].T
+            # D q_t and D F_t F_t^T q_t (and the same for F2): one product for all problems
+            cols = [q, y] if F2 is None else [q, y, y2]
+            cy = D @ torch.cat(cols).T  # [v, 2h] or [v, 3h]
+            c, e = cy[:, :h].T, cy[:, h : 2 * h].T
             s += c * (c * u.square().sum(1, keepdim=True) - 2 * e)
+            if F2 is not None:
+                s2 += c * (c * u2.square().sum(1, keepdim=True) - 2 * cy[:, 2 * h :].T)  # type: ignore[operator]
 
     out = []
     for i, p in enumerate(problems):
@@ -345,17 +367,31 @@ def _pursue(
     return out
 
 
-def _best_l1(D, l2sq: torch.Tensor, Wt: torch.Tensor, p: _Head, *, candidates: int):
-    """The exact L1 argmax, evaluating only atoms whose bound can still win.
+def _initial_scores(D: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """``||F_i^T d_j||^2`` for every problem ``i`` and atom ``j``, ``[h, v]``, in blocks."""
+    v, d = D.shape
+    h, _, r = F.shape
+    s = torch.empty(h, v, dtype=D.dtype, device=D.device)
+    per_block = max(1, 576 // r)
+    for start in range(0, h, per_block):
+        block = F[start : start + per_block]  # [b, d, r]
+        b = block.shape[0]
+        prod = D @ block.permute(1, 0, 2).reshape(d, b * r)  # [v, b*r]
+        s[start : start + b] = torch.linalg.vector_norm(prod.view(v, b, r), dim=-1).square_().T
+        del prod
+    return s
 
-    ``l2sq`` holds the squared L2 scores (``-inf`` for chosen atoms). For every
-    atom ``||P_j||_1 <= sqrt(n) ||P_j||_2``, so once an exact L1 score ``b`` is
-    known, atoms with ``sqrt(n) ||P_j||_2 < b`` cannot be the argmax.
+
+def _best_l1(D, bound: torch.Tensor, Wt: torch.Tensor, p: _Head, *, candidates: int):
+    """The exact L1 argmax, evaluating only atoms whose upper bound can still win.
+
+    ``bound`` holds an upper bound of every atom's L1 score (negative for chosen
+    atoms): ``sqrt(n) ||P_j||_2`` and the weighted Cauchy-Schwarz bound. Once an
+    exact L1 score ``b`` is known, atoms whose bound is below ``b`` cannot be
+    the argmax.
     """
     Z = p.Z
     r = Z.shape[1]
-    bound = l2sq.clamp_min(0).sqrt() * math.sqrt(p.n)
-    bound = bound.masked_fill(torch.isinf(l2sq), -1.0)
 
     def exact(idx: torch.Tensor) -> torch.Tensor:
         A = D[idx] @ Wt[:, :r]  # [b, r]: W^T (I - QQ^T) d_j

@@ -81,9 +81,11 @@ def _figure_html(fig, *, alt: str) -> str:
 
 def _table_html(frame, *, caption: str = "") -> str:
     table = frame.to_html(index=False, escape=True, border=0, classes="hp-mini-table")
+    # Long tokens or generated text wrap inside their cell instead of widening the page.
+    table = table.replace("<table ", '<table style="word-break: break-word" ', 1)
     if caption:
         table = table.replace(">", f"><caption>{html.escape(caption)}</caption>", 1)
-    return table
+    return f'<div style="overflow-x: auto">{table}</div>'
 
 
 class _Interactive:

@@ -45,6 +45,7 @@ def test_lexical_rate_counts_whole_words_only():
 
 
 def test_profanity_probability_orders_texts():
+    pytest.importorskip("profanity_check")
     p = profanity_probability(["have a lovely day", "shut up you stupid idiot"])
     assert p.shape == (2,) and p[1] > 0.5 > p[0]
 

@@ -12,11 +12,11 @@ Three jobs, one module:
   :func:`hp_mini.attention_heads`, :func:`hp_mini.scale_heads` and the
   recording below work on the image encoder, as on a language model.
 * **The model.** ``hp_mini.load_model("shapes-clip")`` builds an
-  ``open_clip.CLIP`` (ViT image tower, 4 layers x 8 heads of width 16; a
-  2-layer text tower with a word-level tokenizer), trains it contrastively on
-  :func:`hp_mini.vision.shapes.shapes_dataset` scenes on the first call (about
-  a minute or two on a laptop CPU) and caches it under
-  :func:`hp_mini.models.cache_dir`.
+  ``open_clip.CLIP`` (ViT image tower, 4 layers x 8 heads of width 12 on
+  6 x 6 patches; a 2-layer text tower with a word-level tokenizer), trains it
+  contrastively on the scenes of :mod:`hp_mini.vision.shapes` on the first
+  call (a few minutes at most on a CPU; ``benchmarks/shapes_clip.py``
+  measures it) and caches it under :func:`hp_mini.models.cache_dir`.
 * **Recording and the joint space.** :func:`record_image_heads` records each
   head's output at the CLS token (or pooled over patches); with
   ``space="joint"`` it maps each head's CLS contribution through ``ln_post``
@@ -58,9 +58,12 @@ from ..heads import LayerHeads
 from ..models import cache_dir, register_model, write_atomically
 
 __all__ = [
-    "ShapesCLIPProcessor",
     "HeadwiseAttention",
+    "ShapesCLIPConfig",
+    "ShapesCLIPProcessor",
     "WordTokenizer",
+    "build_shapes_clip",
+    "cache_name",
     "clip_heads",
     "concept_prompts",
     "describe",

@@ -77,6 +77,7 @@ TRAINING: dict[str, object] = {
     "warmup": 30,
     "weight_decay": 0.01,
     "caption_fraction": 0.4,
+    "feature_layer": -1,
     "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
     "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 8},
 }
@@ -152,7 +153,14 @@ def build_processor(tokenizer=None):
     )
 
 
-def build_vlm(tokenizer=None, *, vision: dict | None = None, text: dict | None = None, seed: int = 0):
+def build_vlm(
+    tokenizer=None,
+    *,
+    vision: dict | None = None,
+    text: dict | None = None,
+    feature_layer: int | None = None,
+    seed: int = 0,
+):
     """An untrained LLaVA for the scenes (random weights from ``seed``).
 
     ``vision`` and ``text`` override fields of the vision and language configs
@@ -181,7 +189,7 @@ def build_vlm(tokenizer=None, *, vision: dict | None = None, text: dict | None =
         vision_config=vision_cfg,
         text_config=text_cfg,
         image_token_index=vocab[IMAGE_TOKEN],
-        vision_feature_layer=-1,
+        vision_feature_layer=int(TRAINING["feature_layer"] if feature_layer is None else feature_layer),  # type: ignore[call-overload]
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
         image_seq_length=(n // PATCH_SIZE) ** 2,
@@ -258,7 +266,9 @@ def _train(cfg: dict, progress: bool):
     rng = np.random.default_rng(int(cfg["seed"]))
     processor = build_processor()
     tok = processor.tokenizer
-    model = build_vlm(tok, vision=cfg["vision"], text=cfg["text"], seed=int(cfg["seed"]))  # type: ignore[arg-type]
+    model = build_vlm(
+        tok, vision=cfg["vision"], text=cfg["text"], feature_layer=int(cfg["feature_layer"]), seed=int(cfg["seed"])  # type: ignore[arg-type]
+    )
     model.train()
     pool = shapes.scenes(int(cfg["train_scenes"]), seed=int(cfg["scene_seed"]))
     pixels = _pixels(pool)
