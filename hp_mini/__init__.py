@@ -34,7 +34,17 @@ if "OMP_NUM_THREADS" not in _os.environ:
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # The scene generator lives in hp_mini.vision, imported only when asked for.
+    if name == "shapes_dataset":
+        from .vision.shapes import shapes_dataset
+
+        return shapes_dataset
+    raise AttributeError(f"module 'hp_mini' has no attribute {name!r}")
+
 __all__ = [
+    "shapes_dataset",
     "DEFAULT_MODEL",
     "Dictionary",
     "HeadActivations",

@@ -713,9 +713,9 @@ class ShapesCLIPConfig:
     mlp_ratio: float = 2.0
     context_length: int = 12
     n_train: int = 6000
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.05
     p_full_caption: float = 0.3
