@@ -25,6 +25,13 @@ from hp_mini.ranking import rank_heads
 from hp_mini.textdata import QA_FEWSHOT, load_text_dataset, qa_prompt, toxic_words
 
 
+SKIP_LAYERS = 3  # token-copying first layers are left out of every selection (see the book)
+
+
+def _outside_first_layers(heads):
+    return [h for h in heads if h[0] >= SKIP_LAYERS]
+
+
 def fractions_of_heads(n_heads: int, fractions=(0.01, 0.02, 0.04)) -> list[int]:
     return [max(1, round(f * n_heads)) for f in fractions]
 
@@ -54,9 +61,10 @@ def qa_experiment(model, tok, *, ks, n_random, n_atoms, seed, alpha=-1.0):
     lens = rank_heads(acts, countries, method="logit_lens", progress=False)
     evaluate = qa_evaluator(model, tok, [qa_prompt(q) for q in ev["question"]], ev["answers"], ev["group"],
                             prefix=QA_FEWSHOT)
-    table = _per_k(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks, alpha, acts, n_random, seed)
+    selections = {"SOMP": _outside_first_layers(somp.heads), "logit lens": _outside_first_layers(lens.heads)}
+    table = _per_k(model, evaluate, selections, ks, alpha, acts, n_random, seed)
     # Enhancement: the largest SOMP set scaled by 5 (no controls).
-    enhanced = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads}, ks=[ks[-1]], alpha=5.0, progress=False)
+    enhanced = evaluate_head_edits(model, evaluate, {"SOMP": selections["SOMP"]}, ks=[ks[-1]], alpha=5.0, progress=False)
     return table, somp, lens, enhanced
 
 
@@ -69,7 +77,8 @@ def toxicity_experiment(model, tok, *, ks, n_random, n_atoms, seed):
     somp = rank_heads(acts, words, n_atoms=min(n_atoms, len(words)), progress=False)
     lens = rank_heads(acts, words, method="logit_lens", progress=False)
     evaluate = toxicity_evaluator(model, tok, list(ev["prompt"]), toxic_words("held_out"))
-    table = _per_k(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks, -1.0, acts, n_random, seed)
+    selections = {"SOMP": _outside_first_layers(somp.heads), "logit lens": _outside_first_layers(lens.heads)}
+    table = _per_k(model, evaluate, selections, ks, -1.0, acts, n_random, seed)
     return table, somp, lens, None
 
 
@@ -96,8 +105,8 @@ def main() -> None:
         print(f"running {name} ...", flush=True)
         table, somp, lens, enhanced = run(model, tok, ks=ks, n_random=args.n_random, n_atoms=args.n_atoms, seed=args.seed)
         print(f"== {name} ({time.perf_counter() - start:.0f} s) ==")
-        print("SOMP top heads:", " ".join(hp_mini.head_label(*h) for h in somp.heads[: ks[-1]]))
-        print("logit-lens top heads:", " ".join(hp_mini.head_label(*h) for h in lens.heads[: ks[-1]]))
+        print("SOMP top heads:", " ".join(hp_mini.head_label(*h) for h in _outside_first_layers(somp.heads)[: ks[-1]]))
+        print("logit-lens top heads:", " ".join(hp_mini.head_label(*h) for h in _outside_first_layers(lens.heads)[: ks[-1]]))
         base = table[table.method == "unedited"].set_index("metric")["value"]
         print("unedited:", ", ".join(f"{m} = {v:.3f}" for m, v in base.items()))
         print("\nmedian normalised score (random: median over draws)")

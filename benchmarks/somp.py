@@ -143,6 +143,7 @@ def main() -> None:
             D64 @ W64[layer].permute(1, 0, 2).reshape(d, H * dh)
 
     _, t_floor = timed(floor)
+    print(f"(b) bare products: {t_floor:.1f} s", flush=True)
 
     # (a) whole model, both criteria
     run = {}

@@ -118,3 +118,16 @@ def test_summaries(tiny):
         evaluate_head_edits(tiny, lambda: {"m": 1.0}, {}, ks=[1])
     with pytest.raises(ValueError):
         evaluate_head_edits(tiny, lambda: {"m": 1.0}, {"a": [(0, 0)]}, ks=[2])
+
+
+def test_known_baseline_is_not_recomputed(tiny):
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        return {"m": 4.0}
+
+    table = evaluate_head_edits(tiny, evaluate, {"a": [(0, 0), (1, 1)]}, ks=[1, 2], baseline={"m": 2.0},
+                                progress=False)
+    assert len(calls) == 2  # the two edits only
+    assert (table[table.method == "a"].normalised == 2.0).all()

@@ -95,7 +95,11 @@ def test_tiny_untrained_vlm_records_and_generates():
     acts = hp_mini.record_heads(model, processor, prompts, images=ds["image"], pool="image", progress=False)
     assert acts.z.shape == (3, 2, 4, 8)
     # the image tokens come first, so their pooled heads do not depend on the text after them
-    torch.testing.assert_close(acts.z[0], acts.z[2])
+    same = hp_mini.record_heads(model, processor, [vlm.caption_prompt(), prompts[1]], images=[ds["image"][0]] * 2,
+                                pool="image", progress=False)
+    torch.testing.assert_close(same.z[0], same.z[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(same.z[0], acts.z[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(acts.z[0], acts.z[2]), "two different images gave the same pooled heads"
     alone = hp_mini.record_heads(model, processor, prompts[1:2], images=ds["image"][1:2], pool="image", progress=False)
     torch.testing.assert_close(acts.z[1], alone.z[0], rtol=1e-5, atol=1e-6)
     out = hp_mini.generate(model, processor, prompts, images=ds["image"], max_new_tokens=3)
