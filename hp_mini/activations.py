@@ -34,7 +34,7 @@ from torch import nn
 from .heads import LayerHeads, attention_heads, head_label
 from .inputs import encode, model_device
 
-__all__ = ["HeadActivations", "HeadMoments", "record_heads"]
+__all__ = ["HeadActivations", "HeadMoments", "HeadStore", "record_heads", "select_layers"]
 
 # A custom pooling: one boolean mask per prompt over that prompt's own tokens
 # (unpadded), or a function of the padded batch (input_ids, attention_mask) -> [B, T] bool.
@@ -204,6 +204,58 @@ def _moments_of(z: torch.Tensor) -> HeadMoments:
     return HeadMoments(z.shape[0], z64.sum(0), torch.einsum("nlhk,nlhj->lhkj", z64, z64))
 
 
+
+class HeadStore:
+    """Collects pooled head outputs batch by batch, as samples or as streamed moments.
+
+    Shared by the recorders (text and vision): ``add(start, z)`` takes a batch
+    ``z [B, layers, heads, d_head]`` and ``finish(sites, texts)`` returns the
+    :class:`HeadActivations`.
+    """
+
+    def __init__(self, n: int, n_layers: int, n_heads: int, d_head: int, store: str):
+        if store not in ("samples", "moments"):
+            raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
+        shape = (n_layers, n_heads, d_head)
+        self.z = torch.empty(n, *shape) if store == "samples" else None
+        self.moments = (
+            HeadMoments(0, torch.zeros(*shape, dtype=torch.float64), torch.zeros(*shape, d_head, dtype=torch.float64))
+            if store == "moments"
+            else None
+        )
+
+    def add(self, start: int, z: torch.Tensor) -> None:
+        if self.z is not None:
+            self.z[start : start + len(z)] = z
+        else:
+            z64 = z.double()
+            self.moments.count += len(z)  # type: ignore[union-attr]
+            self.moments.sum += z64.sum(0)  # type: ignore[union-attr]
+            self.moments.second += torch.einsum("nlhk,nlhj->lhkj", z64, z64)  # type: ignore[union-attr]
+
+    def finish(self, sites: Sequence[LayerHeads], texts, *, W_O: torch.Tensor | None = None, with_bias: bool = True) -> HeadActivations:
+        with torch.no_grad():
+            if W_O is None:
+                W_O = torch.stack([s.W_O.detach().float().cpu() for s in sites])
+            biases = [s.bias for s in sites]
+            bias = (
+                None
+                if not with_bias or any(b is None for b in biases)
+                else torch.stack([b.detach().float().cpu() for b in biases])
+            )
+        return HeadActivations(self.z, W_O.cpu(), bias, [s.layer for s in sites], self.moments, list(texts or []))
+
+
+def select_layers(sites: list[LayerHeads], layers: Sequence[int] | None, where: str = "the model") -> list[LayerHeads]:
+    """The entries of ``sites`` for ``layers`` (all when None), with a clear error when out of range."""
+    if layers is None:
+        return sites
+    bad = [layer for layer in layers if not 0 <= layer < len(sites)]
+    if bad:
+        raise IndexError(f"layers {bad} are out of range: {where} has layers 0..{len(sites) - 1}")
+    return [sites[layer] for layer in layers]
+
+
 # --------------------------------------------------------------------------- #
 # Recording
 # --------------------------------------------------------------------------- #
@@ -320,12 +372,7 @@ def record_heads(
     elif isinstance(pool, str) and pool not in ("mean", "last", "image"):
         raise ValueError(f"pool must be 'mean', 'last', 'image', a list of masks or a callable, got {pool!r}")
 
-    sites = heads if heads is not None else attention_heads(model)
-    if layers is not None:
-        bad = [layer for layer in layers if not 0 <= layer < len(sites)]
-        if bad:
-            raise IndexError(f"layers {bad} are out of range: the model has layers 0..{len(sites) - 1}")
-        sites = [sites[layer] for layer in layers]
+    sites = select_layers(heads if heads is not None else attention_heads(model), layers)
     n_heads, d_head = sites[0].n_heads, sites[0].d_head
     if any(s.n_heads != n_heads or s.d_head != d_head for s in sites):
         raise ValueError("record_heads needs the same number and width of heads in every recorded layer")
@@ -333,16 +380,7 @@ def record_heads(
     device = model_device(model)
     image_token_id = _image_token_id(model)
     n_layers = len(sites)
-    z_all = torch.empty(len(texts), n_layers, n_heads, d_head) if store == "samples" else None
-    moments = (
-        HeadMoments(
-            0,
-            torch.zeros(n_layers, n_heads, d_head, dtype=torch.float64),
-            torch.zeros(n_layers, n_heads, d_head, d_head, dtype=torch.float64),
-        )
-        if store == "moments"
-        else None
-    )
+    collected = HeadStore(len(texts), n_layers, n_heads, d_head, store)
     pooled: list[torch.Tensor | None] = [None] * n_layers
     weights: dict[str, torch.Tensor] = {}
 
@@ -374,22 +412,11 @@ def record_heads(
                     weights["w"] = _pool_weights(pool, batch, masks, image_token_id).to(device)
                     model(**batch, use_cache=False)
                     z = torch.stack([p for p in pooled], 1).float().cpu()  # type: ignore[misc]
-                    z = z.reshape(len(chunk), n_layers, n_heads, d_head)
-                    if z_all is not None:
-                        z_all[start : start + len(chunk)] = z
-                    else:
-                        z64 = z.double()
-                        moments.count += len(chunk)  # type: ignore[union-attr]
-                        moments.sum += z64.sum(0)  # type: ignore[union-attr]
-                        moments.second += torch.einsum("nlhk,nlhj->lhkj", z64, z64)  # type: ignore[union-attr]
+                    collected.add(start, z.reshape(len(chunk), n_layers, n_heads, d_head))
     finally:
         model.train(model_was_training)
 
-    with torch.no_grad():
-        W_O = torch.stack([s.W_O.detach().float().cpu() for s in sites])
-        biases = [s.bias for s in sites]
-        bias = None if any(b is None for b in biases) else torch.stack([b.detach().float().cpu() for b in biases])
-    return HeadActivations(z_all, W_O, bias, [s.layer for s in sites], moments, list(texts))
+    return collected.finish(sites, texts)
 
 
 def _image_token_id(model: nn.Module) -> int | None:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..activations import HeadActivations, HeadMoments
+from ..activations import HeadActivations, HeadStore, select_layers
 from ..dictionary import Dictionary
 from ..heads import LayerHeads
 from ..models import cache_dir, register_model, write_atomically
@@ -423,23 +423,9 @@ def record_image_heads(
     n = pixels.shape[0]
     if texts is not None and len(texts) != n:
         raise ValueError(f"got {len(texts)} texts for {n} images")
-    sites = clip_heads(model)
-    if layers is not None:
-        bad = [layer for layer in layers if not 0 <= layer < len(sites)]
-        if bad:
-            raise IndexError(f"layers {bad} are out of range: the image encoder has layers 0..{len(sites) - 1}")
-        sites = [sites[layer] for layer in layers]
+    sites = select_layers(clip_heads(model), layers, "the image encoder")
     n_layers, n_heads, d_head = len(sites), sites[0].n_heads, sites[0].d_head
-    z_all = torch.empty(n, n_layers, n_heads, d_head) if store == "samples" else None
-    moments = (
-        HeadMoments(
-            0,
-            torch.zeros(n_layers, n_heads, d_head, dtype=torch.float64),
-            torch.zeros(n_layers, n_heads, d_head, d_head, dtype=torch.float64),
-        )
-        if store == "moments"
-        else None
-    )
+    collected = HeadStore(n, n_layers, n_heads, d_head, store)
     pooled: list[torch.Tensor | None] = [None] * n_layers
     sigma: dict[str, torch.Tensor] = {}
 
@@ -481,25 +467,15 @@ def record_image_heads(
                     z = torch.stack(pooled, 1).float().cpu().reshape(len(chunk), n_layers, n_heads, d_head)  # type: ignore[arg-type]
                     if space == "joint":
                         z = z / sigma["s"].cpu()[:, None, None, None]
-                    if z_all is not None:
-                        z_all[start : start + len(chunk)] = z
-                    else:
-                        z64 = z.double()
-                        moments.count += len(chunk)  # type: ignore[union-attr]
-                        moments.sum += z64.sum(0)  # type: ignore[union-attr]
-                        moments.second += torch.einsum("nlhk,nlhj->lhkj", z64, z64)  # type: ignore[union-attr]
+                    collected.add(start, z)
     finally:
         model.train(was_training)
 
-    with torch.no_grad():
-        if space == "joint":
-            W_O = joint_space_map(model, sites)
-            bias = None  # the projection biases are not head contributions; in the joint space they are dropped
-        else:
-            W_O = torch.stack([s.W_O.detach().float().cpu() for s in sites])
-            biases = [s.bias for s in sites]
-            bias = None if any(b is None for b in biases) else torch.stack([b.detach().float().cpu() for b in biases])
-    return HeadActivations(z_all, W_O.cpu(), bias, [s.layer for s in sites], moments, list(texts or []))
+    if space == "joint":
+        # The projection biases are not head contributions; in the joint space they are dropped.
+        with torch.no_grad():
+            return collected.finish(sites, texts, W_O=joint_space_map(model, sites), with_bias=False)
+    return collected.finish(sites, texts)
 
 
 def _pixels(processor, images) -> torch.Tensor:
