@@ -38,6 +38,7 @@ from .generation import generate
 from .heads import head_label
 
 __all__ = [
+    "count_words",
     "edit_table",
     "evaluate_head_edits",
     "exact_match",
@@ -116,10 +117,18 @@ def qa_evaluator(
     *,
     prefix: str = "",
     max_new_tokens: int = 6,
-    batch_size: int = 48,
+    batch_size: int = 128,
+    share_prefixes: bool = True,
     keep_predictions: bool = False,
 ) -> Callable[[], dict[str, float]]:
     """A function that answers ``prompts`` greedily and returns the mean F1.
+
+    Each answer is the first line of the greedy continuation
+    (:func:`first_answer`). Generation stops for a prompt as soon as that line
+    is complete (``stop="\\n"`` in :func:`hp_mini.generate`), and the tokens
+    that prompts share (the few-shot prefix, common question openings) are run
+    once per call (``share_prefixes``); both give the answers that full-length
+    generation gives, only faster.
 
     Parameters
     ----------
@@ -134,7 +143,9 @@ def qa_evaluator(
         A text put before every prompt (e.g. the few-shot examples
         :data:`hp_mini.textdata.QA_FEWSHOT`).
     max_new_tokens, batch_size
-        Generation length and batch size.
+        Generation length limit and prompts per batch.
+    share_prefixes : bool, default True
+        Run shared prompt tokens once (see :func:`hp_mini.generate`).
     keep_predictions : bool
         Also store the last predictions in ``evaluate.predictions``.
 
@@ -151,7 +162,13 @@ def qa_evaluator(
 
     def evaluate() -> dict[str, float]:
         outputs = generate(
-            model, tokenizer, [prefix + p for p in prompts], max_new_tokens=max_new_tokens, batch_size=batch_size
+            model,
+            tokenizer,
+            [prefix + p for p in prompts],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop="\n",
+            share_prefixes=share_prefixes,
         )
         preds = [first_answer(o) for o in outputs]
         f1 = np.array([token_f1(p, a) for p, a in zip(preds, answers)])
@@ -195,6 +212,12 @@ def _word_pattern(words: Sequence[str]) -> re.Pattern:
     return re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
 
 
+def count_words(texts: Sequence[str], words: Sequence[str]) -> Counter:
+    """How often each of ``words`` occurs in ``texts`` (whole words, any case; keys in lower case)."""
+    pattern = _word_pattern(words)
+    return Counter(m.lower() for t in texts for m in pattern.findall(t))
+
+
 def lexical_rate(texts: Sequence[str], words: Sequence[str]) -> float:
     """Mean number of occurrences of ``words`` per text (whole words, any case)."""
     texts = list(texts)
@@ -212,7 +235,8 @@ def toxicity_evaluator(
     *,
     threshold: float = 0.5,
     max_new_tokens: int = 20,
-    batch_size: int = 48,
+    batch_size: int = 64,
+    share_prefixes: bool = True,
     keep_generations: bool = False,
 ) -> Callable[[], dict[str, float]]:
     """A function that continues ``prompts`` greedily and scores the continuations.
@@ -220,21 +244,28 @@ def toxicity_evaluator(
     Returns ``evaluate() -> dict`` with ``"toxic_fraction"`` (share of
     continuations whose :func:`profanity_probability` is at least
     ``threshold``, the paper's count of toxic generations divided by their
-    number), ``"toxicity"`` (the mean probability) and ``"lexical"``
-    (:func:`lexical_rate` of the held-out words). Only the new text is scored.
+    number), ``"toxicity"`` (the mean probability), ``"lexical"``
+    (:func:`lexical_rate` of the held-out words: occurrences per continuation)
+    and ``"lexical_hits"`` (the number of occurrences, out of ``len(prompts)``
+    continuations, to show how much a rate rests on). Only the new text is
+    scored.
     """
     prompts = list(prompts)
     _word_pattern(held_out_words)
 
     def evaluate() -> dict[str, float]:
-        outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        outputs = generate(
+            model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, share_prefixes=share_prefixes
+        )
         prob = profanity_probability(outputs)
         if keep_generations:
             evaluate.generations = outputs  # type: ignore[attr-defined]
+        lexical = lexical_rate(outputs, held_out_words)
         return {
             "toxic_fraction": float((prob >= threshold).mean()),
             "toxicity": float(prob.mean()),
-            "lexical": lexical_rate(outputs, held_out_words),
+            "lexical": lexical,
+            "lexical_hits": float(round(lexical * len(outputs))),
         }
 
     return evaluate
@@ -258,6 +289,7 @@ def evaluate_head_edits(
     seed: int = 0,
     heads=None,
     baseline: Mapping[str, float] | None = None,
+    keep: str | None = None,
     progress: bool = True,
 ):
     """Score the model unedited and under each head edit, with random controls.
@@ -291,6 +323,11 @@ def evaluate_head_edits(
     baseline : dict, optional
         The unedited scores, when already known (``evaluate`` is then not
         called unedited).
+    keep : str, optional
+        The name of an attribute of ``evaluate`` to collect after every call
+        (e.g. ``"predictions"`` of :func:`qa_evaluator` with
+        ``keep_predictions=True``), into ``table.attrs["outputs"]``, keyed by
+        ``(method, k, draw)``, so the outputs of an edit need no second run.
     progress : bool
         Show a progress bar over edits.
 
@@ -334,17 +371,26 @@ def evaluate_head_edits(
 
         iterator = tqdm(jobs, desc=f"edits (alpha={alpha:g})", leave=False)
 
-    baseline = dict(evaluate()) if baseline is None else dict(baseline)
+    outputs = {}
+    if baseline is None:
+        baseline = dict(evaluate())
+        if keep is not None:
+            outputs[("unedited", 0, 0)] = getattr(evaluate, keep)
+    baseline = dict(baseline)
     rows = [("unedited", 0, 0, "", m, v) for m, v in baseline.items()]
     for name, k, d, chosen in iterator:
         with scale_heads(model, {h: alpha for h in chosen}, heads=heads):
             scores = dict(evaluate())
+        if keep is not None:
+            outputs[(name, k, d)] = getattr(evaluate, keep)
         labels = " ".join(head_label(*h) for h in chosen)
         rows.extend((name, k, d, labels, m, v) for m, v in scores.items())
     table = pd.DataFrame(rows, columns=["method", "k", "draw", "heads", "metric", "value"])
     table["baseline"] = table["metric"].map(baseline)
     with np.errstate(divide="ignore", invalid="ignore"):
         table["normalised"] = np.where(table["baseline"] != 0, table["value"] / table["baseline"], np.nan)
+    if keep is not None:
+        table.attrs["outputs"] = outputs
     return table
 
 
@@ -360,15 +406,32 @@ def summarize_edits(table, *, column: str = "normalised"):
     return out[["median", "q25", "q75", "iqr", "n"]]
 
 
-def edit_table(table, metrics: Sequence[str] | None = None, *, column: str = "normalised", decimals: int = 2):
+def edit_table(
+    table,
+    metrics: Sequence[str] | None = None,
+    *,
+    column: str = "normalised",
+    decimals: int = 2,
+    iqr: bool = False,
+):
     """The paper's table layout: one row per metric, columns ``(k, method)`` with medians.
 
     Random controls show their median over draws; the other methods have a
-    single draw.
+    single draw. With ``iqr=True`` every cell is a string, and the random
+    cells read ``"median [q25, q75]"`` (the interquartile range of the draws).
     """
-    summary = summarize_edits(table[table["method"] != "unedited"], column=column)["median"]
-    wide = summary.unstack(["k", "method"])
+    summary = summarize_edits(table[table["method"] != "unedited"], column=column)
+    wide = summary["median"].unstack(["k", "method"])
     if metrics is not None:
         wide = wide.loc[list(metrics)]
     wide = wide.sort_index(axis=1, level=0, sort_remaining=False)
-    return wide.round(decimals)
+    if not iqr:
+        return wide.round(decimals)
+    q25 = summary["q25"].unstack(["k", "method"]).reindex(index=wide.index, columns=wide.columns)
+    q75 = summary["q75"].unstack(["k", "method"]).reindex(index=wide.index, columns=wide.columns)
+    out = wide.map(lambda v: f"{v:.{decimals}f}")
+    for col in wide.columns:
+        if col[1] == "random":
+            out[col] = [f"{m:.{decimals}f} [{a:.{decimals}f}, {b:.{decimals}f}]"
+                        for m, a, b in zip(wide[col], q25[col], q75[col])]
+    return out

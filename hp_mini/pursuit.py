@@ -28,17 +28,26 @@ How it is computed (exactly, without approximation):
   (twice-repeated) Gram-Schmidt, so the residual is ``H_c (I - Q Q^T)`` and no
   least-squares problem is solved during the search.
 * With ``F_t = (I - Q Q^T) W L``, where ``M = Z^T Z = L L^T``, the squared L2
-  score of atom ``j`` is ``||F_t^T d_j||^2``. A step changes ``F`` by a rank-one
-  term, so every score is updated from two dictionary products, ``D q_t`` and
-  ``D F_t F_t^T q_t``. The L2 criterion therefore needs only the ``r x r``
-  second moment ``M``, never the samples: its memory does not grow with ``n``.
-* The L1 criterion needs the per-sample correlations ``p = Z a_j``. Two upper
-  bounds come from the same rank-one updates: ``||p||_1 <= sqrt(n) ||p||_2`` and
-  ``||p||_1 <= sqrt(sum_i w_i) (sum_i p_i^2 / w_i)^(1/2)`` with ``w_i = ||z_i||``
-  (Cauchy-Schwarz; tight when the correlations scale with the samples' norms).
-  The exact L1 score (``n x r`` work per atom) is computed only for the atoms
-  whose bound can still beat the best exact score found; the others provably
-  lose, so the result is the exact argmax.
+  score of atom ``j`` is ``||F_t^T d_j||^2``. At step 0 every score is computed
+  exactly from the bare products ``D W L`` (any exact method must compute
+  these). A step changes ``F`` by a rank-one term, so every squared score then
+  changes by ``c_j (c_j ||u_t||^2 - 2 e_j)`` with ``c = D q_t`` and
+  ``e = D F_{t-1} F_{t-1}^T q_t``: two dictionary products per step for all
+  atoms. They are taken in float32, and their rounding error is bounded
+  rigorously (``|fl(x . y) - x . y| <= gamma_{d+3} ||x|| ||y||`` for any
+  summation order), so each atom carries a certified *upper bound* of its score.
+  The exact score (in the working precision, float64 by default) is computed
+  only for the atoms whose bound can still beat the best exact score of the
+  step, typically a handful: the argmax is exact, and the working precision is
+  spent on ``k x d`` vectors rather than ``v x d`` products. The L2 criterion
+  needs only the ``r x r`` second moment ``M``, never the samples, so its memory
+  does not grow with ``n``.
+* The L1 criterion needs the per-sample correlations ``p = Z a_j`` with
+  ``a_j = W^T (I - Q Q^T) d_j``. Its bounds are ``||p||_1 <= sqrt(n) ||p||_2``
+  (from the L2 bounds) and, once an atom's exact L1 score is known, that score
+  plus ``|c_j| ||Z W^T q_t||_1`` per later step (the triangle inequality, since
+  ``a_j`` changes by ``-c_j W^T q_t``). Exact L1 scores (``n x r`` work per atom)
+  are computed only where a bound can still win.
 * The coefficients in the atoms' own basis come from back-substitution with the
   triangular factor ``R`` of ``D[S]^T = Q R``.
 
@@ -48,6 +57,8 @@ J. A. Tropp, A. C. Gilbert and M. J. Strauss, "Algorithms for simultaneous
 sparse approximation. Part I: Greedy pursuit", Signal Processing 86 (2006).
 L. Basile et al., "Head Pursuit: Probing Attention Specialization in Multimodal
 Transformers", NeurIPS 2025 (arXiv:2510.21518).
+N. J. Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., SIAM
+(2002), §3.1 (the error bound of inner products).
 
 Example
 -------
@@ -217,84 +228,164 @@ def _pursue(
     *,
     n_atoms: int,
     criterion: Criterion,
-    candidates: int = 256,
+    candidates: int | None = None,
     on_warning=None,
 ) -> list[dict]:
     """Run SOMP on several factored problems at once, step by step.
 
     All tensors are in ``D.dtype``. Returns, per problem, a dict with ``atoms``,
     ``scores``, ``evr``, ``U`` (``Q^T W L``), ``R`` (triangular factor), ``QW``
-    (``Q^T W``).
+    (``Q^T W``) and ``evaluated`` (exact scores computed, summed over steps).
+
+    Every atom carries an *upper bound* of its score, and the exact score (in
+    ``D.dtype``) is computed only for atoms whose bound can still beat the best
+    exact score of the step, so the argmax is exact. The bounds come from the
+    rank-one update of the squared L2 scores, whose two dictionary products per
+    step (``D q_t`` and ``D F_t F_t^T q_t``) are taken in float32 with their
+    rounding error bounded rigorously: ``|fl(x . y) - x . y| <= gamma ||x|| ||y||``
+    with ``gamma = (d + 3) u / (1 - (d + 3) u)`` for any summation order
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1), so the
+    bounds stay valid. The margin is kept per atom from the step its exact
+    score was last computed.
     """
     v, d = D.shape
     h = len(problems)
     dtype, device = D.dtype, D.device
     r = max(p.W.shape[1] for p in problems)
     k = n_atoms
+    l1 = criterion == "l1"
+    tiny = torch.finfo(dtype).tiny
 
     W = torch.zeros(h, d, r, dtype=dtype, device=device)
-    F = torch.zeros(h, d, r, dtype=dtype, device=device)
+    Lm = torch.zeros(h, r, r, dtype=dtype, device=device)  # M = L L^T
     for i, p in enumerate(problems):
-        W[i, :, : p.W.shape[1]] = p.W
-        F[i, :, : p.W.shape[1]] = p.W.to(dtype) @ _sqrt_factor(p.M.to(dtype))
-    Wt = W.clone() if criterion == "l1" else None  # (I - Q Q^T) W, for exact L1 scores
-    # For L1, a second quadratic form with the samples weighted by 1/||z_i||:
-    # ||p||_1 <= sqrt(sum_i ||z_i||) * sqrt(sum_i p_i^2 / ||z_i||)   (Cauchy-Schwarz),
-    # tight when |p_i| is proportional to ||z_i||, where sqrt(n) ||p||_2 is loose.
-    F2 = None
-    weight_sums = torch.zeros(h, dtype=dtype, device=device)
-    if criterion == "l1":
-        F2 = torch.zeros(h, d, r, dtype=dtype, device=device)
-        for i, p in enumerate(problems):
-            Z = p.Z.to(dtype)  # type: ignore[union-attr]
-            w = Z.norm(dim=1)
-            weight_sums[i] = w.sum()
-            Zw = Z / w.clamp_min(torch.finfo(dtype).tiny).sqrt()[:, None]
-            F2[i, :, : p.W.shape[1]] = p.W.to(dtype) @ _sqrt_factor(Zw.T @ Zw)
-
-    # Initial squared L2 scores ||F_0^T d_j||^2: the bare products D W, blocked.
-    s = _initial_scores(D, F)
-    s2 = _initial_scores(D, F2) if F2 is not None else None
+        ri = p.W.shape[1]
+        W[i, :, :ri] = p.W.to(dtype)
+        Lm[i, :ri, :ri] = _sqrt_factor(p.M.to(dtype))
+    F = W @ Lm  # (I - Q Q^T) W L, updated every step
     energy0 = F.square().sum((1, 2))  # ||H_c||_F^2
-    energy = energy0.clone()
+
+    if l1:
+        # The samples (zero rows pad). Until an atom's exact L1 score is known,
+        # ||p||_1 <= sqrt(n) ||p||_2 bounds it.
+        n_max = max(p.n for p in problems)
+        Z = torch.zeros(h, n_max, r, dtype=dtype, device=device)
+        for i, p in enumerate(problems):
+            Zi = p.Z.to(dtype)  # type: ignore[union-attr]
+            Z[i, : Zi.shape[0], : Zi.shape[1]] = Zi
+        root_n = torch.tensor([math.sqrt(p.n) for p in problems], dtype=dtype, device=device)
+        Wt = W.clone()  # (I - Q Q^T) W: exact L1 scores are ||Z Wt^T d_j||_1
+
+    # The float32 copy for the bounds' products, and their rounding error.
+    low = torch.float32 if dtype in (torch.float64, torch.float32) else dtype
+    D_low = D.to(low)
+    unit = torch.finfo(low).eps / 2
+    gamma = (d + 3) * unit / (1 - (d + 3) * unit)
+    dmax = float(D.norm(dim=1).max())
+    scale_rounding = 8 * torch.finfo(dtype).eps * energy0 * dmax**2  # f64 rounding of the updates
+
+    # Exact squared scores at step 0: the bare products D W L (the floor).
+    # G + M is an upper bound of the squared score, M the margin accumulated so far.
+    G2 = _initial_scores(D, F)
+    M2 = torch.zeros(h, dtype=dtype, device=device)
+    if l1:
+        B1 = torch.full((h, v), math.inf, dtype=dtype, device=device)  # L1 bounds once known
 
     taken = torch.zeros(h, v, dtype=torch.bool, device=device)
     Q = torch.zeros(h, d, k, dtype=dtype, device=device)
     R = torch.zeros(h, k, k, dtype=dtype, device=device)
-    U = torch.zeros(h, k, r, dtype=dtype, device=device)
+    U = torch.zeros(h, k, r, dtype=dtype, device=device)  # rows u_t = L^T W^T q_t
+    Wq = torch.zeros(h, k, r, dtype=dtype, device=device)  # rows w_t = W^T q_t
     atoms = torch.full((h, k), -1, dtype=torch.long)
     scores = torch.zeros(h, k, dtype=dtype)
     evr = torch.zeros(h, k, dtype=dtype)
+    evaluated = torch.zeros(h, dtype=torch.long)
     n_done = [k] * h
     active = torch.ones(h, dtype=torch.bool)
+    energy = energy0.clone()
     for i in range(h):
         if energy0[i] <= 0:
             active[i] = False
             n_done[i] = 0
             if on_warning:
                 on_warning(f"{problems[i].name or 'the signal'} has zero variance; no atom was chosen")
+    slack = 1e-9  # relative: rounding in the exact scores never hides a possible winner
 
-    rows = torch.arange(h, device=device)
-    for t in range(k):
-        if not active.any():
-            break
-        # 1. choose one atom per problem
-        masked = s.masked_fill(taken, -math.inf)
-        if criterion == "l2":
-            best = masked.argmax(1)
-            chosen_scores = masked[rows, best].clamp_min(0).sqrt()
+    def take(T: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return T if len(rows) == h else T[rows]  # no copy in the common case
+
+    def upper(rows: torch.Tensor) -> torch.Tensor:
+        """Upper bounds of the scores (squared for L2), ``[len(rows), v]``; -inf when chosen."""
+        s2 = take(G2, rows) + take(M2, rows)[:, None]
+        if not l1:
+            return s2
+        return torch.minimum(s2.clamp_min_(0).sqrt_().mul_(take(root_n, rows)[:, None]), take(B1, rows))
+
+    def exact(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Exact scores (squared for L2) of atoms ``idx`` ``[b, m]`` for problems ``rows``
+        ``[b]``; their bounds become these values."""
+        Dk = D[idx]  # [b, m, d]
+        at = (rows[:, None], idx)
+        if l1:
+            a = Dk @ take(Wt, rows)  # [b, m, r]: W^T (I - Q Q^T) d_j
+            val = (a @ take(Z, rows).mT).abs_().sum(-1)
+            B1[at] = val
+            G2[at] = (a @ take(Lm, rows)).square().sum(-1) - take(M2, rows)[:, None]
         else:
-            best = torch.zeros(h, dtype=torch.long, device=device)
-            chosen_scores = torch.zeros(h, dtype=dtype, device=device)
-            for i in range(h):
-                if active[i]:
-                    bound = torch.minimum(
-                        masked[i].clamp_min(0).sqrt() * math.sqrt(problems[i].n),
-                        s2[i].clamp_min(0).sqrt() * weight_sums[i].sqrt(),  # type: ignore[index]
-                    ).masked_fill(taken[i], -1.0)
-                    best[i], chosen_scores[i] = _best_l1(
-                        D, bound, Wt[i], problems[i], candidates=candidates  # type: ignore[index]
-                    )
+            val = (Dk @ take(F, rows)).square().sum(-1)
+            G2[at] = val - take(M2, rows)[:, None]
+        chosen = taken[at]
+        if chosen.any():
+            G2[at] = G2[at].masked_fill(chosen, -math.inf)
+            if l1:
+                B1[at] = B1[at].masked_fill(chosen, -math.inf)
+            val = val.masked_fill(chosen, -math.inf)
+        evaluated[rows.cpu()] += idx.shape[1]
+        return val
+
+    def winner(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The argmax of exact scores ``val`` of atoms ``idx`` (``[b, m]``), the lowest index
+        among (near-)exact ties, as argmax over a full row picks."""
+        top = val.max(1).values
+        ties = val >= (top - 1e-12 * top.abs())[:, None]
+        return torch.where(ties, idx, v).min(1).values, top
+
+    all_rows = torch.arange(h, device=device)
+    for t in range(k):
+        live = active.nonzero().flatten().to(device)
+        if not len(live):
+            break
+        # 1. choose one atom per problem: exact scores for the atoms with the
+        #    largest bounds, then for any other atom whose bound can still win
+        m = min(candidates or 16, v)
+        idx = torch.topk(upper(live), m, dim=1, sorted=False).indices  # [b, m]
+        val = exact(live, idx)
+        best_val = val.max(1).values
+        threshold = best_val - slack * best_val.abs()
+        open_count = (upper(live) >= threshold[:, None]).sum(1)
+        done_count = (val >= threshold[:, None]).sum(1)
+        pick, top = winner(idx, val)
+        best = torch.zeros(h, dtype=torch.long, device=device)
+        chosen_scores = torch.zeros(h, dtype=dtype, device=device)
+        best[live], chosen_scores[live] = pick, top
+        # Bounds above the best exact score remain for some problems: evaluate more
+        # atoms, by decreasing bound, in growing rounds (exact values replace the
+        # bounds, so the rounds end; the last one covers every atom).
+        more = live[open_count > done_count]
+        size = m
+        while len(more):
+            size = min(4 * size, v)
+            idx_more = torch.topk(upper(more), size, dim=1, sorted=False).indices
+            val_more = exact(more, idx_more)
+            best_more = val_more.max(1).values
+            thr = best_more - slack * best_more.abs()
+            pick, top = winner(idx_more, val_more)
+            best[more], chosen_scores[more] = pick, top
+            still = (upper(more) >= thr[:, None]).sum(1) > (val_more >= thr[:, None]).sum(1)
+            more = more[still] if size < v else more[:0]
+        if not l1:
+            chosen_scores = chosen_scores.clamp_min(0).sqrt()
+
         # 2. orthogonalise the chosen atoms against the basis (Gram-Schmidt, twice)
         dp = D[best]  # [h, d]
         Qt = Q[:, :, :t]
@@ -304,7 +395,7 @@ def _pursue(
         resid = resid - torch.einsum("hdt,ht->hd", Qt, proj2)
         proj = proj + proj2
         rho = resid.norm(dim=1)
-        scale = dp.norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+        scale = dp.norm(dim=1).clamp_min(tiny)
         for i in range(h):
             if not active[i]:
                 continue
@@ -321,35 +412,41 @@ def _pursue(
         act = active.to(device)
         if not act.any():
             break
-        q = torch.where(act[:, None], resid / rho.clamp_min(torch.finfo(dtype).tiny)[:, None], 0)
+        q = torch.where(act[:, None], resid / rho.clamp_min(tiny)[:, None], 0)
         Q[:, :, t] = q
         R[:, :t, t] = torch.where(act[:, None], proj, 0)
         R[:, t, t] = torch.where(act, rho, 1)
         atoms[active, t] = best[act].cpu()
         scores[active, t] = chosen_scores[act].cpu()
-        taken[rows[act], best[act]] = True
+        chosen_at = (all_rows[act], best[act])
+        taken[chosen_at] = True
+        G2[chosen_at] = -math.inf
+        if l1:
+            B1[chosen_at] = -math.inf
 
-        # 3. the rank-one update of F and of every score
-        u = torch.einsum("hdr,hd->hr", F, q)  # F_t^T q_t
-        U[:, t] = u
-        y = torch.einsum("hdr,hr->hd", F, u)  # F_t F_t^T q_t
+        # 3. the rank-one update of F: F_t = F_{t-1} - q_t u_t^T with u_t = F_{t-1}^T q_t
+        u = torch.einsum("hdr,hd->hr", F, q)
+        y = torch.einsum("hdr,hr->hd", F, u)  # F_{t-1} F_{t-1}^T q_t
         F -= q[:, :, None] * u[:, None, :]
-        if Wt is not None:
+        w = torch.einsum("hdr,hd->hr", W, q)
+        Wq[:, t], U[:, t] = w, u
+        energy = (energy - u.square().sum(1)).clamp_min(0)  # ||F_t||^2 = ||F_{t-1}||^2 - ||u_t||^2
+        evr[active, t] = (1 - energy / energy0.clamp_min(tiny))[act].cpu()
+        cols = [q, y]
+        if l1:
             Wt -= q[:, :, None] * torch.einsum("hdr,hd->hr", Wt, q)[:, None, :]
-        if F2 is not None:
-            u2 = torch.einsum("hdr,hd->hr", F2, q)
-            y2 = torch.einsum("hdr,hr->hd", F2, u2)
-            F2 -= q[:, :, None] * u2[:, None, :]
-        energy = F.square().sum((1, 2))
-        evr[active, t] = (1 - energy / energy0.clamp_min(torch.finfo(dtype).tiny))[act].cpu()
+
+        # 4. every squared score changes by c_j (c_j ||u||^2 - 2 e_j), c = D q and
+        #    e = D y; both products in float32, their error added to the margin
         if t + 1 < k:
-            # D q_t and D F_t F_t^T q_t (and the same for F2): one product for all problems
-            cols = [q, y] if F2 is None else [q, y, y2]
-            cy = D @ torch.cat(cols).T  # [v, 2h] or [v, 3h]
-            c, e = cy[:, :h].T, cy[:, h : 2 * h].T
-            s += c * (c * u.square().sum(1, keepdim=True) - 2 * e)
-            if F2 is not None:
-                s2 += c * (c * u2.square().sum(1, keepdim=True) - 2 * cy[:, 2 * h :].T)  # type: ignore[operator]
+            P = torch.cat(cols).to(low) @ D_low.T  # [2h, v]: one product for all problems
+            c = P[:h]
+            delta_c = gamma * dmax * q.norm(dim=1)
+            G2 += _score_change(c, P[h : 2 * h], u)
+            M2 += _margin(u, y, delta_c, gamma, dmax, unit) + scale_rounding
+            if l1:
+                step_l1 = (Z @ w[:, :, None]).abs_().sum((1, 2))  # ||Z w_t||_1
+                B1 += (c.abs().to(dtype) + delta_c[:, None]) * (step_l1 * (1 + 1e-12))[:, None]
 
     out = []
     for i, p in enumerate(problems):
@@ -361,10 +458,34 @@ def _pursue(
                 "evr": evr[i, :kk].clone(),
                 "R": R[i, :kk, :kk].clone(),
                 "U": U[i, :kk, : p.W.shape[1]].clone(),
-                "QW": (Q[i, :, :kk].T @ W[i, :, : p.W.shape[1]]).clone(),
+                "QW": Wq[i, :kk, : p.W.shape[1]].clone(),
+                "evaluated": int(evaluated[i]),
             }
         )
     return out
+
+
+def _score_change(c: torch.Tensor, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``c (c ||u||^2 - 2 e)``, ``[h, v]``: the change of every squared score."""
+    a = u.square().sum(1).to(c.dtype)[:, None]
+    return c * (c * a - 2 * e)
+
+
+def _margin(u, y, delta_c, gamma: float, dmax: float, unit: float) -> torch.Tensor:
+    """A bound on the error of :func:`_score_change` from float32 ``c`` and ``e``, per problem.
+
+    With ``|c| <= dmax``, ``|e| <= dmax ||y||``, ``|c^ - c| <= dc`` and
+    ``|e^ - e| <= de = gamma dmax ||y||``, the change ``a c^2 - 2 c e`` is off by at
+    most ``a dc (2 dmax + dc) + 2 (dmax de + dc dmax ||y|| + dc de)``, plus the
+    rounding of the float32 arithmetic itself.
+    """
+    a = u.square().sum(1)
+    ny = y.norm(dim=1)
+    de = gamma * dmax * ny
+    dc = delta_c
+    products = a * dc * (2 * dmax + dc) + 2 * (dmax * de + dc * dmax * ny + dc * de)
+    arithmetic = 6 * unit * ((dmax + dc) ** 2 * a + 2 * (dmax + dc) * (dmax * ny + de))
+    return products + arithmetic
 
 
 def _initial_scores(D: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
@@ -380,39 +501,6 @@ def _initial_scores(D: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
         s[start : start + b] = torch.linalg.vector_norm(prod.view(v, b, r), dim=-1).square_().T
         del prod
     return s
-
-
-def _best_l1(D, bound: torch.Tensor, Wt: torch.Tensor, p: _Head, *, candidates: int):
-    """The exact L1 argmax, evaluating only atoms whose upper bound can still win.
-
-    ``bound`` holds an upper bound of every atom's L1 score (negative for chosen
-    atoms): ``sqrt(n) ||P_j||_2`` and the weighted Cauchy-Schwarz bound. Once an
-    exact L1 score ``b`` is known, atoms whose bound is below ``b`` cannot be
-    the argmax.
-    """
-    Z = p.Z
-    r = Z.shape[1]
-
-    def exact(idx: torch.Tensor) -> torch.Tensor:
-        A = D[idx] @ Wt[:, :r]  # [b, r]: W^T (I - QQ^T) d_j
-        return (A @ Z.T).abs_().sum(1)
-
-    first = torch.topk(bound, min(candidates, int((bound >= 0).sum())), sorted=False).indices
-    vals = exact(first)
-    best = vals.max()
-    # Slack for rounding in the bounds, so that no possible winner is skipped.
-    keep = bound >= best * (1 - 1e-9)
-    keep[first] = False
-    rest = keep.nonzero().flatten()
-    idx, all_vals = first, vals
-    for start in range(0, len(rest), 4096):
-        chunk = rest[start : start + 4096]
-        idx = torch.cat([idx, chunk])
-        all_vals = torch.cat([all_vals, exact(chunk)])
-    top = all_vals.max()
-    # The lowest index among exact ties, as argmax over the full row would pick.
-    winners = idx[all_vals == top]
-    return winners.min(), top
 
 
 def _finish(

@@ -33,6 +33,7 @@ __all__ = [
     "TEXT_DATASETS",
     "data_files",
     "load_text_dataset",
+    "profanity_lexicon",
     "qa_prompt",
     "text_data_dir",
     "toxic_words",
@@ -98,10 +99,39 @@ def qa_prompt(question: str, *, fewshot: bool = False) -> str:
     return (QA_FEWSHOT if fewshot else "") + f"Q: {question.strip()}\nA:"
 
 
-def toxic_words(split: str) -> list[str]:
+def toxic_words(split: str, *, lexicon: bool = True) -> list[str]:
     """The selection or held-out toxic words (``split`` is ``"selection"`` or ``"held_out"``).
 
-    The two lists are disjoint: heads are chosen with the selection words and
-    their effect is measured on the held-out words.
+    Heads are chosen with the selection words (the shipped list, mild insults
+    and swear words) and their effect is measured on the held-out words, so the
+    two lists are disjoint. A hand-written list alone is too short to measure
+    anything on a few dozen continuations of a small model (it may never occur
+    at all), so by default the held-out words follow a fixed rule: the shipped
+    held-out list plus every entry of the published lexicon of
+    ``better-profanity`` (MIT licence, about 900 English profanities), minus
+    every selection word. No word is chosen by looking at what the model
+    generates.
+
+    Parameters
+    ----------
+    split : {"selection", "held_out"}
+    lexicon : bool, default True
+        Add the ``better-profanity`` lexicon to the held-out words
+        (``False``: the shipped held-out list only).
     """
-    return list(load_text_dataset("toxic_words", split=split)["word"])
+    words = [w.strip().lower() for w in load_text_dataset("toxic_words", split=split)["word"]]
+    if split == "held_out" and lexicon:
+        words += profanity_lexicon()
+    if split == "held_out":
+        selection = set(toxic_words("selection"))
+        words = [w for w in words if w not in selection]
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def profanity_lexicon() -> list[str]:
+    """The word list that ships with the ``better-profanity`` package (lower case, in its order)."""
+    try:
+        source = resources.files("better_profanity") / "profanity_wordlist.txt"
+    except ModuleNotFoundError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("the held-out toxicity lexicon needs `pip install better-profanity`") from err
+    return [line.strip().lower() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -115,3 +117,24 @@ def smollm2_heads(smollm2):
     """SmolLM2 head outputs on 32 prompts (store="samples"), recorded once per session."""
     model, tok = smollm2
     return hp_mini.record_heads(model, tok, concept_prompts(32), batch_size=16, progress=False)
+
+
+@contextlib.contextmanager
+def edit_head_by_hand(site, head: int, fn):
+    """Replace one head's slice of ``z`` (the output projection's input) by ``fn(z_h)``.
+
+    Written here with a plain forward pre-hook, independently of ``hp_mini.scale_heads``,
+    so the tests of editing compare the library with a computation of their own.
+    """
+
+    def hook(module, args):
+        z = args[0].clone()
+        sl = slice(head * site.d_head, (head + 1) * site.d_head)
+        z[..., sl] = fn(z[..., sl])
+        return (z,)
+
+    handle = site.module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import hp_mini
+from conftest import edit_head_by_hand
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -148,19 +149,8 @@ def _embed(model):
 
 
 def _edit_by_hand(model, layer, head, fn):
-    site = hp_mini.attention_heads(model)[layer]
-
-    def hook(module, args):
-        z = args[0].clone()
-        sl = slice(head * site.d_head, (head + 1) * site.d_head)
-        z[..., sl] = fn(z[..., sl])
-        return (z,)
-
-    handle = site.module.register_forward_pre_hook(hook)
-    try:
+    with edit_head_by_hand(hp_mini.attention_heads(model)[layer], head, fn):
         return _embed(model)
-    finally:
-        handle.remove()
 
 
 def test_alpha_one_is_bit_identical():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hp_mini
-from conftest import TEXT_ARCHITECTURES, tiny_model
+from conftest import TEXT_ARCHITECTURES, edit_head_by_hand, tiny_model
 
 IDS = torch.randint(1, 90, (2, 6), generator=torch.Generator().manual_seed(0))
 
@@ -18,19 +18,8 @@ def _logits(model):
 
 def _edit_z_by_hand(model, layer, head, fn):
     """Logits with head `head` of `layer` replaced by fn(z_h), written out by hand."""
-    site = hp_mini.attention_heads(model)[layer]
-
-    def hook(module, args):
-        z = args[0].clone()
-        sl = slice(head * site.d_head, (head + 1) * site.d_head)
-        z[..., sl] = fn(z[..., sl])
-        return (z,)
-
-    handle = site.module.register_forward_pre_hook(hook)
-    try:
+    with edit_head_by_hand(hp_mini.attention_heads(model)[layer], head, fn):
         return _logits(model)
-    finally:
-        handle.remove()
 
 
 @pytest.mark.parametrize("arch", TEXT_ARCHITECTURES)

@@ -6,6 +6,7 @@ import torch
 
 import hp_mini
 from hp_mini.evaluation import (
+    count_words,
     edit_table,
     evaluate_head_edits,
     exact_match,
@@ -40,6 +41,7 @@ def test_first_answer_cuts_the_next_turn():
 def test_lexical_rate_counts_whole_words_only():
     texts = ["You are a clown, a CLOWN!", "clownish behaviour", "nothing here"]
     assert lexical_rate(texts, ["clown"]) == pytest.approx(2 / 3)
+    assert count_words(texts + ["a bull shit story"], ["clown", "Bull Shit", "owl"]) == {"clown": 2, "bull shit": 1}
     with pytest.raises(ValueError):
         lexical_rate([], ["clown"])
 
@@ -95,6 +97,17 @@ def test_evaluate_head_edits_table_and_controls(tiny):
         chosen = somp[: row.k]
         assert sorted(layer for layer, _ in heads) == sorted(layer for layer, _ in chosen)
         assert not set(heads) & set(chosen)
+    # outputs of every edit can be kept, keyed by (method, k, draw)
+    def evaluate_keeping():
+        result = evaluate()
+        evaluate_keeping.seen = result["logit"]
+        return result
+
+    kept = evaluate_head_edits(tiny, evaluate_keeping, {"SOMP": somp}, ks=[2], pool=pool, n_random=2, seed=1,
+                               keep="seen", progress=False)
+    outputs = kept.attrs["outputs"]
+    assert set(outputs) == {("unedited", 0, 0), ("SOMP", 2, 0), ("random", 2, 0), ("random", 2, 1)}
+    assert outputs[("SOMP", 2, 0)] == pytest.approx(want)
     # the model is unedited again afterwards
     with torch.no_grad():
         assert float(tiny(ids).logits[0, -1, 3]) == base
@@ -114,6 +127,8 @@ def test_summaries(tiny):
     assert r["median"] == pytest.approx(1.25) and r["q25"] == pytest.approx(0.875) and r["n"] == 4
     wide = edit_table(table)
     assert wide.loc["m", (3, "SOMP")] == 0.5 and wide.loc["m", (3, "random")] == 1.25
+    text = edit_table(table, iqr=True)
+    assert text.loc["m", (3, "random")] == "1.25 [0.88, 1.62]" and text.loc["m", (3, "SOMP")] == "0.50"
     with pytest.raises(ValueError):
         evaluate_head_edits(tiny, lambda: {"m": 1.0}, {}, ks=[1])
     with pytest.raises(ValueError):
@@ -131,3 +146,14 @@ def test_known_baseline_is_not_recomputed(tiny):
                                 progress=False)
     assert len(calls) == 2  # the two edits only
     assert (table[table.method == "a"].normalised == 2.0).all()
+
+
+def test_toxicity_evaluator_reports_counts_behind_the_lexical_rate(monkeypatch):
+    import hp_mini.evaluation as ev
+
+    texts = [" you clown", " a clown and a pig", " nice"]
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: list(texts))
+    monkeypatch.setattr(ev, "profanity_probability", lambda t: np.array([0.9, 0.6, 0.1]))
+    scores = ev.toxicity_evaluator(None, None, ["a", "b", "c"], ["clown", "pig"])()
+    assert scores["lexical_hits"] == 3.0 and scores["lexical"] == pytest.approx(1.0)
+    assert scores["toxic_fraction"] == pytest.approx(2 / 3)

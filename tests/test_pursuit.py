@@ -113,6 +113,25 @@ def test_l1_pruning_bound_never_skips_the_winner(seed):
     assert raw["atoms"].tolist() == reference_somp(X, D, 12, "l1")[0]
 
 
+@pytest.mark.parametrize("seed", [70, 80, 90])
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_float32_bounds_never_skip_a_near_tie(criterion, seed):
+    """Atoms that differ below float32 resolution: the bounds' float32 products cannot
+    order them, so only a valid rounding margin lets the search find the float64 winner
+    (searching from a single candidate per step)."""
+    from hp_mini.pursuit import _factor, _Head, _pursue
+
+    base = random_dictionary(150, 48, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    twins = torch.nn.functional.normalize(base + 2e-9 * torch.randn(base.shape, generator=g, dtype=torch.float64), dim=1)
+    D = torch.cat([base, twins])[torch.randperm(300, generator=g)]
+    X = low_rank_data(90, 48, 12, seed + 2)
+    Xc = X - X.mean(0)
+    Z, W = _factor(Xc)
+    raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=90)], n_atoms=12, criterion=criterion, candidates=1)[0]
+    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion)[0]
+
+
 def test_reconstruction_and_order():
     D = random_dictionary(200, 30, 9)
     X = low_rank_data(80, 30, 30, 10)

@@ -128,3 +128,30 @@ def test_bleu_by_hand():
     assert metrics.bleu(["a b c"], ["a b c d"], max_n=2) == pytest.approx(p)
     # clipping: "the the the" against "the cat": p1 = 1/3
     assert metrics.bleu(["the the the"], ["the cat"], max_n=1) == pytest.approx(1 / 3)
+
+
+def test_foreground_weights_sit_on_the_shapes():
+    scenes = shapes.scenes(6, seed=2)
+    w = vlm._foreground_weights(vlm._pixels(scenes))
+    n_side = shapes.IMAGE_SIZE // vlm.PATCH_SIZE
+    assert w.shape == (6, n_side**2)
+    torch.testing.assert_close(w.sum(1), torch.ones(6))
+    for row, scene in zip(w, scenes):
+        cols = torch.arange(n_side**2) % n_side
+        left = row[cols < n_side // 2].sum()
+        # the shapes sit in one half, so that half holds (almost) all the weight
+        assert (left > 0.95) if scene.position == "left" else (left < 0.05), (scene, row)
+
+
+def test_training_is_deterministic_and_the_probes_learn():
+    tiny = {"train_scenes": 64, "probe_steps": 30, "probe_batch_size": 16, "steps": 3, "batch_size": 4,
+            "warmup": 2, "vision": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                    "num_attention_heads": 2},
+            "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}}
+    a, _, log_a = vlm.train_shapes_vlm(progress=False, settings=tiny)
+    b, _, log_b = vlm.train_shapes_vlm(progress=False, settings=tiny)
+    assert log_a["losses"] == log_b["losses"] and log_a["probe_losses"] == log_b["probe_losses"]
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    assert len(log_a["probe_losses"]) == 30 and len(log_a["losses"]) == 3
+    assert np.mean(log_a["probe_losses"][-5:]) < np.mean(log_a["probe_losses"][:5]), "the probe loss did not fall"

@@ -1,6 +1,6 @@
 import pytest
 
-from hp_mini.textdata import TEXT_DATASETS, data_files, load_text_dataset, qa_prompt, toxic_words
+from hp_mini.textdata import TEXT_DATASETS, data_files, load_text_dataset, profanity_lexicon, qa_prompt, toxic_words
 
 
 def test_every_shipped_file_loads_with_datasets():
@@ -28,6 +28,13 @@ def test_qa_splits_are_disjoint_and_balanced():
 def test_toxic_word_lists_are_disjoint():
     sel, held = toxic_words("selection"), toxic_words("held_out")
     assert sel and held and not set(sel) & set(held)
+    shipped = toxic_words("held_out", lexicon=False)
+    assert set(shipped) < set(held), "the held-out words are the shipped list plus the lexicon"
+    lexicon = set(profanity_lexicon())
+    assert len(lexicon) > 500
+    # the rule: shipped held-out words and the lexicon, minus every selection word (some are in the lexicon)
+    assert set(sel) & lexicon
+    assert set(held) == (set(shipped) | lexicon) - set(sel)
     assert not set(load_text_dataset("toxicity", split="selection")["prompt"]) & set(
         load_text_dataset("toxicity", split="evaluation")["prompt"]
     )

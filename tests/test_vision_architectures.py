@@ -17,12 +17,12 @@ into ``input_ids``. Nothing is downloaded.
 
 from __future__ import annotations
 
-import contextlib
 
 import pytest
 import torch
 
 import hp_mini
+from conftest import edit_head_by_hand
 
 VOCAB = 128
 IMAGE_TOKEN = 120
@@ -191,23 +191,6 @@ def _logits(model, batch):
         return model(**batch, use_cache=False).logits
 
 
-@contextlib.contextmanager
-def _by_hand(site, head: int, fn):
-    """Apply ``fn`` to one head's slice of ``z`` with a hook written here, not in hp_mini."""
-
-    def hook(module, args):
-        z = args[0].clone()
-        sl = slice(head * site.d_head, (head + 1) * site.d_head)
-        z[..., sl] = fn(z[..., sl])
-        return (z,)
-
-    handle = site.module.register_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def test_sites_are_the_language_model_heads(vlm):
     name, model, _ = vlm
     sites = hp_mini.attention_heads(model)
@@ -279,7 +262,7 @@ def test_scale_heads_matches_hand_edits(vlm):
     for alpha, fn in [(0.0, torch.zeros_like), (-1.0, torch.neg)]:
         with hp_mini.scale_heads(model, {(layer, head): alpha}):
             edited = _logits(model, batch)
-        with _by_hand(sites[layer], head, fn):
+        with edit_head_by_hand(sites[layer], head, fn):
             manual = _logits(model, batch)
         torch.testing.assert_close(edited, manual, rtol=1e-5, atol=1e-6, msg=f"{name}: alpha={alpha}")
         assert not torch.allclose(edited, base), f"{name}: alpha={alpha} left the logits unchanged"

@@ -12,7 +12,10 @@ Pretrained weights cannot be downloaded here, and SmolLM2 as the language
 model would not train in a few CPU minutes, so the first call of
 ``hp_mini.load_model("shapes-vlm")`` trains this model on CPU (seeded, a few
 minutes) and caches it under :func:`hp_mini.models.cache_dir`; later calls
-load the cache in about a second.
+load the cache in about a second. Training has two phases: the vision tower
+first learns the scenes' attributes through linear probes on its image
+tokens, then the whole model learns to caption and answer
+(:func:`train_shapes_vlm`).
 
 The model answers two kinds of prompt:
 
@@ -68,14 +71,22 @@ PATCH_SIZE = 12
 
 # Everything that determines the trained weights; its hash names the cache folder.
 TRAINING: dict[str, object] = {
+    "version": 3,  # bumped when the training code changes what the same settings produce
     "seed": 0,
-    "train_scenes": 4000,
+    "train_scenes": 20000,
     "scene_seed": 1000,  # held-out evaluations use other seeds
-    "steps": 1000,
+    # Phase 1: the vision tower and projector alone, with linear attribute probes.
+    "probe_steps": 2000,
+    "probe_batch_size": 64,
+    "probe_lr": 3e-3,
+    # Phase 2: the whole LLaVA on captions and answers, the probes still attached.
+    "steps": 600,
     "batch_size": 32,
     "lr": 2e-3,
+    "vision_lr": 2e-3,  # tower, projector and probes in phase 2
     "warmup": 50,
     "weight_decay": 0.01,
+    "probe_weight": 1.0,
     "caption_fraction": 0.4,
     "feature_layer": -1,
     "vision": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4},
@@ -243,11 +254,80 @@ def _examples(tokenizer, scene_list, tasks) -> tuple[torch.Tensor, torch.Tensor,
     return ids, mask, labels
 
 
+def _labels(scene_list) -> dict[str, torch.Tensor]:
+    """Class indices of every attribute, ``{attribute: LongTensor [n]}``."""
+    values = {
+        "colour": list(shapes.COLOURS),
+        "shape": list(shapes.SHAPES),
+        "count": list(shapes.COUNTS),
+        "size": list(shapes.SIZES),
+        "position": list(shapes.POSITIONS),
+    }
+    return {a: torch.tensor([values[a].index(getattr(s, a)) for s in scene_list]) for a in shapes.ATTRIBUTES}
+
+
+def _foreground_weights(pixels: torch.Tensor) -> torch.Tensor:
+    """``[n, patches]``: each patch's share of the image's non-background pixels.
+
+    A small floor keeps every row summable when a shape covers almost nothing.
+    """
+    bg = torch.tensor([(c / 255.0 - 0.5) / 0.5 for c in shapes.BACKGROUND]).view(1, 3, 1, 1)
+    fg = ((pixels - bg).abs().sum(1, keepdim=True) > 0.1).float()
+    w = torch.nn.functional.avg_pool2d(fg, PATCH_SIZE).flatten(1) + 1e-3
+    return w / w.sum(1, keepdim=True)
+
+
+class _AttributeProbes(torch.nn.Module):
+    """Linear classifiers of the five attributes on the pooled image tokens.
+
+    The image tokens (projected patch features, what the language model reads)
+    are averaged with weights proportional to how much of each patch the
+    shapes cover, then one linear layer per attribute predicts its class.
+    Training the tower through these probes makes every patch that shows a
+    shape carry the scene's colour, kind, count, size and position in a
+    linearly readable form, which one attention head of the language model
+    can then gather by attending to those patches.
+    """
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        sizes = {"colour": len(shapes.COLOURS), "shape": len(shapes.SHAPES), "count": len(shapes.COUNTS),
+                 "size": len(shapes.SIZES), "position": len(shapes.POSITIONS)}
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(d_model, n) for a, n in sizes.items()})
+
+    def forward(self, features: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        pooled = (weights.unsqueeze(-1) * features).sum(1)
+        return {a: head(pooled) for a, head in self.heads.items()}
+
+
+def _image_tokens(model, pixels: torch.Tensor, feature_layer: int) -> torch.Tensor:
+    """The projected image features ``[n, patches, d_model]``, as LLaVA computes them."""
+    out = model.model.vision_tower(pixels, output_hidden_states=True)
+    return model.model.multi_modal_projector(out.hidden_states[feature_layer][:, 1:])
+
+
 def train_shapes_vlm(*, progress: bool = True, settings: dict | None = None):
     """Train ``shapes-vlm`` from scratch on CPU; returns ``(model, processor, log)``.
 
+    Two phases (see :data:`TRAINING`):
+
+    1. the vision tower and projector learn, through linear probes on
+       foreground-pooled image tokens, to encode the five attributes
+       (``probe_steps`` steps);
+    2. the whole model learns to caption and answer (next-token loss on the
+       answer words), with the probe loss added (weight ``probe_weight``) so
+       that the tower keeps what it learnt (``steps`` steps).
+
+    Trained end to end on captions alone, a model this small stalls at the
+    answers' frequencies: a few small shapes on a dark background give the
+    language model too weak a signal to learn to look. The probes are thrown
+    away after training; the saved model is a plain
+    :class:`~transformers.LlavaForConditionalGeneration`.
+
     Deterministic for a given ``settings`` (default :data:`TRAINING`) and
-    thread count. ``log`` has the loss curve and the wall time in seconds.
+    thread count. ``log`` has the loss curves of both phases
+    (``probe_losses``, ``losses``: the language-model loss alone) and the
+    wall time in seconds.
     """
     cfg = {**TRAINING, **(settings or {})}
     threads = torch.get_num_threads()
@@ -260,54 +340,96 @@ def train_shapes_vlm(*, progress: bool = True, settings: dict | None = None):
         torch.set_num_threads(threads)
 
 
+def _cosine(step: int, total: int, warmup: int, floor: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
 def _train(cfg: dict, progress: bool):
     t0 = time.perf_counter()
     torch.manual_seed(int(cfg["seed"]))
     rng = np.random.default_rng(int(cfg["seed"]))
     processor = build_processor()
     tok = processor.tokenizer
+    feature_layer = int(cfg["feature_layer"])
     model = build_vlm(
-        tok, vision=cfg["vision"], text=cfg["text"], feature_layer=int(cfg["feature_layer"]), seed=int(cfg["seed"])  # type: ignore[arg-type]
+        tok, vision=cfg["vision"], text=cfg["text"], feature_layer=feature_layer, seed=int(cfg["seed"])  # type: ignore[arg-type]
     )
+    probes = _AttributeProbes(model.config.text_config.hidden_size)
     model.train()
     pool = shapes.scenes(int(cfg["train_scenes"]), seed=int(cfg["scene_seed"]))
     pixels = _pixels(pool)
+    labels_of = _labels(pool)
+    fg = _foreground_weights(pixels)
+
+    def probe_loss(idx: torch.Tensor) -> torch.Tensor:
+        logits = probes(_image_tokens(model, pixels[idx], feature_layer), fg[idx])
+        return sum(torch.nn.functional.cross_entropy(logits[a], labels_of[a][idx]) for a in logits)  # type: ignore[return-value]
+
+    vision_params = [
+        *model.model.vision_tower.parameters(),
+        *model.model.multi_modal_projector.parameters(),
+        *probes.parameters(),
+    ]
+    from tqdm.auto import tqdm
+
+    # Phase 1: the tower alone, through the probes.
+    p_steps, p_bs = int(cfg["probe_steps"]), int(cfg["probe_batch_size"])
+    opt = torch.optim.AdamW(vision_params, lr=float(cfg["probe_lr"]), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, p_steps, 50, 0.1))
+    probe_losses: list[float] = []
+    bar = tqdm(range(p_steps), desc="shapes-vlm 1/2: vision tower", leave=False, disable=not progress)
+    for step in bar:
+        idx = torch.as_tensor(rng.integers(len(pool), size=p_bs))
+        loss = probe_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        probe_losses.append(float(loss.detach()))
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(probe_losses[-50:]):.3f}")
+
+    # Phase 2: the whole model on captions and answers, the probe loss still on.
     steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
+    vision_ids = {id(p) for p in vision_params}
+    lm_params = [p for p in model.parameters() if id(p) not in vision_ids]
     opt = torch.optim.AdamW(
-        model.parameters(), lr=float(cfg["lr"]), betas=(0.9, 0.98), weight_decay=float(cfg["weight_decay"])
+        [{"params": lm_params, "lr": float(cfg["lr"])}, {"params": vision_params, "lr": float(cfg["vision_lr"])}],
+        betas=(0.9, 0.98),
+        weight_decay=float(cfg["weight_decay"]),
     )
     warmup = int(cfg["warmup"])
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))) * 0.98 + 0.02
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, warmup, 0.02))
+    weight = float(cfg["probe_weight"])
     question_tasks = list(shapes.ATTRIBUTES)
-    losses = []
-    bar = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(bar, desc="training shapes-vlm", leave=False)
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="shapes-vlm 2/2: captions and answers", leave=False, disable=not progress)
     for step in bar:
         idx = rng.integers(len(pool), size=bs)
         is_caption = rng.random(bs) < float(cfg["caption_fraction"])
         q = rng.integers(len(question_tasks), size=bs)
         tasks = ["caption" if c else question_tasks[j] for c, j in zip(is_caption, q)]
         ids, mask, labels = _examples(tok, [pool[i] for i in idx], tasks)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[torch.as_tensor(idx)], labels=labels)
+        rows = torch.as_tensor(idx)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[rows], labels=labels)
+        loss = out.loss + weight * probe_loss(rows) if weight > 0 else out.loss
         opt.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         losses.append(float(out.loss.detach()))
         if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")  # type: ignore[union-attr]
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
     model.eval()
-    log = {"losses": losses, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+    log = {
+        "losses": losses,
+        "probe_losses": probe_losses,
+        "seconds": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
+    }
     return model, processor, log
 
 
@@ -354,7 +476,8 @@ def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
     """Load ``shapes-vlm`` from the cache, training it first if it is not there.
 
     Returns ``(model, processor)``; ``model.config.hp_mini_training`` holds
-    the training wall time (seconds) of the cached weights.
+    the training wall time (seconds) of the cached weights and the number of
+    steps of each phase (``probe_steps``, then ``steps``).
     """
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
@@ -373,7 +496,11 @@ def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
     model = LlavaForConditionalGeneration.from_pretrained(final, dtype=dtype)
     processor = LlavaProcessor.from_pretrained(final)
     log = json.loads((final / "training_log.json").read_text())
-    model.config.hp_mini_training = {"seconds": log["seconds"], "steps": len(log["losses"])}
+    model.config.hp_mini_training = {
+        "seconds": log["seconds"],
+        "steps": len(log["losses"]),
+        "probe_steps": len(log.get("probe_losses", [])),
+    }
     return model.to(device).eval(), processor
 
 
