@@ -589,13 +589,7 @@ def concept_prompts(attribute: str) -> tuple[list[str], list[str]]:
     """``(values, prompts)`` of one attribute: one prompt per value, e.g. ``"red shapes"``."""
     from . import shapes
 
-    values = {
-        "colour": list(shapes.COLOURS),
-        "shape": list(shapes.SHAPES),
-        "count": list(shapes.COUNTS),
-        "size": list(shapes.SIZES),
-        "position": list(shapes.POSITIONS),
-    }
+    values = shapes.ATTRIBUTE_VALUES
     if attribute not in values:
         raise ValueError(f"unknown attribute {attribute!r}; expected one of {sorted(values)}")
     vals = values[attribute]
@@ -741,13 +735,7 @@ def _partial_captions(attrs: np.ndarray, rng: np.random.Generator, p_full: float
     keep[rng.random(n) < p_full] = True
     empty = ~keep.any(1)
     keep[empty, rng.integers(len(_ATTRS), size=int(empty.sum()))] = True
-    values = {
-        "count": list(shapes.COUNTS),
-        "size": list(shapes.SIZES),
-        "colour": list(shapes.COLOURS),
-        "shape": list(shapes.SHAPES),
-        "position": list(shapes.POSITIONS),
-    }
+    values = shapes.ATTRIBUTE_VALUES
     texts = []
     for i in range(n):
         kw = {a: values[a][attrs[i, j]] for j, a in enumerate(_ATTRS) if keep[i, j]}
@@ -758,13 +746,7 @@ def _partial_captions(attrs: np.ndarray, rng: np.random.Generator, p_full: float
 def _attribute_codes(rows) -> np.ndarray:
     from . import shapes
 
-    values = {
-        "count": list(shapes.COUNTS),
-        "size": list(shapes.SIZES),
-        "colour": list(shapes.COLOURS),
-        "shape": list(shapes.SHAPES),
-        "position": list(shapes.POSITIONS),
-    }
+    values = shapes.ATTRIBUTE_VALUES
     return np.array([[values[a].index(r[a]) for a in _ATTRS] for r in rows], dtype=np.int64)
 
 

@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "ATTRIBUTES",
+    "ATTRIBUTE_VALUES",
     "BACKGROUND",
     "COLOURS",
     "COUNTS",
@@ -79,6 +80,16 @@ BACKGROUND = (24, 24, 32)
 
 ATTRIBUTES: tuple[str, ...] = ("colour", "shape", "count", "size", "position")
 """The attribute names, in the order of :data:`QUESTIONS`."""
+
+ATTRIBUTE_VALUES: dict[str, tuple] = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "count": COUNTS,
+    "size": SIZES,
+    "position": POSITIONS,
+}
+"""The values of every attribute, keyed in the order of :data:`ATTRIBUTES`; a value's
+position is its class index."""
 
 QUESTIONS: dict[str, str] = {
     "colour": "what colour are the shapes ?",

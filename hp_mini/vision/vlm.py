@@ -256,13 +256,7 @@ def _examples(tokenizer, scene_list, tasks) -> tuple[torch.Tensor, torch.Tensor,
 
 def _labels(scene_list) -> dict[str, torch.Tensor]:
     """Class indices of every attribute, ``{attribute: LongTensor [n]}``."""
-    values = {
-        "colour": list(shapes.COLOURS),
-        "shape": list(shapes.SHAPES),
-        "count": list(shapes.COUNTS),
-        "size": list(shapes.SIZES),
-        "position": list(shapes.POSITIONS),
-    }
+    values = shapes.ATTRIBUTE_VALUES
     return {a: torch.tensor([values[a].index(getattr(s, a)) for s in scene_list]) for a in shapes.ATTRIBUTES}
 
 
@@ -291,8 +285,7 @@ class _AttributeProbes(torch.nn.Module):
 
     def __init__(self, d_model: int):
         super().__init__()
-        sizes = {"colour": len(shapes.COLOURS), "shape": len(shapes.SHAPES), "count": len(shapes.COUNTS),
-                 "size": len(shapes.SIZES), "position": len(shapes.POSITIONS)}
+        sizes = {a: len(v) for a, v in shapes.ATTRIBUTE_VALUES.items()}
         self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(d_model, n) for a, n in sizes.items()})
 
     def forward(self, features: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
