@@ -7,6 +7,8 @@ import tomllib
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,13 +39,90 @@ def test_environment_yml_and_pyproject_name_the_same_packages():
     )
 
 
-def test_pinned_versions_agree_with_the_constraints():
-    pins = dict(
-        line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line and not line.startswith("#")
-    )
-    env = (ROOT / "environment.yml").read_text()
-    for name, version in pins.items():
-        assert f"{name}=={version}" in env, f"environment.yml should pin {name}=={version} as constraints.txt does"
+def _lock() -> dict[str, str]:
+    pins = {}
+    for raw in (ROOT / "requirements.lock").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[_canonical(name)] = version
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements() -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        reqs += extra
+    return [Requirement(r) for r in reqs if _canonical(Requirement(r).name) != "hp-mini"]
+
+
+def test_the_lock_pins_every_dependency_within_pyproject_ranges():
+    lock = _lock()
+    for req in _requirements():
+        name = _canonical(req.name)
+        assert name in lock, f"requirements.lock has no pin for {req}; run `make lock`"
+        assert req.specifier.contains(lock[name], prereleases=True), (
+            f"requirements.lock pins {name}=={lock[name]}, outside pyproject.toml's {req}; run `make lock`"
+        )
+
+
+def test_lower_bounds_are_the_tested_release_series():
+    # The locked leg of CI tests the lock's versions and the newest leg the newest
+    # releases, so a lower bound below the lock's series would promise what no run tests.
+    lock = _lock()
+    for req in _requirements():
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert lower, f"pyproject.toml: {req} has no lower bound"
+        locked = Version(lock[_canonical(req.name)]).release[:2]
+        assert Version(lower[0]).release[:2] == locked, (
+            f"pyproject.toml: {req} but the tested (locked) release is {lock[_canonical(req.name)]}; "
+            f"raise the lower bound to >={locked[0]}.{locked[1]}"
+        )
+
+
+def test_environment_yml_pins_the_locked_versions():
+    lock = _lock()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    for line in pip:
+        req = Requirement(line)
+        pinned = [s.version for s in req.specifier if s.operator == "=="]
+        assert pinned, f"environment.yml: {line} is not pinned; run `make lock`"
+        assert pinned[0] == lock[_canonical(req.name)], (
+            f"environment.yml pins {line}, requirements.lock {lock[_canonical(req.name)]}; run `make lock`"
+        )
+
+
+def test_constraints_and_model_packages_agree_with_the_lock():
+    lock = _lock()
+    pins = [
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    ]
+    assert pins, "constraints.txt pins nothing"
+    for name, version in pins:
+        assert lock[_canonical(name)] == version, f"constraints.txt pins {name}=={version}, the lock {lock[_canonical(name)]}"
+    makefile = (ROOT / "Makefile").read_text()
+    models = re.search(r"^MODEL_PACKAGES\s*:=\s*(.+)$", makefile, re.MULTILINE).group(1).split()
+    for package in models:
+        name, version = package.split("==")
+        assert lock.get(_canonical(name)) == version, f"Makefile installs {package}; the lock has {lock.get(_canonical(name))}"
+
+
+def test_make_installs_from_the_lock_and_ci_runs_the_newest_leg():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps --requirement requirements.lock" in makefile
+    assert "tools/lock.py check" in makefile
+    newest = (ROOT / ".ci" / "newest").read_text()
+    assert "requirements.lock" not in newest and "--constraint constraints.txt" in newest
+    assert '-m "not slow"' in newest
+    assert ".ci/newest" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_readme_gives_the_commands_ci_runs():
