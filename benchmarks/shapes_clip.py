@@ -7,7 +7,7 @@ Usage::
     python benchmarks/shapes_clip.py --cached             # evaluate the cached model, no training
 
 Held-out scenes are seed 1 (training uses seed 0). Zero-shot prompts are the
-one-attribute descriptions of ``hp_mini.vision.clip.concept_prompts`` ("red
+one-attribute descriptions of ``hp_mini.vision.scene_prompts.concept_prompts`` ("red
 shapes", "circles", "three shapes", ...); chance is 1 / number of values.
 """
 
@@ -20,8 +20,9 @@ import time
 
 import torch
 
-from hp_mini.vision.clip import ShapesCLIPConfig, load_shapes_clip, train_shapes_clip, zero_shot_accuracies
 from hp_mini.vision.shapes import ATTRIBUTES, render_scene, scenes
+from hp_mini.vision.shapes_clip import ShapesCLIPConfig, load_shapes_clip, train_shapes_clip
+from hp_mini.vision.zero_shot import zero_shot_accuracies
 
 
 def evaluate(model, processor, n: int = 1000, seed: int = 1) -> dict[str, float]:

@@ -35,23 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hp_mini  # noqa: E402
 from _prompts import prompts  # noqa: E402
 from hp_mini.activations import HeadActivations, HeadMoments  # noqa: E402
-
-
-def reference_somp(X, D, n_atoms, criterion):
-    """PAPER.md §3 literally: full v x n correlations and a least-squares refit each step."""
-    H = X.double() - X.double().mean(0)
-    D = D.double()
-    R, S, evr = H.clone(), [], []
-    total = H.square().sum()
-    for _ in range(n_atoms):
-        P = D @ R.T
-        score = P.abs().sum(1) if criterion == "l1" else P.square().sum(1).sqrt()
-        score[S] = -float("inf")
-        S.append(int(score.argmax()))
-        C = torch.linalg.lstsq(D[S].T, H.T).solution.T
-        R = H - C @ D[S]
-        evr.append(float(1 - R.square().sum() / total))
-    return S, evr
+from hp_mini.reference import reference_somp  # noqa: E402
 
 
 class PeakRSS:
@@ -169,7 +153,8 @@ def main() -> None:
         fast, t_fast = timed(
             lambda: hp_mini.pursue_heads(acts, full, n_atoms=args.ref_steps, criterion=criterion, heads=[head], progress=False)[head]
         )
-        (ref_atoms, ref_evr), t_ref = timed(lambda: reference_somp(X, full.atoms, args.ref_steps, criterion))
+        ref, t_ref = timed(lambda: reference_somp(X, full.atoms, args.ref_steps, criterion=criterion))
+        ref_atoms, ref_evr = ref.atoms, ref.evr.tolist()
         assert fast.atoms.tolist() == ref_atoms, (criterion, fast.atoms.tolist(), ref_atoms)
         assert run[criterion][0][head].atoms[: args.ref_steps].tolist() == ref_atoms
         assert max(abs(a - b) for a, b in zip(fast.evr.tolist(), ref_evr)) < 1e-5

@@ -2,7 +2,9 @@
 
 The pipeline, one module a step::
 
-    models       load_model                      a model and its tokenizer
+    models       load_model, prepare_model       a model and its tokenizer; the embedded models
+    architectures model_parts, register_architecture  one declaration per model family
+    hooks        Trace                           read or edit a module inside a with block
     heads        attention_heads                 where each layer's heads are
     activations  record_heads -> HeadActivations what each head writes, pooled per prompt
     dictionary   unembedding_dictionary          directions that decode to tokens; concept word lists
@@ -19,12 +21,23 @@ import os as _os
 import torch as _torch
 
 from .activations import HeadActivations, HeadMoments, record_heads
+from .architectures import ModelParts, model_parts
+from .hooks import Trace
 from .dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
 from .editing import scale_heads
 from .generation import generate
 from .heads import LayerHeads, attention_heads, head_label, register_architecture
-from .models import DEFAULT_MODEL, ModelNotAvailableError, cache_dir, load_model, register_model
-from .pursuit import PursuitResult, matching_pursuit, omp, somp
+from .models import (
+    DEFAULT_MODEL,
+    GEMMA_TERMS_NOTICE,
+    ModelNotAvailableError,
+    cache_dir,
+    load_model,
+    model_names,
+    prepare_model,
+    register_model,
+)
+from .pursuit import FactoredSignals, PursuitResult, matching_pursuit, omp, somp, somp_factored
 from .ranking import HeadRanking, pursue_heads, random_heads_like, rank_heads
 
 # A small CPU box gets its cores' worth of threads, not more (set OMP_NUM_THREADS to override).
@@ -51,7 +64,11 @@ __all__ = [
     "HeadMoments",
     "HeadRanking",
     "LayerHeads",
+    "ModelParts",
+    "Trace",
+    "model_parts",
     "ModelNotAvailableError",
+    "FactoredSignals",
     "PursuitResult",
     "attention_heads",
     "cache_dir",
@@ -60,6 +77,9 @@ __all__ = [
     "generate",
     "head_label",
     "load_model",
+    "model_names",
+    "prepare_model",
+    "GEMMA_TERMS_NOTICE",
     "matching_pursuit",
     "omp",
     "pursue_heads",
@@ -70,5 +90,6 @@ __all__ = [
     "register_model",
     "scale_heads",
     "somp",
+    "somp_factored",
     "unembedding_dictionary",
 ]

@@ -1,20 +1,50 @@
-"""Command line: ``python -m hp_mini prepare`` converts and caches the embedded model."""
+"""Command line: ``python -m hp_mini prepare [NAME ...] [--verify]``.
+
+``prepare`` converts the embedded models' GGUF files once and caches them
+(all of them unless names are given). ``--verify`` hashes every cached file
+against the manifest written with it and rebuilds what is damaged.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hp_mini", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="convert the embedded SmolLM2 GGUF to a cached safetensors model")
-    args = parser.parse_args(argv)
-    if args.command == "prepare":
-        from .models import prepare_smollm2
+    from .models import EMBEDDED_MODELS, GEMMA_TERMS_NOTICE, ModelNotAvailableError, prepare_model
 
-        print(f"hp_mini: SmolLM2 ready at {prepare_smollm2()}")
+    parser = argparse.ArgumentParser(prog="python -m hp_mini", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser("prepare", help="convert and cache the embedded models (GGUF -> safetensors)")
+    prepare.add_argument("names", nargs="*", metavar="NAME",
+                         help=f"models to prepare; default all: {', '.join(EMBEDDED_MODELS)}")
+    prepare.add_argument("--verify", action="store_true", help="hash every cached file and rebuild what is damaged")
+    from .cli import add_commands, dispatch
+
+    add_commands(sub)
+    args = parser.parse_args(argv)
+    if args.command in ("rank", "edit"):
+        return dispatch(args, parser)
+    if args.command == "prepare":
+        unknown = [n for n in args.names if n not in EMBEDDED_MODELS]
+        if unknown:
+            parser.error(f"unknown model {', '.join(unknown)}: choose from {', '.join(EMBEDDED_MODELS)}")
+        failed = 0
+        for name in args.names or EMBEDDED_MODELS:
+            start = time.perf_counter()
+            try:
+                folder = prepare_model(name, verify=args.verify)
+            except ModelNotAvailableError as err:
+                print(f"hp_mini: {name}: {err}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"hp_mini: {name} ready at {folder} ({time.perf_counter() - start:.1f} s)")
+            if name == "gemma3-270m":
+                print(f"hp_mini: {GEMMA_TERMS_NOTICE}.")
+        return 1 if failed else 0
     return 0
 
 

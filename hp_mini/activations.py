@@ -1,12 +1,17 @@
-"""Record what every attention head writes, pooled per prompt.
+"""Record what every attention head writes to the residual stream, pooled per prompt.
 
-:func:`record_heads` hooks the *input* of each layer's attention output
-projection (the concatenation of the heads' outputs ``z``), pools it over the
+:func:`record_heads` hooks each layer's attention output projection (its input
+is the concatenation of the heads' outputs ``z``), pools ``z`` over the
 positions of each prompt, and keeps it compactly: ``z`` is ``d_head`` wide per
-head, and the ``W_O`` slices turn it into ``d_model``-wide contributions
-``x_h = W_O[h] z_h`` only when asked (:meth:`HeadActivations.contributions`).
-Pooling is linear, so pooling ``z`` and then applying ``W_O`` is the same as
-pooling ``x_h``.
+head, and ``W_O`` turns it into ``d_model``-wide contributions ``x_h = W_O[h] z_h``
+only when asked (:meth:`HeadActivations.contributions`).
+
+The contributions are exactly what each head adds to the residual stream (see
+:mod:`hp_mini.heads`). On post-norm layers (Gemma 2, Gemma 3, OLMo 2) the norm's
+per-token factor ``1 / rms(o)`` multiplies ``z`` *before* pooling and the
+norm's gain is folded into the stored ``W_O``; a constant multiplier (Granite)
+is folded into ``W_O`` too. Pooling is then linear, so pooling ``z`` and
+applying ``W_O`` is the same as pooling the exact writes ``x_h``.
 
 With ``store="moments"`` nothing per prompt is kept: only the count, the sum
 and the second moment ``sum z z^T`` of every head, whose size does not grow
@@ -24,6 +29,8 @@ torch.Size([1, 30, 9, 576])
 from __future__ import annotations
 
 import contextlib
+import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
@@ -31,7 +38,9 @@ from typing import Literal, Union
 import torch
 from torch import nn
 
-from .heads import LayerHeads, attention_heads, head_label
+from .architectures import ModelParts, model_parts
+from .heads import LayerHeads, attention_heads, check_heads_of, head_label
+from .hooks import Trace
 from .inputs import encode, model_device
 
 __all__ = ["HeadActivations", "HeadMoments", "HeadStore", "record_heads", "select_layers"]
@@ -78,17 +87,24 @@ class HeadActivations:
     Attributes
     ----------
     z : Tensor ``[n, layers, heads, d_head]`` or None
-        Pooled head outputs, one row per prompt (None with ``store="moments"``).
+        Pooled head outputs, one row per prompt (None with ``store="moments"``),
+        each token's output multiplied by its post-norm factor before pooling.
     W_O : Tensor ``[layers, heads, d_model, d_head]``
-        Each head's slice of its layer's output projection.
+        Each head's slice of its layer's output projection, with the constant
+        gain between the projection and the residual add folded in
+        (:attr:`hp_mini.LayerHeads.W_write`).
     bias : Tensor ``[layers, d_model]`` or None
-        The projections' biases (they belong to no head).
+        The projections' biases through the same gain (they belong to no head).
     layers : list[int]
         Model layer index of each recorded layer.
     moments : HeadMoments or None
         Streamed statistics (``store="moments"``); derived from ``z`` otherwise.
     texts : list[str]
         The prompts, in order.
+    bias_factor : Tensor ``[n, layers]`` or None
+        The pooled per-token factor of post-norm layers with a bias: the bias's
+        share of prompt ``i`` is ``bias * bias_factor[i, :, None]``. None
+        when that factor is 1.
     """
 
     z: torch.Tensor | None
@@ -97,6 +113,7 @@ class HeadActivations:
     layers: list[int]
     moments: HeadMoments | None = None
     texts: list[str] = field(default_factory=list)
+    bias_factor: torch.Tensor | None = None
 
     # -- shape ------------------------------------------------------------- #
     @property
@@ -155,16 +172,25 @@ class HeadActivations:
         return self.z
 
     def contributions(self, layer: int | None = None) -> torch.Tensor:
-        """Per-head residual contributions ``x_h = W_O[h] z_h``.
+        """What each head adds to the residual stream, pooled: ``x_h = W_O[h] z_h``.
 
         Returns ``[n, layers, heads, d_model]``, or ``[n, heads, d_model]`` for
-        one ``layer`` (a model layer index).
+        one ``layer`` (a model layer index). Summed over heads and added to
+        :meth:`bias_shares`, it is the pooled attention write of each layer.
         """
         z = self._need_samples()
         if layer is None:
             return torch.einsum("nlhk,lhdk->nlhd", z, self.W_O)
         i = self._index(layer)
         return torch.einsum("nhk,hdk->nhd", z[:, i], self.W_O[i])
+
+    def bias_shares(self) -> torch.Tensor | None:
+        """The biases' pooled shares of each layer's write, ``[n, layers, d_model]``, or None without biases."""
+        if self.bias is None:
+            return None
+        if self.bias_factor is None:
+            return self.bias.expand(self.n_prompts, -1, -1)
+        return self.bias_factor[:, :, None] * self.bias
 
     def head(self, layer: int, head: int) -> torch.Tensor:
         """One head's contributions, ``[n, d_model]``."""
@@ -196,7 +222,8 @@ class HeadActivations:
             idx = torch.as_tensor(rows)
             idx = idx.nonzero().flatten() if idx.dtype == torch.bool else idx.flatten()
             texts = [self.texts[int(i)] for i in idx] if self.texts else []
-        return HeadActivations(z, self.W_O, self.bias, list(self.layers), None, texts)
+        factor = self.bias_factor[rows] if self.bias_factor is not None else None
+        return HeadActivations(z, self.W_O, self.bias, list(self.layers), None, texts, factor)
 
 
 def _moments_of(z: torch.Tensor) -> HeadMoments:
@@ -218,13 +245,16 @@ class HeadStore:
             raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
         shape = (n_layers, n_heads, d_head)
         self.z = torch.empty(n, *shape) if store == "samples" else None
+        self.bias_factor = torch.ones(n, n_layers)
         self.moments = (
             HeadMoments(0, torch.zeros(*shape, dtype=torch.float64), torch.zeros(*shape, d_head, dtype=torch.float64))
             if store == "moments"
             else None
         )
 
-    def add(self, start: int, z: torch.Tensor) -> None:
+    def add(self, start: int, z: torch.Tensor, bias_factor: torch.Tensor | None = None) -> None:
+        if bias_factor is not None:
+            self.bias_factor[start : start + len(z)] = bias_factor
         if self.z is not None:
             self.z[start : start + len(z)] = z
         else:
@@ -234,22 +264,39 @@ class HeadStore:
             self.moments.second += torch.einsum("nlhk,nlhj->lhkj", z64, z64)  # type: ignore[union-attr]
 
     def finish(self, sites: Sequence[LayerHeads], texts, *, W_O: torch.Tensor | None = None, with_bias: bool = True) -> HeadActivations:
-        with torch.no_grad():
+        from accelerate.utils import align_module_device
+
+        with torch.no_grad(), contextlib.ExitStack() as onload:
+            for s in sites:  # projections offloaded by accelerate (device_map to disk) are read in place
+                onload.enter_context(align_module_device(s.module))
             if W_O is None:
-                W_O = torch.stack([s.W_O.detach().float().cpu() for s in sites])
+                W_O = torch.stack([s.W_write.cpu() for s in sites])
             biases = [s.bias for s in sites]
             bias = (
                 None
                 if not with_bias or any(b is None for b in biases)
-                else torch.stack([b.detach().float().cpu() for b in biases])
+                else torch.stack([(s.gain * s.bias.detach().float()).cpu() for s in sites])
             )
-        return HeadActivations(self.z, W_O.cpu(), bias, [s.layer for s in sites], self.moments, list(texts or []))
+            folded = bias is not None and any(s.post_norm is not None for s in sites)
+        return HeadActivations(
+            self.z, W_O.cpu(), bias, [s.layer for s in sites], self.moments, list(texts or []),
+            self.bias_factor if folded else None,
+        )
 
 
 def select_layers(sites: list[LayerHeads], layers: Sequence[int] | None, where: str = "the model") -> list[LayerHeads]:
     """The entries of ``sites`` for ``layers`` (all when None), with a clear error when out of range."""
     if layers is None:
         return sites
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        layers = list(layers) if hasattr(layers, "__iter__") and not isinstance(layers, (str, bytes)) else None
+        if layers is None:
+            raise TypeError("layers must be a list of layer indices, or None for every layer")
+    if len(layers) == 0:
+        raise ValueError("layers is empty; pass None for every layer, or at least one layer index")
+    wrong = [layer for layer in layers if isinstance(layer, bool) or not isinstance(layer, numbers.Integral)]
+    if wrong:
+        raise TypeError(f"layers must be integer layer indices, got {wrong}")
     bad = [layer for layer in layers if not 0 <= layer < len(sites)]
     if bad:
         raise IndexError(f"layers {bad} are out of range: {where} has layers 0..{len(sites) - 1}")
@@ -266,6 +313,7 @@ def _pool_weights(
     batch: dict[str, torch.Tensor],
     prompt_masks: Sequence[torch.Tensor] | None,
     image_token_id: int | None,
+    start: int = 0,
 ) -> torch.Tensor:
     """``[B, T]`` float weights that average each prompt's selected positions."""
     attn = batch["attention_mask"].bool()
@@ -299,8 +347,11 @@ def _pool_weights(
             mask[b, real[m]] = True
     counts = mask.sum(1, keepdim=True)
     if (counts == 0).any():
-        bad = (counts.flatten() == 0).nonzero().flatten().tolist()
-        raise ValueError(f"pooling selects no position in batch rows {bad}; check the pool argument")
+        bad = [start + int(i) for i in (counts.flatten() == 0).nonzero().flatten()]
+        raise ValueError(
+            f"pool={pool!r} selects no token of prompt(s) {bad}" if isinstance(pool, str) else
+            f"the pool argument selects no token of prompt(s) {bad}; select at least one token of every prompt"
+        )
     return mask.float() / counts
 
 
@@ -351,13 +402,34 @@ def record_heads(
     Returns
     -------
     HeadActivations
-        ``z`` is ``[n, layers, heads, d_head]``.
+        ``z`` is ``[n, layers, heads, d_head]``. ``contributions()`` are the
+        pooled residual writes: ``W_O[h] z_h`` on pre-norm layers,
+        ``m W_O[h] z_h`` with a residual multiplier ``m`` (Granite), and
+        ``g * W_O[h] z_h / rms(o)`` on post-norm layers (Gemma 2, Gemma 3,
+        OLMo 2), with the norm's gain ``g`` and the rms of the whole attention
+        output ``o`` at each token taken before pooling. Summed over heads and
+        added to ``bias_shares()``, they are the pooled tensor the attention
+        adds to the residual stream.
+
+    Raises
+    ------
+    ValueError
+        For an empty prompt (named by its index), an empty ``layers``,
+        a pooling that selects no token of a prompt, token ids beyond the
+        model's embedding (a tokenizer of another model), prompts longer than
+        a model with learned absolute positions allows (longer than a rotary
+        model's context only warns), or images given to a text model.
     """
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not texts:
         raise ValueError("record_heads needs at least one prompt")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"prompt {i} is a {type(text).__name__}, not a string")
+        if text == "":
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
     if images is not None and len(images) != len(texts):
         raise ValueError(f"got {len(images)} images for {len(texts)} prompts; give one image per prompt")
     if batch_size < 1:
@@ -372,27 +444,39 @@ def record_heads(
     elif isinstance(pool, str) and pool not in ("mean", "last", "image"):
         raise ValueError(f"pool must be 'mean', 'last', 'image', a list of masks or a callable, got {pool!r}")
 
-    sites = select_layers(heads if heads is not None else attention_heads(model), layers)
+    parts = _parts_or_none(model)
+    if images is not None and parts is not None and parts.wrapper is None:
+        raise ValueError(
+            f"images were given but {type(model).__name__} is a text model, which would ignore them; "
+            "pass images only to a vision-language model"
+        )
+    sites = select_layers(check_heads_of(model, heads) if heads is not None else attention_heads(model), layers)
     n_heads, d_head = sites[0].n_heads, sites[0].d_head
     if any(s.n_heads != n_heads or s.d_head != d_head for s in sites):
         raise ValueError("record_heads needs the same number and width of heads in every recorded layer")
 
     device = model_device(model)
-    image_token_id = _image_token_id(model)
+    image_token_id = parts.image_token_id if parts is not None else None
     n_layers = len(sites)
     collected = HeadStore(len(texts), n_layers, n_heads, d_head, store)
     pooled: list[torch.Tensor | None] = [None] * n_layers
+    pooled_factor: list[torch.Tensor | None] = [None] * n_layers
     weights: dict[str, torch.Tensor] = {}
 
-    def make_hook(i: int):
-        def hook(module, args):
-            z = args[0]
-            w = weights["w"].to(z.dtype)
+    def observe(i: int, site: LayerHeads):
+        def edit_output(output, z):
+            w = weights["w"].to(z.device)
             # where() keeps NaN/inf from padded rows out of the average.
             keep = w.unsqueeze(-1) > 0
-            pooled[i] = torch.einsum("bt,btd->bd", w, torch.where(keep, z, torch.zeros((), dtype=z.dtype)))
+            zf = z.float()
+            if site.post_norm is not None:
+                factor = site.token_factor(output)  # [B, T, 1], from the real attention output
+                zf = zf * factor
+                pooled_factor[i] = torch.einsum("bt,bt->b", w, torch.where(keep[..., 0], factor[..., 0], 0.0))
+            pooled[i] = torch.einsum("bt,btd->bd", w, torch.where(keep, zf, torch.zeros((), dtype=zf.dtype)))
+            return None
 
-        return hook
+        return edit_output
 
     starts = range(0, len(texts), batch_size)
     bar = _progress(starts, progress, "recording heads")
@@ -401,31 +485,60 @@ def record_heads(
     try:
         with contextlib.ExitStack() as stack:
             for i, site in enumerate(sites):
-                handle = site.module.register_forward_pre_hook(make_hook(i))
-                stack.callback(handle.remove)
+                stack.enter_context(Trace(site.module, edit_output=observe(i, site)))
             with torch.no_grad():
                 for start in bar:
                     chunk = texts[start : start + batch_size]
                     chunk_images = images[start : start + batch_size] if images is not None else None
                     batch = encode(model, tokenizer, chunk, images=chunk_images, device=device)
+                    _check_batch(model, batch, start)
                     masks = prompt_masks[start : start + batch_size] if prompt_masks is not None else None
-                    weights["w"] = _pool_weights(pool, batch, masks, image_token_id).to(device)
+                    weights["w"] = _pool_weights(pool, batch, masks, image_token_id, start).to(device).float()
                     model(**batch, use_cache=False)
                     z = torch.stack([p for p in pooled], 1).float().cpu()  # type: ignore[misc]
-                    collected.add(start, z.reshape(len(chunk), n_layers, n_heads, d_head))
+                    factor = None
+                    if any(f is not None for f in pooled_factor):
+                        ones = torch.ones(len(chunk), device=device)
+                        factor = torch.stack([f if f is not None else ones for f in pooled_factor], 1).cpu()
+                    collected.add(start, z.reshape(len(chunk), n_layers, n_heads, d_head), factor)
     finally:
         model.train(model_was_training)
 
     return collected.finish(sites, texts)
 
 
-def _image_token_id(model: nn.Module) -> int | None:
+def _parts_or_none(model: nn.Module) -> ModelParts | None:
+    try:
+        return model_parts(model)
+    except NotImplementedError:
+        return None
+
+
+def _check_batch(model: nn.Module, batch: dict[str, torch.Tensor], start: int) -> None:
+    """Refuse token ids the model cannot embed, and say when prompts outrun the model's context."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    rows = getattr(embeddings, "num_embeddings", None)
+    if rows is not None and ids.numel() and int(ids.max()) >= rows:
+        row = int((ids >= rows).any(1).nonzero()[0])
+        raise ValueError(
+            f"prompt {start + row} has token id {int(ids.max())}, but the model embeds only {rows} tokens: "
+            "the tokenizer does not belong to this model; load both with hp_mini.load_model"
+        )
     config = getattr(model, "config", None)
-    for key in ("image_token_id", "image_token_index"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    absolute = getattr(config, "n_positions", None)  # learned absolute positions (GPT-2)
+    limit = absolute or getattr(config, "max_position_embeddings", None)
+    lengths = mask.sum(1)
+    if isinstance(limit, int) and int(lengths.max()) > limit:
+        row = int(lengths.argmax())
+        message = (
+            f"prompt {start + row} has {int(lengths.max())} tokens, more than the {limit} positions "
+            f"{type(model).__name__} was trained on; shorten or split it"
+        )
+        if absolute:
+            raise ValueError(message)
+        warnings.warn(message + " (results beyond the context are unreliable)", RuntimeWarning, stacklevel=3)
 
 
 def _progress(iterable, enabled: bool, desc: str):

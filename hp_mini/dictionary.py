@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .architectures import model_parts
+
 __all__ = ["Dictionary", "as_dictionary", "concept_names", "concept_words", "unembedding_dictionary"]
 
 
@@ -138,35 +140,6 @@ def concept_words(name: str) -> list[str]:
 # --------------------------------------------------------------------------- #
 
 
-def _final_norm(model: nn.Module) -> nn.Module:
-    """The norm applied to the residual stream just before the unembedding."""
-    for path in (
-        "model.norm",  # Llama, Mistral, Qwen, Gemma, SmolLM2
-        "model.language_model.norm",  # recent vision-language wrappers
-        "language_model.model.norm",
-        "transformer.ln_f",  # GPT-2
-        "gpt_neox.final_layer_norm",
-    ):
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.Module) and getattr(obj, "weight", None) is not None:
-            return obj
-    raise NotImplementedError(
-        f"hp_mini does not know where the final norm of {type(model).__name__} is; "
-        "use final_norm=False, or fold the norm's weight into the atoms by hand"
-    )
-
-
-def _unembedding(model: nn.Module) -> torch.Tensor:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise NotImplementedError(f"{type(model).__name__} has no output embedding (lm_head) to unembed with")
-    return head.weight.detach()
-
-
 def _is_whole(piece: str, word: str) -> bool:
     """Whether a first piece is specific to the word: at least 3 characters and half the word."""
     core = piece.strip()
@@ -197,9 +170,11 @@ def unembedding_dictionary(
     normalize : bool, default True
         Scale every atom to unit L2 norm, so that pursuit compares directions.
     final_norm : bool, default False
-        Fold the weight ``gamma`` of the model's final norm into the atoms
-        (``D diag(gamma)``): then ``atoms @ x`` is the logit of the *normalised*
-        residual up to the per-sample factor ``1 / rms(x)``. That factor
+        Fold the gain ``gamma`` of the model's final norm into the atoms
+        (``D diag(gamma)``; ``gamma`` is ``w`` or ``1 + w`` as the norm itself
+        computes, see :attr:`hp_mini.ModelParts.final_norm`): then ``atoms @ x``
+        is the logit of the *normalised* residual up to the per-sample factor
+        ``1 / rms(x)`` (and before any logit scaling or soft cap). That factor
         depends on the whole residual stream, is not linear, and is left out.
         For a LayerNorm (GPT-2) its centring and bias are left out too.
     multi_token : {"first", "drop"}, default "first"
@@ -231,13 +206,11 @@ def unembedding_dictionary(
     """
     if multi_token not in ("first", "drop"):
         raise ValueError(f"multi_token must be 'first' or 'drop', got {multi_token!r}")
+    parts = model_parts(model)
     with torch.no_grad():
-        U = _unembedding(model).float().cpu()
+        U = parts.unembedding.weight.float().cpu()
         if final_norm:
-            gamma = _final_norm(model).weight.detach().float().cpu()
-            if getattr(model.config, "model_type", "").startswith("gemma"):
-                gamma = 1 + gamma  # Gemma's RMSNorm scales by (1 + weight)
-            U = U * gamma
+            U = U * parts.final_norm.gain.cpu()  # w or 1 + w, as the norm itself computes
     tok = getattr(tokenizer, "tokenizer", tokenizer)
 
     missing: list[str] = []

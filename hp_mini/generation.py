@@ -18,8 +18,11 @@ decoding as it is):
     tokens. Each prompt then decodes from its own key/value cache, gathered
     from the tree. The result is the same greedy continuation, up to
     floating-point rounding, for models whose every layer attends to the full
-    context (no sliding window); other models, and images, take the ordinary
-    path.
+    context (no sliding window). Whether a model can is checked once, by
+    running a three-token tree and comparing it with the ordinary forward pass;
+    the cache is passed under whichever keyword the model takes (``cache``
+    from transformers 5.24, ``past_key_values`` before). Other models, and
+    images, take the ordinary path with a warning that says why.
 
 Example
 -------
@@ -35,8 +38,10 @@ Example
 
 from __future__ import annotations
 
-import inspect
+import warnings
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -88,19 +93,39 @@ def generate(
         what a longer generation would give.
     share_prefixes : bool
         Run the tokens that prompts share only once (see the module docstring).
-        Text prompts only; models with sliding-window attention, or with an
-        attention kernel other than ``"eager"`` or ``"sdpa"``, take the
-        ordinary path.
+        Text prompts only. Whether a model can is found once per model by a
+        three-token probe (the tree pass must fill the key/value cache it is
+        given, under the keyword that model takes, and match the ordinary
+        forward pass). Images, models with sliding-window attention, an
+        attention kernel other than ``"eager"`` or ``"sdpa"``, or a failed
+        probe take the ordinary path, with a ``RuntimeWarning`` saying why
+        (once per reason).
 
     Returns
     -------
     list of str, one per prompt.
+
+    Raises
+    ------
+    ValueError
+        A prompt with no tokens (its index is named), a number of images other
+        than one per prompt, or a prompt given with an image that does not hold
+        the processor's image placeholder exactly once (build such prompts with
+        :func:`hp_mini.vision.question_prompt`).
+    TypeError
+        A prompt that is not a string, or images given with a tokenizer rather
+        than a processor.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
-    if images is not None and len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"prompts[{i}] is a {type(p).__name__}; every prompt must be a str")
+    if images is not None:
+        images = list(images)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:
@@ -113,6 +138,11 @@ def generate(
         ]
     if not prompts:
         return []
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(_EMPTY.format(i=i))
+    if images is not None:
+        _check_image_placeholders(tokenizer_or_processor, prompts)
     ensure_pad_token(tokenizer_or_processor)
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if any(not s for s in stops):
@@ -127,13 +157,54 @@ def generate(
         text = tok.decode(tokens, skip_special_tokens=skip_special_tokens).lstrip()
         return any(s in text for s in stops)
 
-    if share_prefixes and images is None and _tree_ready(model):
-        new_tokens = _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished)
+    support, ids = None, None
+    if share_prefixes:
+        support = _TreeSupport(reason="images are given (prefix sharing is for text prompts)")
+        if images is None:
+            support = _tree_support(model)
+        if support.reason is None:
+            ids = tok(prompts)["input_ids"]
+            for i, s in enumerate(ids):
+                if len(s) == 0:
+                    raise ValueError(_EMPTY.format(i=i))
+            beyond = _beyond_window(model, support, ids, max_new_tokens)
+            if beyond is not None:
+                support = _TreeSupport(reason=beyond)
+        if support.reason is not None:
+            _warn_once(support.reason)
+    if support is not None and support.reason is None:
+        new_tokens = _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished, support, ids)
     else:
         new_tokens = _generate_padded(
             model, tokenizer_or_processor, tok, prompts, images, max_new_tokens, batch_size, finished, stops
         )
     return [tok.decode(t, skip_special_tokens=skip_special_tokens) for t in new_tokens]
+
+
+_EMPTY = (
+    "prompts[{i}] has no tokens: a continuation needs at least one token of prompt to start from; "
+    "drop the prompt or give it some text"
+)
+
+
+def _check_image_placeholders(processor, prompts: list[str]) -> None:
+    """Each prompt given with an image must hold the processor's image placeholder once."""
+    if _tokenizer_of(processor) is processor:  # a bare tokenizer, with no image processor around it
+        raise TypeError(
+            f"images were given with a {type(processor).__name__}, which cannot read them; "
+            "pass the model's processor instead of its tokenizer"
+        )
+    placeholder = getattr(processor, "image_token", None)
+    if not isinstance(placeholder, str) or not placeholder:
+        return
+    for i, p in enumerate(prompts):
+        count = p.count(placeholder)
+        if count != 1:
+            raise ValueError(
+                f"prompts[{i}] holds the image placeholder {placeholder!r} {count} times, but comes with one image; "
+                "build prompts for images with hp_mini.vision.question_prompt(question) "
+                f"(or put {placeholder!r} once where the image goes)"
+            )
 
 
 def _eos_ids(model: nn.Module, tok) -> set[int]:
@@ -177,6 +248,9 @@ def _generate_padded(model, tokenizer_or_processor, tok, prompts, images, max_ne
         chunk_images = images[start : start + batch_size] if images is not None else None
         batch = encode(model, tokenizer_or_processor, chunk, images=chunk_images, padding_side="left")
         batch.pop("position_ids", None)  # generate() derives them from the attention mask
+        for row, n_real in enumerate(batch["attention_mask"].sum(1).tolist()):
+            if n_real == 0:
+                raise ValueError(_EMPTY.format(i=start + row))
         n_prompt = batch["input_ids"].shape[1]
         if stops:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_Stop(n_prompt)])
@@ -197,27 +271,161 @@ def _generate_padded(model, tokenizer_or_processor, tok, prompts, images, max_ne
 # --------------------------------------------------------------------------- #
 
 
-def _accepts(model: nn.Module, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
+# The keyword under which a decoder's forward pass takes its key/value cache:
+# ``cache`` from transformers 5.24, ``past_key_values`` before. Which one a model
+# uses is found by trying (see _probe_tree), newest first, so the deprecated name
+# is never passed to a model that takes the new one.
+_CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+@dataclass(frozen=True)
+class _TreeSupport:
+    """Whether a model can take the shared-prefix path, and how to call it."""
+
+    cache_keyword: str | None = None
+    logits_to_keep: bool = False
+    reason: str | None = None  # why not, when cache_keyword is None
+    window: int | None = None  # the shortest sliding window, if any layer has one
+
+
+_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: set[str] = set()
+
+
+def _tree_support(model: nn.Module) -> _TreeSupport:
+    """How ``model`` runs the shared-prefix path, or why it cannot; found once per model."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    key = (getattr(text, "_attn_implementation", None), getattr(text, "sliding_window", None))
+    known = _SUPPORT.get(model)
+    if known is not None and known[0] == key:
+        return known[1]
+    support = _config_reason(model)
+    if support.reason is None:
+        support = _probe_tree(model, support.window)
+    _SUPPORT[model] = (key, support)
+    return support
 
 
 def _tree_ready(model: nn.Module) -> bool:
-    """A Hugging Face causal LM whose layers all attend to the full context."""
+    """True when ``model`` can take the shared-prefix path (see :func:`_tree_support`)."""
+    return _tree_support(model).reason is None
+
+
+def _config_reason(model: nn.Module) -> _TreeSupport:
+    """What the configuration alone rules out (``reason``), and the sliding window if any."""
+    name = type(model).__name__
     config = getattr(model, "config", None)
-    if config is None or not all(_accepts(model, n) for n in ("position_ids", "past_key_values", "attention_mask")):
-        return False
+    if config is None:
+        return _TreeSupport(reason=f"{name} has no Hugging Face config")
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     if getattr(text, "is_encoder_decoder", False):
-        return False
-    if getattr(text, "_attn_implementation", None) not in ("eager", "sdpa"):
-        return False  # the tree's attention mask is an arbitrary 4D mask, which other kernels ignore
+        return _TreeSupport(reason=f"{name} is an encoder-decoder model")
+    kernel = getattr(text, "_attn_implementation", None)
+    if kernel not in ("eager", "sdpa"):
+        # the tree's attention mask is an arbitrary 4D mask, which other kernels ignore
+        return _TreeSupport(
+            reason=f"{name} uses the attention kernel {kernel!r}, which ignores the prefix tree's 4D mask; "
+            "load the model with attn_implementation='sdpa' or 'eager'"
+        )
+    # Sliding-window layers see the whole prompt in the tree pass; that is what
+    # they see anyway as long as prompt and continuation fit in the window,
+    # which generate() checks per call.
     layer_types = getattr(text, "layer_types", None)
+    window = getattr(text, "sliding_window", None)
     if layer_types is not None:
-        return all(t == "full_attention" for t in layer_types)
-    return getattr(text, "sliding_window", None) is None
+        other = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
+        if other:
+            return _TreeSupport(reason=f"{name} has {', '.join(other)} layers, which the prefix tree cannot mask")
+        if "sliding_attention" not in layer_types:
+            window = None
+    if window is not None and not (isinstance(window, int) and window > 0):
+        return _TreeSupport(reason=f"{name} has a sliding window of {window!r}, which the prefix tree cannot mask")
+    return _TreeSupport(window=window)
+
+
+def _beyond_window(model: nn.Module, support: _TreeSupport, ids: list[list[int]], max_new_tokens: int) -> str | None:
+    """Why the prompts cannot share prefixes under a sliding window, or None."""
+    if support.window is None:
+        return None
+    longest = max(len(s) for s in ids) + max_new_tokens
+    if longest <= support.window:
+        return None
+    return (
+        f"{type(model).__name__} has sliding-window layers (window {support.window} tokens) and a prompt plus "
+        "max_new_tokens do not fit in it; the tree pass would show such a layer more than its window"
+    )
+
+
+def _probe_tree(model: nn.Module, window: int | None = None) -> _TreeSupport:
+    """Run the smallest prefix tree and compare it with the ordinary forward pass.
+
+    The tree holds the prompts ``[a, b]`` and ``[a, c]``: three tokens at
+    positions 0, 1, 1, with ``c`` masked from ``b``. The path is usable when, for
+    one of the cache keywords, the model fills the cache it is given with those
+    three tokens in layers that can be gathered, and the logits at ``c`` equal the
+    ordinary forward pass over ``[a, c]``.
+    """
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    name = type(model).__name__
+    device = model_device(model)
+    dtype = next(model.parameters()).dtype
+    config = model.config
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    vocab = int(getattr(text, "vocab_size", 4) or 4)
+    a, b, c = (1 % vocab, 2 % vocab, 3 % vocab)
+    ids = torch.tensor([[a, b, c]], device=device)
+    positions = torch.tensor([[0, 1, 1]], device=device)
+    sees = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
+    mask = torch.zeros(1, 1, 3, 3, dtype=dtype).masked_fill_(~sees, torch.finfo(dtype).min).to(device)
+    failures = []
+    with torch.no_grad():
+        plain = model(input_ids=torch.tensor([[a, c]], device=device), use_cache=False).logits[0, -1].float()
+        for keyword in _CACHE_KEYWORDS:
+            for keep in (True, False):
+                cache = DynamicCache()  # one plain layer per decoder layer, sliding ones included
+                extra = {"logits_to_keep": torch.tensor([2], device=device)} if keep else {}
+                try:
+                    out = model(
+                        input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
+                        **{keyword: cache}, **extra,
+                    )
+                except Exception as err:  # noqa: BLE001 - any failure means: not this way
+                    failures.append(f"{keyword}=: {type(err).__name__}: {err}")
+                    continue
+                if cache.get_seq_length() != 3:
+                    failures.append(f"{keyword}=: the cache given was not used")
+                    break  # the keyword is ignored, whatever logits_to_keep does
+                if not all(type(layer) is DynamicLayer for layer in cache.layers):
+                    kinds = sorted({type(layer).__name__ for layer in cache.layers})
+                    return _TreeSupport(reason=f"{name} keeps {', '.join(kinds)} cache layers, which cannot be gathered per prompt")
+                logits = out.logits[0]
+                kept = keep and logits.shape[0] == 1
+                got = (logits[0] if kept else logits[2]).float()
+                error = float((got - plain).abs().max())
+                tolerance = (1e-4 if dtype in (torch.float32, torch.float64) else 3e-2) * max(1.0, float(plain.abs().max()))
+                if not error <= tolerance:
+                    return _TreeSupport(
+                        reason=f"{name}'s logits in a prefix-tree pass differ from its ordinary forward pass by "
+                        f"{error:.3g} (its attention may ignore the tree's 4D mask or position ids)"
+                    )
+                return _TreeSupport(cache_keyword=keyword, logits_to_keep=kept, window=window)
+    return _TreeSupport(
+        reason=f"{name}'s forward pass takes no key/value cache under any of {', '.join(_CACHE_KEYWORDS)} "
+        f"({'; '.join(failures)})"
+    )
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"share_prefixes=True, but {reason}; generating on the ordinary path (same text, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def _prefix_tree(seqs: list[list[int]]):
@@ -242,17 +450,19 @@ def _prefix_tree(seqs: list[list[int]]):
     return tokens, depth, parent, paths
 
 
-def _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished):
+def _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished, support: _TreeSupport, ids=None):
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     device = model_device(model)
     dtype = next(model.parameters()).dtype
-    ids = tok(prompts)["input_ids"]
-    if any(len(s) == 0 for s in ids):
-        raise ValueError("every prompt needs at least one token")
+    ids = tok(prompts)["input_ids"] if ids is None else ids
+    for i, s in enumerate(ids):
+        if len(s) == 0:
+            raise ValueError(_EMPTY.format(i=i))
     order = sorted(range(len(ids)), key=lambda i: ids[i])  # neighbours share the longest prefixes
-    keep_arg = _accepts(model, "logits_to_keep")
+    keep_arg = support.logits_to_keep
+    cache_kw = support.cache_keyword
     results: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
@@ -268,18 +478,18 @@ def _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished):
         mask.masked_fill_(~sees, torch.finfo(dtype).min)
         ends = torch.tensor([path[-1] for path in paths])
         kwargs = {"logits_to_keep": ends.to(device)} if keep_arg else {}
+        cache = DynamicCache()
         with torch.no_grad():
             out = model(
                 input_ids=torch.tensor([tokens], device=device),
                 position_ids=torch.tensor([depth], device=device),
                 attention_mask=mask.to(device),
-                past_key_values=DynamicCache(config=model.config),
                 use_cache=True,
+                **{cache_kw: cache},
                 **kwargs,
             )
         logits = out.logits[0] if keep_arg else out.logits[0, ends.to(device)]
-        cache = out.past_key_values
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):  # pragma: no cover - guarded by _tree_ready
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):  # pragma: no cover - probed by _tree_support
             raise RuntimeError(f"{type(model).__name__}: prefix sharing needs full-attention cache layers")
         # Each prompt's own cache: the keys and values along its path, left-padded.
         lengths = torch.tensor([len(p) for p in paths])
@@ -316,8 +526,8 @@ def _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished):
                     input_ids=next_tokens[:, None],
                     position_ids=position[:, None],
                     attention_mask=attn,
-                    past_key_values=cache,
                     use_cache=True,
+                    **{cache_kw: cache},
                     **({"logits_to_keep": 1} if keep_arg else {}),
                 )
             next_tokens = out.logits[:, -1].argmax(-1)

@@ -1,12 +1,22 @@
-"""Where the attention heads are: one :class:`LayerHeads` per layer.
+"""Where the attention heads are, and what each one adds to the residual stream.
 
 Every attention layer ends with an output projection whose *input* is the
-concatenation of the heads' outputs ``z_h`` (``d_head`` wide each).  The
-projection computes ``sum_h W_O[h] z_h + b``, so head ``h`` writes
-``x_h = W_O[h] z_h`` into the residual stream and the bias belongs to no head.
-This module finds that projection for each supported architecture by explicit
-dispatch on ``config.model_type`` and fails loudly, naming the class, on models
-it does not know.
+concatenation of the heads' outputs ``z_h`` (``d_head`` wide each): the
+projection computes ``o = sum_h W_O[h] z_h + b``. What the layer adds to the
+residual stream depends on what sits between ``o`` and the residual add
+(declared per family in :mod:`hp_mini.architectures`):
+
+- pre-norm layers (Llama, Mistral, Qwen, Gemma, Phi-3, GPT-2, GPT-NeoX): ``o``
+  itself, so head ``h`` adds ``x_h = W_O[h] z_h``;
+- layers with a constant multiplier ``m`` (Granite): ``m o``, so ``x_h = m W_O[h] z_h``;
+- post-norm layers (Gemma 2, Gemma 3, OLMo 2): ``g * o / rms(o)``, with the
+  norm's gain ``g`` and ``rms(o) = sqrt(mean(o^2) + eps)`` over the *whole*
+  attention output at that token, so ``x_h = g * W_O[h] z_h / rms(o)``.
+
+In every case the heads' *contributions* ``x_h`` plus the bias's share
+(``b`` through the same factors) sum exactly to what the layer adds. The bias
+belongs to no head. A parallel block (GPT-NeoX) adds the attention output
+directly too; only what its MLP reads differs.
 
 Example
 -------
@@ -21,6 +31,7 @@ Example
 
 from __future__ import annotations
 
+import numbers
 import operator
 from dataclasses import dataclass
 from typing import Literal
@@ -28,7 +39,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["LayerHeads", "attention_heads", "head_label", "register_architecture"]
+from .architectures import Norm, heads_function, model_parts, register_architecture, unknown_model_message
+
+__all__ = ["LayerHeads", "attention_heads", "check_heads_of", "head_label", "register_architecture"]
 
 
 def head_label(layer: int, head: int) -> str:
@@ -55,6 +68,10 @@ class LayerHeads:
     layout : {"out_in", "in_out"}
         How ``module.weight`` is stored: ``"out_in"`` for ``nn.Linear``
         (``[d_model, n_heads * d_head]``), ``"in_out"`` for GPT-2's ``Conv1D``.
+    post_norm : Norm or None
+        The norm between the projection and the residual add (post-norm layers).
+    multiplier : float
+        A constant multiplying the attention output before the add (Granite).
     """
 
     layer: int
@@ -62,6 +79,8 @@ class LayerHeads:
     n_heads: int
     d_head: int
     layout: Literal["out_in", "in_out"] = "out_in"
+    post_norm: Norm | None = None
+    multiplier: float = 1.0
 
     @property
     def weight(self) -> torch.Tensor:
@@ -75,7 +94,7 @@ class LayerHeads:
 
     @property
     def W_O(self) -> torch.Tensor:
-        """Per-head output matrices, ``[n_heads, d_model, d_head]``: ``x_h = W_O[h] @ z_h``."""
+        """Per-head blocks of the projection, ``[n_heads, d_model, d_head]``: ``o = sum_h W_O[h] z_h + b``."""
         w = self.weight
         return w.reshape(w.shape[0], self.n_heads, self.d_head).permute(1, 0, 2)
 
@@ -84,122 +103,155 @@ class LayerHeads:
         """The projection's bias ``[d_model]`` (it belongs to no head), or ``None``."""
         return getattr(self.module, "bias", None)
 
+    @property
+    def gain(self) -> torch.Tensor:
+        """The constant per-coordinate factor between ``o`` and the residual write, ``[d_model]`` float32.
+
+        ``multiplier * g`` on post-norm layers, ``multiplier`` elsewhere.
+        """
+        g = self.post_norm.gain if self.post_norm is not None else torch.ones(self.d_model)
+        return self.multiplier * g.to(self.weight.device)
+
+    @property
+    def W_write(self) -> torch.Tensor:
+        """``W_O`` with :attr:`gain` folded in, ``[n_heads, d_model, d_head]`` float32.
+
+        ``x_h = token_factor(o) * W_write[h] @ z_h`` is head ``h``'s exact residual write.
+        """
+        return self.gain[None, :, None] * self.W_O.detach().float()
+
     def split(self, z: torch.Tensor) -> torch.Tensor:
         """``[..., n_heads * d_head]`` -> ``[..., n_heads, d_head]``."""
         return z.reshape(*z.shape[:-1], self.n_heads, self.d_head)
 
-    def contributions(self, z: torch.Tensor) -> torch.Tensor:
-        """Per-head residual contributions ``x_h``.
+    def _flat(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim >= 2 and z.shape[-2:] == (self.n_heads, self.d_head):
+            return z.reshape(*z.shape[:-2], self.n_heads * self.d_head)
+        if z.shape[-1] != self.n_heads * self.d_head:
+            raise ValueError(
+                f"z must be [..., {self.n_heads * self.d_head}] or [..., {self.n_heads}, {self.d_head}], "
+                f"got {tuple(z.shape)}"
+            )
+        return z
 
-        ``z`` is ``[..., n_heads * d_head]`` (the projection's input) or
-        ``[..., n_heads, d_head]``; the result is ``[..., n_heads, d_model]``.
-        Their sum over heads plus :attr:`bias` is the projection's output.
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """The projection's output ``o = W z + b``, ``[..., d_model]`` float32."""
+        z = self._flat(z).float()
+        o = z @ self.weight.detach().float().T
+        return o + self.bias.detach().float() if self.bias is not None else o
+
+    def token_factor(self, o: torch.Tensor) -> torch.Tensor:
+        """The per-token factor ``[..., 1]``: ``1 / rms(o)`` on post-norm layers, 1 elsewhere."""
+        if self.post_norm is None:
+            return torch.ones(*o.shape[:-1], 1, dtype=torch.float32, device=o.device)
+        return self.post_norm.inverse_scale(o)
+
+    def pieces(self, z: torch.Tensor) -> torch.Tensor:
+        """The heads' pieces of the projection's output, ``W_O[h] z_h``: ``[..., n_heads, d_model]``.
+
+        Their sum plus :attr:`bias` is ``o``; they are the residual writes only
+        on plain pre-norm layers (see :meth:`contributions`).
         """
-        if z.shape[-1] == self.n_heads * self.d_head and (z.ndim < 2 or z.shape[-2] != self.n_heads):
-            z = self.split(z)
+        z = self.split(self._flat(z))
         return torch.einsum("...hk,hdk->...hd", z.to(self.weight.dtype), self.W_O)
 
+    def contributions(self, z: torch.Tensor) -> torch.Tensor:
+        """What each head adds to the residual stream, ``[..., n_heads, d_model]``.
+
+        ``z`` is the projection's input at each token, ``[..., n_heads * d_head]``
+        or ``[..., n_heads, d_head]``. With the norm's per-token factor and the
+        gain folded in, the contributions plus :meth:`bias_share` sum exactly to
+        what the layer adds to the residual stream.
+        """
+        factor = self.token_factor(self.project(z)) if self.post_norm is not None else 1.0
+        zf = self.split(self._flat(z)).float() * (factor[..., None] if self.post_norm is not None else 1.0)
+        return torch.einsum("...hk,hdk->...hd", zf, self.W_write)
+
+    def bias_share(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The bias's share of the residual write at each token, ``[..., d_model]``, or None without a bias."""
+        if self.bias is None:
+            return None
+        z = self._flat(z)
+        b = self.gain * self.bias.detach().float()
+        return b * self.token_factor(self.project(z)) if self.post_norm is not None else b.expand(*z.shape[:-1], -1)
+
 
 # --------------------------------------------------------------------------- #
-# Explicit dispatch
+# Finding the heads
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True)
-class _Spec:
-    layers: str  # attribute path, from the *language model*, to the list of decoder layers
-    out_proj: str  # attribute path, from one layer, to the output projection
-    layout: Literal["out_in", "in_out"] = "out_in"
+def _layout_of(module: nn.Module, layout: str | None, where: str) -> str:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ValueError(f"{where}: the output projection {type(module).__name__} has no 2-D weight")
+    is_conv1d = type(module).__name__ == "Conv1D"
+    if layout is None:
+        if isinstance(module, nn.Linear):
+            return "out_in"
+        if is_conv1d:
+            return "in_out"
+        raise ValueError(
+            f"{where}: cannot tell how {type(module).__name__} stores its weight; pass layout='out_in' "
+            "(weight [d_model, n_heads * d_head], as nn.Linear) or layout='in_out' (as GPT-2's Conv1D)"
+        )
+    if layout not in ("out_in", "in_out"):
+        raise ValueError(f"layout must be 'out_in' (nn.Linear) or 'in_out' (Conv1D), got {layout!r}")
+    if (layout == "out_in" and is_conv1d) or (layout == "in_out" and isinstance(module, nn.Linear)):
+        right = "in_out" if is_conv1d else "out_in"
+        raise ValueError(f"{where}: layout={layout!r} does not fit a {type(module).__name__}; pass layout={right!r}")
+    return layout
 
 
-_LLAMA_LIKE = _Spec("model.layers", "self_attn.o_proj")
-
-# Text architectures, keyed by ``config.model_type`` of the language model.
-_TEXT: dict[str, _Spec] = {
-    "llama": _LLAMA_LIKE,  # also SmolLM2
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
-    "gpt2": _Spec("transformer.h", "attn.c_proj", "in_out"),
-    "gpt_neox": _Spec("gpt_neox.layers", "attention.dense"),
-}
-
-# Vision-language architectures: where the language model sits.
-_MULTIMODAL: dict[str, str] = {
-    "llava": "model.language_model",
-    "llava_next": "model.language_model",
-    "qwen2_vl": "model.language_model",
-    "qwen2_5_vl": "model.language_model",
-    "gemma3": "model.language_model",
-    "idefics3": "model.text_model",
-    "smolvlm": "model.text_model",
-}
-
-# The language model of a multimodal model is a bare decoder (no ``model.`` prefix).
-_BARE_LAYERS = {"model.layers": "layers", "gpt_neox.layers": "layers", "transformer.h": "h"}
-
-_QWEN_VL_TEXT = {"qwen2_vl": "qwen2", "qwen2_5_vl": "qwen2"}
+def _check_n_heads(n_heads, declared: int | None) -> int:
+    if isinstance(n_heads, bool) or not isinstance(n_heads, numbers.Integral):
+        raise TypeError(f"n_heads must be a positive integer, got {n_heads!r}")
+    n_heads = int(n_heads)
+    if n_heads < 1:
+        raise ValueError(f"n_heads must be a positive integer, got {n_heads}")
+    if declared is not None and n_heads != declared:
+        raise ValueError(
+            f"n_heads={n_heads} disagrees with the model's config, which declares {declared} query heads; "
+            "pass the config's number or leave n_heads out"
+        )
+    return n_heads
 
 
-def register_architecture(
-    model_type: str,
-    *,
-    layers: str,
-    out_proj: str,
-    layout: Literal["out_in", "in_out"] = "out_in",
-) -> None:
-    """Teach :func:`attention_heads` a new text architecture.
-
-    Parameters
-    ----------
-    model_type : str
-        The ``config.model_type`` of the model.
-    layers : str
-        Attribute path from the model to its list of decoder layers, e.g.
-        ``"model.layers"``.
-    out_proj : str
-        Attribute path from one layer to the attention output projection, e.g.
-        ``"self_attn.o_proj"``. Its input must be the concatenation of the heads.
-    layout : {"out_in", "in_out"}
-        ``"out_in"`` for ``nn.Linear`` weights, ``"in_out"`` for GPT-2 ``Conv1D``.
-    """
-    _TEXT[model_type] = _Spec(layers, out_proj, layout)
-
-
-def _n_heads(config) -> int:
-    for key in ("num_attention_heads", "n_head", "num_heads"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    raise ValueError(f"{type(config).__name__} names no number of attention heads")
-
-
-def _get(obj, path: str):
-    try:
-        return operator.attrgetter(path)(obj) if path else obj
-    except AttributeError as err:
-        raise AttributeError(
-            f"{type(obj).__name__} has no attribute path {path!r}; pass the layers and the "
-            "output projection by hand (see hp_mini.attention_heads)"
-        ) from err
-
-
-def _build(layer_list, out_proj: str, n_heads: int, layout: str) -> list[LayerHeads]:
+def _build(
+    modules: list[nn.Module],
+    n_heads: int,
+    layout: str | None,
+    d_model: int | None,
+    post_norms: list[Norm | None] | None = None,
+    multiplier: float = 1.0,
+) -> list[LayerHeads]:
     sites = []
-    for i, block in enumerate(layer_list):
-        module = _get(block, out_proj)
-        in_features = module.weight.shape[1] if layout == "out_in" else module.weight.shape[0]
+    for i, module in enumerate(modules):
+        lay = _layout_of(module, layout, f"layer {i}")
+        w = module.weight
+        out_features, in_features = w.shape if lay == "out_in" else w.shape[::-1]
+        if d_model is not None and out_features != d_model:
+            raise ValueError(
+                f"layer {i}: {type(module).__name__} writes {out_features} features but the residual stream "
+                f"has {d_model}; out_proj must be the attention *output* projection (e.g. o_proj, not v_proj), "
+                "and layout must say how its weight is stored"
+            )
         if in_features % n_heads:
             raise ValueError(
                 f"layer {i}: the output projection takes {in_features} features, "
                 f"which is not a multiple of {n_heads} heads"
             )
-        sites.append(LayerHeads(i, module, n_heads, in_features // n_heads, layout))  # type: ignore[arg-type]
+        norm = post_norms[i] if post_norms is not None else None
+        sites.append(LayerHeads(i, module, n_heads, in_features // n_heads, lay, norm, multiplier))  # type: ignore[arg-type]
     return sites
+
+
+def _declared(config, keys) -> int | None:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def attention_heads(
@@ -208,22 +260,27 @@ def attention_heads(
     layers: str | None = None,
     out_proj: str | None = None,
     n_heads: int | None = None,
+    layout: Literal["out_in", "in_out"] | None = None,
 ) -> list[LayerHeads]:
     """Find the attention heads of a model, one :class:`LayerHeads` per layer.
 
     Parameters
     ----------
     model : nn.Module
-        A Hugging Face causal LM or vision-language model. Supported by
-        dispatch on ``config.model_type``: Llama, Mistral, SmolLM2, Qwen2,
-        Qwen3, Gemma, Gemma2, Gemma3, Phi-3, GPT-2, GPT-NeoX/Pythia, and the
-        language model inside LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Gemma3
-        and Idefics3/SmolVLM.
-    layers, out_proj, n_heads : optional
-        For other models: the attribute path from ``model`` to the list of
-        layers, the path from one layer to the output projection (an
-        ``nn.Linear`` whose input is the concatenation of the heads), and the
-        number of query heads.
+        A model with an architecture declaration (see
+        :func:`hp_mini.model_parts`): Llama, Mistral, SmolLM2, Qwen2, Qwen3,
+        Gemma, Gemma 2, Gemma 3, OLMo 2, Granite, Phi-3, GPT-2, GPT-NeoX/Pythia,
+        and the language model inside LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL,
+        Gemma 3 and Idefics3/SmolVLM.
+    layers, out_proj, n_heads, layout : optional
+        For other models, by hand: the attribute path from ``model`` to the
+        list of layers, the path from one layer to the output projection
+        (whose input is the concatenation of the heads), the number of query
+        heads (checked against the config when it declares one) and how the
+        projection stores its weight (``"out_in"`` for ``nn.Linear``,
+        ``"in_out"`` for GPT-2's ``Conv1D``; read from the class by default).
+        Heads found by hand are treated as pre-norm: declare post-norms and
+        multipliers with :func:`register_architecture`.
 
     Returns
     -------
@@ -233,55 +290,67 @@ def attention_heads(
     Raises
     ------
     NotImplementedError
-        For an unknown architecture, naming its class and the by-hand form.
+        For an unknown architecture, naming its class and the registration call.
+    ValueError, TypeError
+        For by-hand arguments that do not describe the output projection.
     """
     if hasattr(model, "hp_mini_heads"):
-        # Models built by hp_mini that are not Hugging Face decoders (e.g. CLIP).
+        # Models that list their own heads.
         return model.hp_mini_heads()
+    listing = heads_function(model) if layers is None and out_proj is None else None
+    if listing is not None:  # models without a Hugging Face config (open_clip)
+        return listing(model)
     config = getattr(model, "config", None)
-    if layers is not None or out_proj is not None:
+    if layers is not None or out_proj is not None or layout is not None:
         if layers is None or out_proj is None:
             raise ValueError("pass both `layers` and `out_proj` (and `n_heads` if the config has none)")
-        heads = n_heads if n_heads is not None else _n_heads(config)
-        return _build(_get(model, layers), out_proj, heads, "out_in")
-
-    model_type = getattr(config, "model_type", None)
-    if model_type in _MULTIMODAL:
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
-        text_type = _QWEN_VL_TEXT.get(model_type, getattr(text_config, "model_type", None))
-        spec = _TEXT.get(text_type) or _TEXT.get(text_type.replace("_text", "") if text_type else "")
-        if spec is None:
-            raise NotImplementedError(_unknown(model, f"{model_type} with a {text_type} language model"))
-        language_model = _get(model, _MULTIMODAL[model_type])
-        return _build(
-            _get(language_model, _BARE_LAYERS.get(spec.layers, spec.layers)),
-            spec.out_proj,
-            n_heads if n_heads is not None else _n_heads(text_config),
-            spec.layout,
-        )
-    if model_type in _TEXT:
-        spec = _TEXT[model_type]
-        path = spec.layers
-        if not _has(model, path):  # a bare decoder (AutoModel) rather than a *ForCausalLM
-            path = _BARE_LAYERS.get(path, path)
-        return _build(_get(model, path), spec.out_proj, n_heads or _n_heads(config), spec.layout)
-    raise NotImplementedError(_unknown(model, f"model_type={model_type!r}"))
-
-
-def _has(obj, path: str) -> bool:
-    try:
-        operator.attrgetter(path)(obj)
-        return True
-    except AttributeError:
-        return False
-
-
-def _unknown(model: nn.Module, what: str) -> str:
-    return (
-        f"hp_mini does not know where the attention heads of {type(model).__name__} ({what}) are. "
-        "Pass them by hand, for example "
-        "attention_heads(model, layers='model.layers', out_proj='self_attn.o_proj', n_heads=32), "
-        "or register the architecture once with hp_mini.register_architecture(model_type, "
-        "layers=..., out_proj=...). The output projection must be the module whose input is "
-        "the concatenation of the heads' outputs."
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        declared = _declared(text_config, ("num_attention_heads", "n_head", "num_heads"))
+        if n_heads is None and declared is None:
+            raise ValueError(f"{type(model).__name__}'s config declares no number of heads; pass n_heads=")
+        heads = _check_n_heads(n_heads if n_heads is not None else declared, declared)
+        d_model = _declared(text_config, ("hidden_size", "n_embd", "d_model"))
+        try:
+            layer_list = operator.attrgetter(layers)(model)
+            modules = [operator.attrgetter(out_proj)(block) for block in layer_list]
+        except AttributeError as err:
+            raise AttributeError(f"{type(model).__name__}: {err}; check layers={layers!r} and out_proj={out_proj!r}") from None
+        return _build(modules, heads, layout, d_model)
+    if not hasattr(model, "config"):
+        raise NotImplementedError(unknown_model_message(model, "no config"))
+    parts = model_parts(model)
+    heads = parts.n_heads if n_heads is None else _check_n_heads(n_heads, parts.n_heads)
+    count = len(parts.layers)
+    return _build(
+        [parts.attention_output(i) for i in range(count)],
+        heads,
+        parts.architecture.layout,
+        parts.d_model,
+        [parts.post_attention_norm(i) for i in range(count)],
+        parts.residual_multiplier,
     )
+
+
+def check_heads_of(model: nn.Module, heads: list[LayerHeads]) -> list[LayerHeads]:
+    """Return ``heads`` after checking that they are heads of ``model`` (not of another instance).
+
+    Raises
+    ------
+    TypeError
+        If ``heads`` is not a list of :class:`LayerHeads`.
+    ValueError
+        If a projection in ``heads`` is not a module of ``model``.
+    """
+    if isinstance(heads, LayerHeads) or not all(isinstance(s, LayerHeads) for s in heads):
+        raise TypeError("heads= takes the list returned by hp_mini.attention_heads(model)")
+    heads = list(heads)
+    if not heads:
+        raise ValueError("heads= is empty; pass hp_mini.attention_heads(model)")
+    own = {id(m) for m in model.modules()}
+    stray = [s.layer for s in heads if id(s.module) not in own]
+    if stray:
+        raise ValueError(
+            f"heads= holds the heads of another model (layers {stray[:5]} are not modules of this "
+            f"{type(model).__name__}); pass hp_mini.attention_heads(model) of the model you use"
+        )
+    return heads

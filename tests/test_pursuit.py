@@ -1,8 +1,9 @@
 """Matching pursuit, OMP and SOMP against independent oracles.
 
-The oracle for SOMP is ``reference_somp`` below: PAPER.md §3 written out
-literally, with the full ``v x n`` correlation matrix and a least-squares solve
-at every step. The fast path in ``hp_mini.pursuit`` shares no code with it.
+The oracle for SOMP is :func:`hp_mini.reference.reference_somp`: PAPER.md §3
+written out literally, with the full ``v x n`` correlation matrix and a
+least-squares solve at every step. The fast path in ``hp_mini.pursuit`` shares
+no code with it.
 """
 
 from __future__ import annotations
@@ -15,27 +16,7 @@ import torch
 
 import hp_mini
 from hp_mini.pursuit import PursuitResult
-
-
-def reference_somp(X, D, n_atoms, criterion="l1", center=True):
-    """SOMP as in PAPER.md §3: full correlations and a least-squares refit every step."""
-    X, D = X.double(), D.double()
-    H = X - X.mean(0) if center else X
-    R, S, evr, scores = H.clone(), [], [], []
-    total = H.square().sum()
-    C = None
-    for _ in range(n_atoms):
-        P = D @ R.T  # v x n
-        score = P.abs().sum(1) if criterion == "l1" else P.square().sum(1).sqrt()
-        score[S] = -float("inf")
-        p = int(score.argmax())
-        scores.append(float(score[p]))
-        S.append(p)
-        DS = D[S]  # k x d
-        C = torch.linalg.lstsq(DS.T, H.T).solution.T  # n x k:  H ~ C D[S]
-        R = H - C @ DS
-        evr.append(float(1 - R.square().sum() / total))
-    return S, torch.tensor(evr, dtype=torch.float64), C, torch.tensor(scores, dtype=torch.float64)
+from hp_mini.reference import reference_somp
 
 
 def random_dictionary(v, d, seed):
@@ -63,7 +44,7 @@ def test_somp_matches_reference(criterion, n, d, r, v, k, seed):
     D = random_dictionary(v, d, seed)
     X = low_rank_data(n, d, r, seed + 100)
     k = min(k, min(n - 1, r))  # never past the rank: the reference's choice there is arbitrary
-    atoms, evr, coef, scores = reference_somp(X, D, k, criterion)
+    atoms, evr, coef, scores = reference_somp(X, D, k, criterion=criterion)
     result = hp_mini.somp(X, D, n_atoms=k, criterion=criterion)
     assert result.atoms.tolist() == atoms
     torch.testing.assert_close(result.evr, evr, rtol=1e-9, atol=1e-10)
@@ -78,7 +59,7 @@ def test_somp_matches_reference(criterion, n, d, r, v, k, seed):
 def test_somp_uncentred_matches_reference(criterion):
     D = random_dictionary(300, 20, 5)
     X = low_rank_data(40, 20, 20, 6)
-    atoms, evr, coef, _ = reference_somp(X, D, 15, criterion, center=False)
+    atoms, evr, coef, _ = reference_somp(X, D, 15, criterion=criterion, center=False)
     result = hp_mini.somp(X, D, n_atoms=15, criterion=criterion, center=False)
     assert result.atoms.tolist() == atoms
     torch.testing.assert_close(result.evr, evr, rtol=1e-9, atol=1e-10)
@@ -93,8 +74,8 @@ def test_l1_and_l2_can_disagree():
     X = torch.randn(50, 16, generator=g, dtype=torch.float64) * torch.rand(50, 1, generator=g, dtype=torch.float64) ** 4
     a1 = hp_mini.somp(X, D, n_atoms=10, criterion="l1").atoms.tolist()
     a2 = hp_mini.somp(X, D, n_atoms=10, criterion="l2").atoms.tolist()
-    assert a1 == reference_somp(X, D, 10, "l1")[0]
-    assert a2 == reference_somp(X, D, 10, "l2")[0]
+    assert a1 == reference_somp(X, D, 10, criterion="l1")[0]
+    assert a2 == reference_somp(X, D, 10, criterion="l2")[0]
     assert a1 != a2
 
 
@@ -110,7 +91,7 @@ def test_l1_pruning_bound_never_skips_the_winner(seed):
     Xc = X - X.mean(0)
     Z, W = _factor(Xc)
     raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=80)], n_atoms=12, criterion="l1", candidates=1)[0]
-    assert raw["atoms"].tolist() == reference_somp(X, D, 12, "l1")[0]
+    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion="l1")[0]
 
 
 @pytest.mark.parametrize("seed", [70, 80, 90])
@@ -129,7 +110,7 @@ def test_float32_bounds_never_skip_a_near_tie(criterion, seed):
     Xc = X - X.mean(0)
     Z, W = _factor(Xc)
     raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=90)], n_atoms=12, criterion=criterion, candidates=1)[0]
-    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion)[0]
+    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion=criterion)[0]
 
 
 def test_reconstruction_and_order():
@@ -302,6 +283,200 @@ def test_degenerate_inputs_fail_clearly():
         hp_mini.matching_pursuit(torch.zeros(8), D, n_atoms=2)
 
 
+INTEGERS = [np.int64(4), np.int32(4), np.uint8(4), torch.tensor(4), torch.tensor(4, dtype=torch.int32), torch.tensor([4])]
+
+
+@pytest.mark.parametrize("k", INTEGERS, ids=["np.int64", "np.int32", "np.uint8", "torch.int64", "torch.int32", "torch.int64[1]"])
+def test_n_atoms_accepts_numpy_and_torch_integers(k):
+    D = random_dictionary(40, 8, 31)
+    X = low_rank_data(12, 8, 8, 32)
+    assert hp_mini.somp(X, D, n_atoms=k).atoms.tolist() == hp_mini.somp(X, D, n_atoms=4).atoms.tolist()
+    assert hp_mini.omp(X[0], D, n_atoms=k).atoms.tolist() == hp_mini.omp(X[0], D, n_atoms=4).atoms.tolist()
+    mp = hp_mini.matching_pursuit(X[0], D, n_atoms=k)
+    assert mp.atoms.tolist() == hp_mini.matching_pursuit(X[0], D, n_atoms=4).atoms.tolist() and len(mp) == 4
+    Z, W = X[:, :3], D[:3].T
+    with pytest.warns(RuntimeWarning, match="the residual is zero after 3 atoms"):
+        got = hp_mini.somp_factored([hp_mini.FactoredSignals(W, Z)], D, n_atoms=k)[0]
+    assert len(got) == 3  # the signals span three atoms: the residual is zero after them
+    assert sorted(got.atoms.tolist()) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("k", [3.0, True, "3", torch.tensor(3.0), np.float64(3.0), None])
+def test_n_atoms_that_is_not_an_integer_is_a_type_error(k):
+    D = random_dictionary(40, 8, 31)
+    X = low_rank_data(12, 8, 8, 32)
+    for call in (lambda: hp_mini.somp(X, D, n_atoms=k), lambda: hp_mini.omp(X[0], D, n_atoms=k),
+                 lambda: hp_mini.matching_pursuit(X[0], D, n_atoms=k)):
+        with pytest.raises(TypeError, match="n_atoms must be an integer"):
+            call()
+
+
+@pytest.mark.parametrize("k", [0, -2, np.int64(0), torch.tensor(-1)])
+def test_n_atoms_below_one_is_an_error(k):
+    D = random_dictionary(40, 8, 31)
+    X = low_rank_data(12, 8, 8, 32)
+    with pytest.raises(ValueError, match="n_atoms must be a positive integer"):
+        hp_mini.somp(X, D, n_atoms=k)
+    with pytest.raises(ValueError, match="n_atoms must be a positive integer"):
+        hp_mini.matching_pursuit(X[0], D, n_atoms=k)
+
+
+def test_matching_pursuit_stops_at_a_zero_residual():
+    """One atom explains the signal: MP stops there, however many steps were asked for."""
+    D = random_dictionary(50, 10, 33)
+    x = -2.5 * D[17]
+    with pytest.warns(RuntimeWarning, match="residual is zero after 1 atoms"):
+        r = hp_mini.matching_pursuit(x, D, n_atoms=10**6)
+    assert r.atoms.tolist() == [17]
+    torch.testing.assert_close(r.coefficients, torch.tensor([[-2.5]], dtype=torch.float64))
+    assert float(r.evr[-1]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_matching_pursuit_stops_when_the_signal_is_orthogonal_to_every_atom():
+    D = torch.eye(6, dtype=torch.float64)[:4]  # atoms span the first four axes only
+    x = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, -2.0], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="orthogonal to every atom after 0 atoms"):
+        r = hp_mini.matching_pursuit(x, D, n_atoms=1000)
+    assert len(r) == 0 and r.evr.numel() == 0
+
+
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_upcast(half):
+    D = random_dictionary(60, 12, 34).to(half)
+    X = low_rank_data(25, 12, 12, 35).to(half)
+    for criterion in ("l1", "l2"):
+        got = hp_mini.somp(X, D, n_atoms=5, criterion=criterion)
+        want = hp_mini.somp(X.double(), D.double(), n_atoms=5, criterion=criterion)  # the same numbers, upcast
+        assert got.atoms.tolist() == want.atoms.tolist()
+        assert got.evr.dtype == torch.float64 and got.coefficients.dtype == torch.float64
+        torch.testing.assert_close(got.evr, want.evr)
+    assert hp_mini.omp(X[0], D, n_atoms=4).atoms.tolist() == hp_mini.omp(X[0].double(), D.double(), n_atoms=4).atoms.tolist()
+    mp = hp_mini.matching_pursuit(X[0], D, n_atoms=4)
+    assert mp.atoms.tolist() == hp_mini.matching_pursuit(X[0].double(), D.double(), n_atoms=4).atoms.tolist()
+    assert mp.evr.dtype == torch.float64
+    got = hp_mini.somp(X, D, n_atoms=5, dtype=torch.float32)
+    assert got.evr.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64])
+def test_a_half_precision_working_dtype_is_an_error(dtype):
+    D = random_dictionary(60, 12, 34)
+    X = low_rank_data(25, 12, 12, 35)
+    for call in (lambda: hp_mini.somp(X, D, n_atoms=3, dtype=dtype), lambda: hp_mini.omp(X[0], D, n_atoms=3, dtype=dtype),
+                 lambda: hp_mini.matching_pursuit(X[0], D, n_atoms=3, dtype=dtype),
+                 lambda: hp_mini.somp_factored([hp_mini.FactoredSignals(D[:3].T, X[:, :3])], D, n_atoms=3, dtype=dtype)):
+        with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+            call()
+
+
+def test_an_empty_dictionary_is_an_error():
+    X = low_rank_data(10, 8, 8, 36)
+    for call in (lambda: hp_mini.somp(X, torch.zeros(0, 8), n_atoms=1), lambda: hp_mini.omp(X[0], torch.zeros(0, 8), n_atoms=1),
+                 lambda: hp_mini.matching_pursuit(X[0], torch.zeros(0, 8), n_atoms=1)):
+        with pytest.raises(ValueError, match="the dictionary is empty"):
+            call()
+
+
+def test_dictionary_preparation_is_kept_and_redone_after_an_in_place_change():
+    """What depends only on the dictionary is prepared once; an in-place change (a NaN, a
+    rescaling) is seen, and the preparation goes when the atoms are freed."""
+    import gc
+
+    from hp_mini import pursuit
+
+    atoms = random_dictionary(200, 16, 41).float()
+    dic = hp_mini.Dictionary(atoms, [str(i) for i in range(200)])
+    X = low_rank_data(30, 16, 16, 42).float()
+    first = hp_mini.somp(X, dic, n_atoms=4)
+    prepared = pursuit._PREPARED[id(atoms)]
+    assert hp_mini.somp(X, dic, n_atoms=4).atoms.tolist() == first.atoms.tolist()
+    assert pursuit._PREPARED[id(atoms)] is prepared
+    atoms[7, 3] = float("nan")
+    with pytest.raises(ValueError, match="the dictionary contains 1 NaN"):
+        hp_mini.somp(X, dic, n_atoms=4)
+    atoms[7, 3] = 0.25
+    atoms[:100] *= 3  # longer atoms: other winners, and a larger bound on their norms
+    got = hp_mini.somp(X, dic, n_atoms=6, criterion="l2")
+    assert got.atoms.tolist() == reference_somp(X, atoms, 6, criterion="l2").atoms
+    assert pursuit._PREPARED[id(atoms)].dmax >= float(atoms.double().norm(dim=1).max())
+    key = id(atoms)
+    del dic, atoms
+    gc.collect()
+    assert key not in pursuit._PREPARED
+    # inference-mode tensors keep no version counter: prepared on every call, never stale
+    with torch.inference_mode():
+        frozen = random_dictionary(200, 16, 41).float()
+    assert hp_mini.somp(X, frozen, n_atoms=4).atoms.tolist() == first.atoms.tolist()
+    with torch.inference_mode():
+        frozen[3, 3] = float("inf")
+    with pytest.raises(ValueError, match="the dictionary contains 1 NaN"):
+        hp_mini.somp(X, frozen, n_atoms=4)
+
+
+def test_float32_head_data_keep_their_rank():
+    """Float32 contributions z W^T are full rank only through rounding; somp factors them at
+    the head's rank and still finds the reference's atoms."""
+    D = random_dictionary(3000, 96, 43)
+    g = torch.Generator().manual_seed(44)
+    Z = torch.randn(200, 16, generator=g) * torch.logspace(0, -2, 16)
+    W = torch.randn(96, 16, generator=g)
+    X = Z @ W.T  # float32
+    for criterion in ("l1", "l2"):
+        got = hp_mini.somp(X, D, n_atoms=12, criterion=criterion)
+        want = reference_somp(X, D, 12, criterion=criterion)
+        assert got.atoms.tolist() == want.atoms
+        torch.testing.assert_close(got.evr.double(), want.evr, rtol=1e-6, atol=1e-7)
+    from hp_mini.pursuit import _factor
+
+    Xc = X.double() - X.double().mean(0)
+    assert _factor(Xc)[0].shape[1] > 16  # the rounding alone gives it full rank
+    assert _factor(Xc, torch.finfo(torch.float32).eps)[0].shape[1] == 16
+
+
+# --------------------------------------------------------------------------- #
+# The public entry point for factored signals
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_somp_factored_equals_somp_on_the_product(criterion, center):
+    D = random_dictionary(300, 24, 37)
+    g = torch.Generator().manual_seed(38)
+    sets = [hp_mini.FactoredSignals(torch.randn(24, r, generator=g, dtype=torch.float64),
+                                    torch.randn(n, r, generator=g, dtype=torch.float64) + 0.3, name=f"set {i}")
+            for i, (n, r) in enumerate([(30, 6), (50, 8), (9, 3)])]
+    got = hp_mini.somp_factored(sets, D, n_atoms=3, criterion=criterion, center=center, out_dtype=torch.float64)
+    for s, r in zip(sets, got):
+        X = s.Z @ s.W.T
+        want = reference_somp(X, D, 3, criterion=criterion, center=center)
+        assert r.atoms.tolist() == want.atoms
+        torch.testing.assert_close(r.evr, want.evr, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(r.coefficients, want.coefficients, rtol=1e-7, atol=1e-8)
+        if center:
+            torch.testing.assert_close(r.mean, X.mean(0))
+    if criterion == "l2":  # from moments only: the same pursuit
+        light = [hp_mini.FactoredSignals(s.W, n=len(s.Z), mean=s.Z.mean(0),
+                                         scatter=(s.Z - s.Z.mean(0)).T @ (s.Z - s.Z.mean(0))) for s in sets]
+        for r, m in zip(got, hp_mini.somp_factored(light, D, n_atoms=3, criterion="l2", center=center)):
+            assert r.atoms.tolist() == m.atoms.tolist() and m.coefficients is None
+
+
+def test_somp_factored_bad_input_names_the_set():
+    D = random_dictionary(50, 10, 39)
+    W, Z = D[:3].T, torch.randn(20, 3, dtype=torch.float64)
+    bad = Z.clone()
+    bad[4, 1] = float("inf")
+    with pytest.raises(ValueError, match="the samples of L2H5 contains 1 NaN or infinite"):
+        hp_mini.somp_factored([hp_mini.FactoredSignals(W, bad, name="L2H5")], D, n_atoms=2)
+    with pytest.raises(ValueError, match="L0H1: criterion='l1' needs every sample"):
+        hp_mini.somp_factored([hp_mini.FactoredSignals(W, n=20, mean=Z.mean(0), scatter=Z.T @ Z, name="L0H1")], D, n_atoms=2)
+    with pytest.raises(ValueError, match=r"L0H2: Z must be \[n, 3\]"):
+        hp_mini.somp_factored([hp_mini.FactoredSignals(W, Z[:, :2], name="L0H2")], D, n_atoms=2)
+    with pytest.raises(ValueError, match="10 wide"):
+        hp_mini.somp_factored([hp_mini.FactoredSignals(W[:8], Z)], D, n_atoms=2)
+
+
 def test_duplicate_atoms_are_never_chosen_twice():
     D = random_dictionary(20, 6, 29)
     D = torch.cat([D, D[:5]])  # exact copies
@@ -331,7 +506,7 @@ def test_smollm2_heads_full_vocabulary_match_reference(smollm2, smollm2_heads, c
     )
     for head in SMOLLM2_HEADS:
         X = smollm2_heads.head(*head)
-        atoms, evr, coef, _ = reference_somp(X, full.atoms, 6, criterion)
+        atoms, evr, coef, _ = reference_somp(X, full.atoms, 6, criterion=criterion)
         assert results[head].atoms.tolist() == atoms, head
         torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(results[head].coefficients.double(), coef, rtol=1e-4, atol=1e-5)
@@ -345,6 +520,6 @@ def test_smollm2_heads_concept_dictionary_match_reference(smollm2, smollm2_heads
     heads = [(layer, head) for layer in (3, 26) for head in range(9)]
     results = hp_mini.pursue_heads(smollm2_heads, countries, n_atoms=20, criterion=criterion, heads=heads, progress=False)
     for head in heads:
-        atoms, evr, _, _ = reference_somp(smollm2_heads.head(*head), countries.atoms, 20, criterion)
+        atoms, evr, _, _ = reference_somp(smollm2_heads.head(*head), countries.atoms, 20, criterion=criterion)
         assert results[head].atoms.tolist() == atoms, head
         torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,74 @@ def test_dead_head_warns_and_scores_zero():
     with pytest.warns(RuntimeWarning, match="L0H1 has zero variance"):
         ranking = hp_mini.rank_heads(acts, D, n_atoms=3, progress=False)
     assert ranking.heads[-1] == (0, 1) and float(ranking.scores[-1]) == 0.0
+
+
+METHODS = ["somp", "logit_lens"]
+
+
+def _rank(acts, D, method):
+    return hp_mini.rank_heads(acts, D, method=method, n_atoms=3, progress=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [0, 1])
+def test_rank_heads_needs_at_least_two_prompts(method, n):
+    acts, D = synthetic_acts()
+    few = HeadActivations(acts.z[:n], acts.W_O, None, list(acts.layers), None, list(acts.texts[:n]))
+    with pytest.raises(ValueError, match=f"at least 2 prompts, got {n}"):
+        _rank(few, D, method)
+    with pytest.raises(ValueError, match=f"at least 2 prompts, got {n}"):
+        _rank(moments_only(few), D, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_heads_rejects_an_empty_dictionary(method):
+    acts, D = synthetic_acts()
+    with pytest.raises(ValueError, match="the dictionary is empty"):
+        _rank(acts, D[:0], method)
+    empty = hp_mini.Dictionary(D[:0], [], words=["Atlantis"], missing=["Atlantis"])
+    with pytest.raises(ValueError, match="dictionary.missing"):
+        _rank(acts, empty, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_rank_heads_rejects_non_finite_activations(method, value):
+    acts, D = synthetic_acts()
+    acts.z[7, 2, 1, 3] = value
+    with pytest.raises(ValueError, match=r"head outputs \(acts.z\) contain 1 NaN or infinite"):
+        _rank(acts, D, method)
+    acts, D = synthetic_acts()
+    acts.W_O[0, 3, 5, 2] = value
+    with pytest.raises(ValueError, match=r"output projections \(acts.W_O\) contain 1 NaN or infinite"):
+        _rank(acts, D, method)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_heads_rejects_non_finite_moments(method):
+    acts, D = synthetic_acts()
+    light = moments_only(acts)
+    light.moments.second[1, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"moments \(acts.moments.second\) contain 1 NaN"):
+        hp_mini.rank_heads(light, D, method=method, criterion="l2", n_atoms=3, progress=False)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_rank_heads_rejects_a_non_finite_dictionary(method, value):
+    acts, D = synthetic_acts()
+    D = D.clone()
+    D[11, 4] = value
+    with pytest.raises(ValueError, match="dictionary's atoms contain 1 NaN or infinite"):
+        _rank(acts, D, method)
+    with pytest.raises(ValueError, match="the dictionary contains 1 NaN or infinite"):
+        hp_mini.pursue_heads(acts, D, n_atoms=3, progress=False)
+
+
+@pytest.mark.parametrize("k", [np.int64(3), torch.tensor(3)])
+def test_rank_heads_accepts_numpy_and_torch_integers(k):
+    acts, D = synthetic_acts(seed=2)
+    assert hp_mini.rank_heads(acts, D, n_atoms=k, progress=False).heads == _rank(acts, D, "somp").heads
 
 
 def test_random_heads_like():

@@ -2,8 +2,8 @@
 
 For LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Gemma3 and Idefics3 (SmolVLM):
 
-* exactness: at every position of every layer, the per-head contributions
-  ``attention_heads(model)[i].contributions(z)`` plus the bias sum to the
+* exactness: at every position of every layer, the per-head pieces
+  ``attention_heads(model)[i].pieces(z)`` plus the bias sum to the
   output projection's own output (both hooked directly);
 * recording: ``record_heads(..., pool="image")`` equals the mean of the hooked
   ``z`` over the image-token positions;
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import hp_mini
-from conftest import edit_head_by_hand
+from helpers import edit_head_by_hand
 
 VOCAB = 128
 IMAGE_TOKEN = 120
@@ -223,7 +223,7 @@ def test_contributions_sum_to_projection_output(vlm):
     assert len(seen) == len(sites)
     for i, site in enumerate(sites):
         z, out = seen[i]
-        x = site.contributions(z)  # [B, T, H, d_model]
+        x = site.pieces(z)  # [B, T, H, d_model]: the heads' pieces of the projection's output
         total = x.sum(-2) + (site.bias if site.bias is not None else 0)
         err = (total - out).norm(dim=-1) / out.norm(dim=-1).clamp_min(1e-12)
         assert err.max() < 1e-5, f"{name} layer {i}: max relative error {err.max():.2e} at some position"
@@ -247,7 +247,11 @@ def test_record_heads_pools_image_positions(vlm):
     )
     mask = (batch["input_ids"] == IMAGE_TOKEN).float()
     for i, site in enumerate(sites):
-        expected = torch.einsum("bt,btd->bd", mask / mask.sum(1, keepdim=True), seen[i])
+        z = seen[i]
+        if site.post_norm is not None:  # post-norm layers: each token's z carries the norm's 1 / rms(o)
+            o = site.module(z)
+            z = z / torch.sqrt(o.pow(2).mean(-1, keepdim=True) + site.post_norm.eps)
+        expected = torch.einsum("bt,btd->bd", mask / mask.sum(1, keepdim=True), z)
         got = acts.z[:, i].reshape(2, -1)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"{name} layer {i}")
 
@@ -260,7 +264,8 @@ def test_scale_heads_matches_hand_edits(vlm):
     with hp_mini.scale_heads(model, {(layer, head): 1.0, (0, 0): 1.0}):
         assert torch.equal(_logits(model, batch), base), f"{name}: alpha=1 changed the logits"
     for alpha, fn in [(0.0, torch.zeros_like), (-1.0, torch.neg)]:
-        with hp_mini.scale_heads(model, {(layer, head): alpha}):
+        # Scaling z by hand is the literal pre-norm edit (the residual edit on pre-norm layers).
+        with hp_mini.scale_heads(model, {(layer, head): alpha}, mode="pre_norm"):
             edited = _logits(model, batch)
         with edit_head_by_hand(sites[layer], head, fn):
             manual = _logits(model, batch)

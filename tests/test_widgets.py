@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import hp_mini  # noqa: E402
-from conftest import CharTokenizer, tiny_model  # noqa: E402
+from helpers import CharTokenizer, tiny_model  # noqa: E402
 from hp_mini.widgets import ConceptBuilder, EditingPlayground, HeadExplorer  # noqa: E402
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"

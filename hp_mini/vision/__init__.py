@@ -2,15 +2,15 @@
 
 - :mod:`hp_mini.vision.shapes`: the scene generator and :func:`shapes_dataset`.
 - :mod:`hp_mini.vision.vlm`: ``shapes-vlm``, a LLaVA trained from scratch.
-- :mod:`hp_mini.vision.clip`: ``shapes-clip``, an open_clip CLIP (when present).
+- :mod:`hp_mini.vision.shapes_clip`: ``shapes-clip``, an open_clip CLIP (needs open_clip).
 - :mod:`hp_mini.vision.metrics`: caption parsing, keyword counts, BLEU.
 
-Importing this package registers the models with :func:`hp_mini.load_model`.
+:func:`hp_mini.load_model` finds ``shapes-vlm`` and ``shapes-clip`` by name and
+imports their modules only when they are loaded; importing this package has no
+side effects.
 """
 
 from __future__ import annotations
-
-import importlib
 
 from .shapes import (
     ATTRIBUTES,
@@ -26,13 +26,6 @@ from .shapes import (
     shapes_dataset,
 )
 from .vlm import caption_prompt, question_prompt
-
-# The CLIP model lives in its own module; register it when it is there.
-try:
-    importlib.import_module(f"{__name__}.clip")
-except ModuleNotFoundError as _err:  # only a missing clip module is tolerated
-    if _err.name != f"{__name__}.clip":
-        raise
 
 __all__ = [
     "ATTRIBUTES",

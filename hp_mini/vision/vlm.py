@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models import cache_dir, register_model, write_atomically
+from ..cache import cache_dir, write_atomically
 from . import shapes
 
 __all__ = [
@@ -58,7 +58,9 @@ __all__ = [
     "build_tokenizer",
     "build_vlm",
     "caption_prompt",
+    "cosine_schedule",
     "describe",
+    "image_tokens",
     "load_shapes_vlm",
     "question_prompt",
     "train_shapes_vlm",
@@ -104,23 +106,43 @@ def question_prompt(question: str) -> str:
     return f"{IMAGE_TOKEN} {question}"
 
 
-def _words() -> list[str]:
-    extra = CAPTION_PROMPT.replace(IMAGE_TOKEN, "").split()
-    return [PAD, UNK, EOS, IMAGE_TOKEN] + sorted(set(shapes.vocabulary()) | set(extra))
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, UNK, EOS, IMAGE_TOKEN)
+"""The special tokens, the first ids of every word-level vocabulary."""
 
 
-def build_tokenizer():
+def _words(words=None) -> list[str]:
+    if words is None:
+        extra = CAPTION_PROMPT.replace(IMAGE_TOKEN, "").split()
+        words = set(shapes.vocabulary()) | set(extra)
+    return [*SPECIAL_TOKENS] + sorted(set(words))
+
+
+def build_tokenizer(words=None):
     """A word-level tokenizer (``tokenizers`` WordLevel) as a ``PreTrainedTokenizerFast``.
 
     Lower-cases, splits on whitespace and punctuation; ``"<image>"``,
     ``"<pad>"``, ``"<eos>"`` and ``"<unk>"`` are special tokens. Decoding
     joins words with single spaces.
+
+    Parameters
+    ----------
+    words : iterable of str, optional
+        The plain words of the vocabulary (sorted after the special tokens).
+        Default: the words of the shape scenes' captions, questions and answers.
     """
     from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(_words())}
+    if words is not None:
+        words = list(words)
+        bad = [w for w in words if not isinstance(w, str) or not w or w != w.lower() or len(w.split()) != 1
+               or w in SPECIAL_TOKENS]
+        if bad:
+            raise ValueError(
+                f"build_tokenizer: words must be lower-case single words that are not special tokens, got {bad[:5]!r}"
+            )
+    vocab = {w: i for i, w in enumerate(_words(words))}
     backend = Tokenizer(WordLevel(vocab, unk_token=UNK))
     backend.normalizer = normalizers.Lowercase()
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -293,7 +315,7 @@ class _AttributeProbes(torch.nn.Module):
         return {a: head(pooled) for a, head in self.heads.items()}
 
 
-def _image_tokens(model, pixels: torch.Tensor, feature_layer: int) -> torch.Tensor:
+def image_tokens(model, pixels: torch.Tensor, feature_layer: int) -> torch.Tensor:
     """The projected image features ``[n, patches, d_model]``, as LLaVA computes them."""
     out = model.model.vision_tower(pixels, output_hidden_states=True)
     return model.model.multi_modal_projector(out.hidden_states[feature_layer][:, 1:])
@@ -333,7 +355,8 @@ def train_shapes_vlm(*, progress: bool = True, settings: dict | None = None):
         torch.set_num_threads(threads)
 
 
-def _cosine(step: int, total: int, warmup: int, floor: float) -> float:
+def cosine_schedule(step: int, total: int, warmup: int, floor: float) -> float:
+    """The learning-rate factor at ``step``: linear warm-up, then a cosine from 1 down to ``floor``."""
     if step < warmup:
         return (step + 1) / warmup
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -357,7 +380,7 @@ def _train(cfg: dict, progress: bool):
     fg = _foreground_weights(pixels)
 
     def probe_loss(idx: torch.Tensor) -> torch.Tensor:
-        logits = probes(_image_tokens(model, pixels[idx], feature_layer), fg[idx])
+        logits = probes(image_tokens(model, pixels[idx], feature_layer), fg[idx])
         return sum(torch.nn.functional.cross_entropy(logits[a], labels_of[a][idx]) for a in logits)  # type: ignore[return-value]
 
     vision_params = [
@@ -370,7 +393,7 @@ def _train(cfg: dict, progress: bool):
     # Phase 1: the tower alone, through the probes.
     p_steps, p_bs = int(cfg["probe_steps"]), int(cfg["probe_batch_size"])
     opt = torch.optim.AdamW(vision_params, lr=float(cfg["probe_lr"]), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, p_steps, 50, 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, p_steps, 50, 0.1))
     probe_losses: list[float] = []
     bar = tqdm(range(p_steps), desc="shapes-vlm 1/2: vision tower", leave=False, disable=not progress)
     for step in bar:
@@ -394,7 +417,7 @@ def _train(cfg: dict, progress: bool):
         weight_decay=float(cfg["weight_decay"]),
     )
     warmup = int(cfg["warmup"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine(s, steps, warmup, 0.02))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup, 0.02))
     weight = float(cfg["probe_weight"])
     question_tasks = list(shapes.ATTRIBUTES)
     losses: list[float] = []
@@ -477,7 +500,7 @@ def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
     final = _cache_path()
     if not (final / "config.json").is_file():
         if progress:
-            print(f"hp_mini: training shapes-vlm on CPU (once, a few minutes); cache: {final}", flush=True)
+            print("hp_mini: training shapes-vlm on CPU (once, a few minutes; later calls load it from the HP_MINI_CACHE cache)", flush=True)
 
         def fill(tmp: Path) -> None:
             model, processor, log = train_shapes_vlm(progress=progress)
@@ -502,5 +525,3 @@ def training_log() -> dict:
     load_shapes_vlm(progress=False)
     return json.loads((_cache_path() / "training_log.json").read_text())
 
-
-register_model("shapes-vlm", lambda dtype=torch.float32, device="cpu": load_shapes_vlm(dtype=dtype, device=device))

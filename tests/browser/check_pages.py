@@ -7,9 +7,10 @@ is opened in Debian's headless Chromium through chromedriver (Selenium). On each
 
 * **console**: no console message of level SEVERE. Chromium runs offline (no network in CI,
   and ``--host-resolver-rules`` makes every host but 127.0.0.1 unresolvable, so nothing
-  hangs on DNS). Resources that the book deliberately loads from a CDN (MathJax from
-  cdn.jsdelivr.net) therefore fail to load; such a failure is reported as "offline" and
-  does not fail the check, but only for the hosts in ``EXTERNAL_OK``. Any other failed
+  hangs on DNS). Resources that a page may name on a third-party host but never needs
+  (``EXTERNAL_OK``: widget bundles that myst-nb names) therefore fail to load; such a
+  failure is reported as "offline" and does not fail the check. MathJax is served with the
+  book, so a MathJax loaded from a CDN fails the check. Any other failed
   request -- a local file missing, or an unexpected third-party host -- and every
   JavaScript error fails the check.
   The browser's own request for ``/favicon.ico`` is not a page's resource and is ignored.
@@ -17,6 +18,12 @@ is opened in Debian's headless Chromium through chromedriver (Selenium). On each
   through first, so lazy images load).
 * **links**: every internal link (same origin) points to a file that exists under
   ``_build/html``, and its ``#anchor``, if any, is an ``id`` (or ``<a name>``) in that page.
+* **overflow**: no code cell's source or output is cut off on the right at 1280 px: every
+  ``<pre>`` of a cell, and every output block, has ``scrollWidth <= clientWidth``.
+* **text after load** (the page's DOM once MathJax has finished, read by :func:`text_findings`):
+  no raw LaTeX left outside MathJax's output (``$$``, ``\\(``, ``\\[``, ``\\frac``,
+  ``\\begin{``, ...; code and preformatted text are not read), no progress bar
+  (``0%|``, as tqdm draws one) and no ``WARNING`` line in any cell output.
 
 A full-page screenshot of each page goes to ``--screenshots`` (``book/03.html`` ->
 ``book__03.png``), and ``report.json`` beside them lists every page with its findings.
@@ -29,6 +36,7 @@ import argparse
 import functools
 import http.server
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -39,8 +47,8 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlsplit
 
 #: Third-party hosts the book loads on purpose; offline, their failures are reported, not fatal.
+#: MathJax is not among them: the book serves its own copy (book/_ext/hp_book.py).
 EXTERNAL_OK = {
-    "cdn.jsdelivr.net": "MathJax 3 (sphinx.ext.mathjax)",
     "cdnjs.cloudflare.com": "RequireJS for embedded widget state (myst-nb), unused when nb_ipywidgets_js is empty",
     "unpkg.com": "Jupyter widget bundles (myst-nb)",
 }
@@ -161,6 +169,7 @@ def start_browser(chromium: str, chromedriver: str, profile: Path):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     driver.set_page_load_timeout(60)
+    driver.set_script_timeout(60)
     driver.set_window_size(*WINDOW)
     return driver
 
@@ -226,6 +235,137 @@ def classify_console(entries: list[dict], origin: str) -> tuple[list[str], list[
     return failures, offline
 
 
+# --------------------------------------------------------------------------- #
+# What a reader sees: overflow, raw LaTeX, progress bars, warnings
+# --------------------------------------------------------------------------- #
+
+#: LaTeX that MathJax should have typeset; seen in a page's text it means math did not render.
+RAW_LATEX = re.compile(
+    r"\$\$|\\\(|\\\)|\\\[|\\\]|\\(?:frac|begin|end|mathbf|mathrm|text|sum|left|right|top|operatorname)\b"
+)
+#: A progress bar as tqdm draws it: "  0%|          | 0/10", or without a total
+#: "Generating split: 145 examples [00:00, 678.15 examples/s]".
+PROGRESS_BAR = re.compile(r"(?<![\w.])\d{1,3}%\||\[\d\d:\d\d[^\]]*/s\]")
+#: A logged or issued warning: "WARNING:root: ...", "UserWarning: ...".
+WARNING_LINE = re.compile(r"\bWARNING\b|\b[A-Z]\w*Warning:")
+
+#: Elements whose text is not read for raw LaTeX: code, scripts, and MathJax's own output.
+_NOT_PROSE = {"script", "style", "pre", "code", "kbd", "samp", "textarea", "noscript", "template",
+              "svg", "math", "mjx-container", "mjx-assistive-mml"}
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+         "source", "track", "wbr"}
+
+
+class _PageText(HTMLParser):
+    """Prose text (outside ``_NOT_PROSE``) and the text of every cell output block."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[tuple[str, bool, bool]] = []  # (tag, not prose, starts an output)
+        self.prose: list[str] = []
+        self.outputs: list[list[str]] = []
+
+    def _in(self, index: int) -> bool:
+        return any(entry[index] for entry in self.stack)
+
+    def handle_starttag(self, tag, attrs):
+        if tag in _VOID:
+            return
+        classes = (dict(attrs).get("class") or "").split()
+        starts_output = "cell_output" in classes and not self._in(2)
+        if starts_output:
+            self.outputs.append([])
+        self.stack.append((tag, tag in _NOT_PROSE, starts_output))
+
+    def handle_startendtag(self, tag, attrs):
+        pass
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data):
+        if self._in(2):
+            self.outputs[-1].append(data)
+        elif not self._in(1):
+            self.prose.append(data)
+
+
+def _excerpt(text: str, match: re.Match, width: int = 40) -> str:
+    start, end = max(match.start() - width, 0), min(match.end() + width, len(text))
+    return " ".join(text[start:end].split())
+
+
+def text_findings(html: str) -> list[str]:
+    """Failures found in the text of a page's DOM (as it is once scripts and MathJax ran).
+
+    * raw LaTeX (``RAW_LATEX``) in prose, that is outside code, scripts and MathJax output;
+    * a progress bar (``PROGRESS_BAR``) in a cell output;
+    * a line with ``WARNING`` or ``...Warning:`` (``WARNING_LINE``) in a cell output.
+    """
+    parser = _PageText()
+    parser.feed(html)
+    parser.close()
+    failures = []
+    prose = "".join(parser.prose)
+    for match in RAW_LATEX.finditer(prose):
+        failures.append(f"raw LaTeX after load: {match.group(0)!r} in ...{_excerpt(prose, match)}...")
+    for n, chunks in enumerate(parser.outputs, start=1):
+        for line in "".join(chunks).splitlines():
+            if PROGRESS_BAR.search(line):
+                failures.append(f"progress bar in output {n}: {line.strip()[:120]}")
+            if WARNING_LINE.search(line):
+                failures.append(f"warning in output {n}: {line.strip()[:120]}")
+    return failures
+
+
+#: Every cell's ``<pre>`` (source and output), every output block, and every element of an output
+#: that scrolls or clips horizontally (a wide table in an ``overflow-x: auto`` box), measured at
+#: the window width.
+_OVERFLOW_JS = """
+const seen = new Set(), found = [];
+const scrolls = el => ['auto', 'scroll', 'hidden'].includes(getComputedStyle(el).overflowX);
+const blocks = [
+    ...document.querySelectorAll('div.cell pre, div.cell_output > div.output'),
+    ...Array.from(document.querySelectorAll('div.cell_output *')).filter(scrolls)];
+for (const el of blocks) {
+    if (seen.has(el)) continue;
+    seen.add(el);
+    found.push({
+        where: el.closest('.cell_output') ? 'output' : 'code',
+        scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+        text: (el.innerText || '').trim().split('\\n').reduce(
+            (a, b) => (b.length > a.length ? b : a), '').slice(0, 100)});
+}
+return found;
+"""
+
+#: Resolves once MathJax 3 has typeset the page (or at once where the page has no MathJax).
+_MATHJAX_JS = """
+const done = arguments[arguments.length - 1];
+const mj = window.MathJax;
+if (mj && mj.startup && mj.startup.promise) {
+    mj.startup.promise.then(() => done('typeset'), err => done('error: ' + err));
+} else {
+    done(mj ? 'not loaded' : 'none');
+}
+"""
+
+
+def overflow_failures(blocks: list[dict], slack: int = 1) -> list[str]:
+    """Blocks (from ``_OVERFLOW_JS``) whose content is wider than the block: cut off on the right."""
+    failures = []
+    for block in blocks:
+        if block["scrollWidth"] > block["clientWidth"] + slack:
+            failures.append(
+                f"{block['where']} cut off at {WINDOW[0]} px ({block['scrollWidth']} px of content in "
+                f"{block['clientWidth']} px): {block['text']!r}"
+            )
+    return failures
+
+
 def check_page(driver, root: Path, base: str, page: Path, shots: Path) -> dict:
     rel = page.relative_to(root).as_posix()
     url = f"{base}/{rel}"
@@ -235,8 +375,13 @@ def check_page(driver, root: Path, base: str, page: Path, shots: Path) -> dict:
     _scroll_through(driver)
     images = _wait_for_images(driver)
     time.sleep(1.0)  # let late scripts report their errors and the layout settle
+    mathjax = driver.execute_async_script(_MATHJAX_JS)
     console = driver.get_log("browser")
     failures, offline = classify_console(console, base)
+    if mathjax.startswith("error"):
+        failures.append(f"MathJax: {mathjax}")
+    failures += overflow_failures(driver.execute_script(_OVERFLOW_JS))
+    failures += text_findings(driver.execute_script("return document.documentElement.outerHTML"))
     for img in images:
         if not (img["complete"] and img["width"] > 0):
             failures.append(f"image not rendered (naturalWidth={img['width']}): {img['src'][:120]} alt={img['alt']!r}")

@@ -1,0 +1,616 @@
+"""The ``rank`` and ``edit`` commands of ``python -m hp_mini``.
+
+``rank`` records every head over a stream of prompts, ranks the heads for a
+concept by SOMP and writes ``ranking.csv``, ``heatmap.png`` and ``run.json``::
+
+    python -m hp_mini rank --model smollm2-135m --concept countries \\
+        --prompts prompts.txt --n-atoms 50 --criterion l1 --out runs/countries
+
+``edit`` scales the top ``k`` heads (of a ``ranking.csv`` or of a ranking it
+computes) and scores the model against logit-lens and random controls, with
+QA F1 (``--qa``) or a keyword count (``--keywords`` with ``--eval-prompts``)::
+
+    python -m hp_mini edit --model smollm2-135m --concept countries \\
+        --prompts prompts.txt --ranking runs/countries/ranking.csv \\
+        --qa questions.jsonl --k 1 2 4 8 --alpha -1 --out runs/countries-edit
+
+Both run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
+launch``: the prompts are shared out for recording and the heads for SOMP
+(:mod:`hp_mini.distributed`); rank 0 writes the outputs.
+
+Prompt files
+    ``.txt``: one prompt per line (blank lines are skipped). ``.jsonl``: one
+    JSON object per line with a string field ``"prompt"`` or ``"text"``.
+    ``--dataset NAME:SPLIT:COLUMN`` streams a column of a ``datasets`` dataset
+    (a local folder or file, or a dataset already in the cache when offline).
+
+Memory
+    ``--criterion l2`` keeps only per-head moments: memory does not grow with
+    the number of prompts. ``--criterion l1`` (the paper's) keeps every
+    prompt's pooled head outputs: ``4 x prompts x layers x heads x d_head``
+    bytes, i.e. ``4 x prompts x layers x d_model`` (Mistral-7B: 512 KiB per
+    prompt, 5 GiB for 10,000 prompts) on each process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+__all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command"]
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMMANDS = ("rank", "edit")
+PROMPT_FIELDS = ("prompt", "text")
+QUESTION_FIELDS = ("prompt", "question")
+ANSWER_FIELDS = ("answers", "answer")
+
+_MEMORY_NOTE = (
+    "L1 keeps every prompt's pooled head outputs, 4 x prompts x layers x d_model bytes "
+    "(Mistral-7B: 512 KiB a prompt); L2 keeps per-head moments, whatever the number of prompts"
+)
+
+
+class CommandError(ValueError):
+    """A command's arguments or input files are wrong; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- #
+# Arguments
+# --------------------------------------------------------------------------- #
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    concept = p.add_mutually_exclusive_group(required=True)
+    concept.add_argument("--concept", metavar="NAME",
+                         help="a word list shipped with hp_mini (see hp_mini.concept_names())")
+    concept.add_argument("--words", metavar="FILE", type=Path,
+                         help="a word list: one word per line, '#' lines skipped")
+    prompts = p.add_mutually_exclusive_group(required=True)
+    prompts.add_argument("--prompts", metavar="FILE", type=Path,
+                         help="prompts: .txt (one per line) or .jsonl (a 'prompt' or 'text' field per line)")
+    prompts.add_argument("--dataset", metavar="NAME:SPLIT:COLUMN",
+                         help="stream a column of a datasets dataset (a local folder or file, or one in the "
+                              "cache when offline)")
+    p.add_argument("--limit", type=_positive, metavar="N", help="use only the first N prompts")
+    p.add_argument("--n-atoms", type=_positive, default=50, help="SOMP steps per head (default 50)")
+    p.add_argument("--criterion", choices=("l1", "l2"), default="l1",
+                   help=f"SOMP criterion (default l1, the paper's). Memory: {_MEMORY_NOTE}")
+    p.add_argument("--pool", choices=("mean", "last"), default="mean",
+                   help="pool each prompt's tokens by their mean (default) or take the last token")
+    p.add_argument("--batch-size", type=_positive, default=16, help="prompts per forward pass (default 16)")
+    p.add_argument("--chunk-batches", type=_positive, default=8,
+                   help="batches read from the stream at a time (default 8)")
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="NAME_OR_PATH",
+                   help="an hp_mini model name, a GGUF file, a transformers folder or a Hugging Face id")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="weights' dtype (default float32)")
+    p.add_argument("--device", default=None,
+                   help="device of the model (default: this process's GPU if there is one, else cpu)")
+    p.add_argument("--device-map", choices=("auto",), default=None,
+                   help="load through accelerate's device_map over every visible GPU, offloading to CPU "
+                        "and then to --offload-folder")
+    p.add_argument("--offload-folder", type=Path, default=None, help="where --device-map offloads to disk")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_commands(subparsers) -> None:
+    """Add the ``rank`` and ``edit`` subcommands to an ``argparse`` subparsers object."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    rank = subparsers.add_parser(
+        "rank", help="rank every head for a concept (ranking.csv, heatmap.png, run.json)",
+        description="Record every head over the prompts, rank the heads for a concept by SOMP and "
+                    f"write DIR/ranking.csv, DIR/heatmap.png and DIR/run.json. Memory: {_MEMORY_NOTE}.",
+        formatter_class=fmt)
+    _add_model(rank)
+    _add_source(rank)
+
+    edit = subparsers.add_parser(
+        "edit", help="score the edit of the top k heads against logit-lens and random controls",
+        description="Scale the top k heads of a ranking (--ranking, or computed from the prompts) by "
+                    "--alpha and score the model with QA F1 (--qa) or a keyword count (--keywords with "
+                    "--eval-prompts), against the logit lens's top k and random heads drawn layer by "
+                    "layer. Writes DIR/edits.csv, DIR/summary.csv and DIR/run.json.",
+        formatter_class=fmt)
+    _add_model(edit)
+    _add_source(edit)
+    edit.add_argument("--ranking", type=Path, metavar="CSV", help="a ranking.csv written by 'rank' (else computed)")
+    edit.add_argument("--k", type=_positive, nargs="+", default=[1, 2, 4, 8], help="numbers of heads to edit")
+    edit.add_argument("--alpha", type=float, default=-1.0, help="scale of the edited heads (default -1)")
+    edit.add_argument("--n-random", type=int, default=10, help="random control sets per k (default 10)")
+    edit.add_argument("--seed", type=int, default=0, help="seed of the random controls")
+    metric = edit.add_mutually_exclusive_group(required=True)
+    metric.add_argument("--qa", type=Path, metavar="JSONL",
+                        help="QA F1: a .jsonl with a 'prompt' or 'question' and 'answers' (list) or 'answer'")
+    metric.add_argument("--keywords", type=Path, metavar="FILE",
+                        help="keyword count: words (one per line) counted in the continuations of --eval-prompts")
+    edit.add_argument("--eval-prompts", type=Path, metavar="FILE",
+                      help="prompts to continue for --keywords (.txt or .jsonl)")
+    edit.add_argument("--max-new-tokens", type=_positive, default=8, help="tokens generated per prompt")
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Argument checks that argparse cannot express; raise CommandError."""
+    import hp_mini
+
+    if args.concept is not None and args.concept not in hp_mini.concept_names():
+        raise CommandError(f"--concept: unknown concept {args.concept!r}; choose one of "
+                           f"{', '.join(hp_mini.concept_names())}, or give a word list with --words FILE")
+    files = [("--words", args.words), ("--prompts", args.prompts)]
+    if args.command == "edit":
+        files += [("--ranking", args.ranking), ("--qa", args.qa), ("--keywords", args.keywords),
+                  ("--eval-prompts", args.eval_prompts)]
+    for flag, path in files:
+        if path is not None and not path.is_file():
+            raise CommandError(f"{flag}: no such file: {path}")
+    if args.prompts is not None and args.prompts.suffix.lower() not in (".txt", ".jsonl"):
+        raise CommandError(f"--prompts: {args.prompts} is neither .txt (one prompt per line) nor .jsonl "
+                           f"(a {' or '.join(repr(f) for f in PROMPT_FIELDS)} field per line)")
+    if args.dataset is not None:
+        _dataset_spec(args.dataset)
+    if args.device_map is not None and args.device is not None:
+        raise CommandError("--device and --device-map exclude each other: --device-map places the layers itself")
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out: {args.out} exists and is not a folder")
+    if args.command == "edit":
+        if args.keywords is not None and args.eval_prompts is None:
+            raise CommandError("--keywords needs --eval-prompts FILE: the prompts whose continuations are counted")
+        if args.qa is not None and args.eval_prompts is not None:
+            raise CommandError("--eval-prompts goes with --keywords; --qa files hold their own prompts")
+        if args.n_random < 0:
+            raise CommandError(f"--n-random must be 0 or more, got {args.n_random}")
+
+
+# --------------------------------------------------------------------------- #
+# Inputs
+# --------------------------------------------------------------------------- #
+
+
+def _dataset_spec(spec: str) -> tuple[str, str, str]:
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise CommandError(f"--dataset must be NAME:SPLIT:COLUMN (e.g. trivia_qa:validation:question), got {spec!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CommandError(f"{path}, line {i}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise CommandError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
+            yield i, row
+
+
+def _field(path: Path, i: int, row: dict, names: tuple[str, ...]):
+    for name in names:
+        if name in row:
+            return row[name]
+    raise CommandError(f"{path}, line {i}: no {' or '.join(repr(n) for n in names)} field "
+                       f"(fields: {', '.join(map(repr, row)) or 'none'})")
+
+
+def read_prompts(path: Path) -> Iterator[str]:
+    """Stream the prompts of a ``.txt`` file (one per line, blank lines skipped) or a ``.jsonl`` file
+    (a string field ``"prompt"`` or ``"text"`` per line)."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        for i, row in _jsonl_rows(path):
+            text = _field(path, i, row, PROMPT_FIELDS)
+            if not isinstance(text, str) or not text.strip():
+                raise CommandError(f"{path}, line {i}: the prompt must be a non-empty string, got {text!r}")
+            yield text
+    else:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield line
+
+
+def _dataset_prompts(spec: str) -> Iterator[str]:
+    name, split, column = _dataset_spec(spec)
+    try:
+        import datasets
+    except ImportError as err:  # pragma: no cover - datasets is a dependency
+        raise CommandError("--dataset needs the 'datasets' package: pip install datasets") from err
+    try:
+        stream = datasets.load_dataset(name, split=split, streaming=True)
+        rows = iter(stream)
+        first = next(rows, None)
+    except Exception as err:  # datasets raises many kinds: offline, not found, bad split
+        raise CommandError(
+            f"--dataset: could not open {name!r} split {split!r} ({type(err).__name__}: {err}). Without "
+            "network, only local dataset folders or files and datasets already in the Hugging Face cache "
+            "can be read (set HF_DATASETS_OFFLINE=1); otherwise give --prompts FILE"
+        ) from None
+    if first is None:
+        return
+    if column not in first:
+        raise CommandError(f"--dataset: {name!r} has no column {column!r}; columns: {', '.join(first)}")
+    for i, row in enumerate(_chain(first, rows)):
+        text = row[column]
+        if not isinstance(text, str) or not text.strip():
+            raise CommandError(f"--dataset: row {i} of column {column!r} is not a non-empty string: {text!r}")
+        yield text
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _limited(it: Iterator[str], limit: int | None) -> Iterator[str]:
+    for i, text in enumerate(it):
+        if limit is not None and i >= limit:
+            return
+        yield text
+
+
+def _prompt_stream(args: argparse.Namespace) -> Iterator[str]:
+    source = read_prompts(args.prompts) if args.prompts is not None else _dataset_prompts(args.dataset)
+    return _limited(source, args.limit)
+
+
+def _read_words(path: Path) -> list[str]:
+    words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
+    words = [w for w in words if w and not w.startswith("#")]
+    if not words:
+        raise CommandError(f"{path} holds no words: give one word per line")
+    return words
+
+
+def _words(args: argparse.Namespace) -> list[str]:
+    import hp_mini
+
+    return hp_mini.concept_words(args.concept) if args.concept is not None else _read_words(args.words)
+
+
+def _load(args: argparse.Namespace, ctx):
+    """The model and tokenizer: through hp_mini.load_model, or accelerate's device_map."""
+    import hp_mini
+
+    dtype = DTYPES[args.dtype]
+    if args.device_map is None:
+        device = args.device
+        if device is None:
+            device = f"cuda:{ctx.local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+        return hp_mini.load_model(args.model, dtype=dtype, device=device)
+    if ctx.world_size > 1:
+        raise CommandError(
+            "--device-map spreads one model over every visible GPU and runs in one process; under "
+            f"torchrun ({ctx.world_size} processes) each process holds a whole model on its own GPU: "
+            "drop --device-map, or run one process"
+        )
+    return load_dispatched(args.model, dtype=dtype, device_map=args.device_map, offload_folder=args.offload_folder)
+
+
+def load_dispatched(name: str, *, dtype: torch.dtype = torch.float32, device_map="auto", offload_folder=None):
+    """Load a transformers folder, hub id or embedded model with accelerate's ``device_map``.
+
+    The layers are spread over the visible GPUs, then the CPU, then
+    ``offload_folder`` on disk; accelerate's hooks move each layer's inputs
+    to its device. An embedded model (``smollm2-135m``) loads from its cache.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hp_mini
+    from hp_mini import models
+
+    path = name
+    if name in getattr(models, "EMBEDDED_MODELS", ()):
+        path = str(models.prepare_model(name))
+    elif Path(name).expanduser().is_file():
+        raise CommandError(f"--device-map loads transformers folders and hub ids; {name} is a file: "
+                           f"run once without --device-map to convert it, or give the converted folder")
+    kwargs = {}
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise hp_mini.ModelNotAvailableError(
+            f"could not load {name!r} with --device-map ({type(err).__name__}: {err}); check the path, or "
+            "that the model is in the Hugging Face cache when offline"
+        ) from err
+    return model.eval(), tokenizer
+
+
+# --------------------------------------------------------------------------- #
+# Outputs
+# --------------------------------------------------------------------------- #
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("hp_mini", "torch", "transformers", "accelerate", "datasets", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _jsonable(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "handler"}
+
+
+def write_ranking_csv(ranking, path: Path, *, n_labels: int = 5) -> None:
+    """``rank, label, layer, head, score, top_atoms``: scores in full float64 precision,
+    top atoms as a JSON list of the first ``n_labels`` atoms by coefficient norm."""
+    import hp_mini
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "label", "layer", "head", "score", "top_atoms"])
+        for i, (head, score) in enumerate(zip(ranking.heads, ranking.scores.tolist()), 1):
+            atoms = ranking.results[head].ordered_labels[:n_labels] if ranking.results else []
+            w.writerow([i, hp_mini.head_label(*head), head[0], head[1], repr(float(score)),
+                        json.dumps(atoms, ensure_ascii=False)])
+
+
+def read_ranking_csv(path: Path) -> list[tuple[int, int]]:
+    """The heads of a ``ranking.csv``, best first."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"rank", "layer", "head"} <= set(rows[0]):
+        raise CommandError(f"--ranking: {path} is not a ranking.csv written by 'rank' "
+                           "(it needs rank, layer and head columns)")
+    try:
+        rows.sort(key=lambda r: int(r["rank"]))
+        return [(int(r["layer"]), int(r["head"])) for r in rows]
+    except ValueError:
+        raise CommandError(f"--ranking: {path} has a rank, layer or head that is not an integer") from None
+
+
+def write_heatmap(ranking, acts, path: Path, title: str) -> None:
+    """Scores as a layers x heads image (matplotlib's Agg canvas; no display needed)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = np.full((acts.n_layers, acts.n_heads), np.nan)
+    row = {layer: i for i, layer in enumerate(acts.layers)}
+    for (layer, head), score in zip(ranking.heads, ranking.scores.tolist()):
+        grid[row[layer], head] = score
+    fig = Figure(figsize=(max(4.0, 0.35 * acts.n_heads + 2), max(3.0, 0.25 * acts.n_layers + 1.5)))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", origin="lower")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(acts.n_layers), [str(layer) for layer in acts.layers])
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="EVR")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------- #
+# Commands
+# --------------------------------------------------------------------------- #
+
+
+def _record_and_rank(args, model, tokenizer, ctx, timings: dict, *, rank: bool = True):
+    import hp_mini
+    from hp_mini.distributed import rank_heads_distributed, record_stream
+
+    progress = not args.quiet
+    start = time.perf_counter()
+    words = _words(args)
+    try:
+        dictionary = hp_mini.unembedding_dictionary(model, tokenizer, words)
+    except ValueError as err:
+        flag = "--concept" if args.concept is not None else "--words"
+        raise CommandError(f"{flag}: no dictionary for {args.model}: {err}") from None
+    timings["dictionary_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    store = "samples" if args.criterion == "l1" else "moments"
+    acts = record_stream(model, tokenizer, _prompt_stream(args), pool=args.pool, batch_size=args.batch_size,
+                         store=store, chunk_batches=args.chunk_batches, ctx=ctx, progress=progress)
+    timings["record_s"] = time.perf_counter() - start
+    if acts.n_prompts < 2:
+        raise CommandError(f"ranking needs at least 2 prompts, got {acts.n_prompts}: give more prompts")
+    ranking = None
+    if rank:
+        start = time.perf_counter()
+        ranking = rank_heads_distributed(acts, dictionary, n_atoms=args.n_atoms, criterion=args.criterion,
+                                         ctx=ctx, progress=progress)
+        timings["pursuit_s"] = time.perf_counter() - start
+    return acts, dictionary, ranking
+
+
+def _run_rank(args, ctx) -> dict:
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model, tokenizer = _load(args, ctx)
+    timings["load_s"] = time.perf_counter() - start
+    acts, dictionary, ranking = _record_and_rank(args, model, tokenizer, ctx, timings)
+    info = {"n_prompts": acts.n_prompts, "n_atoms_in_dictionary": len(dictionary),
+            "missing_words": list(dictionary.missing), "heads": len(ranking)}
+    if ctx.is_main:
+        start = time.perf_counter()
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_ranking_csv(ranking, args.out / "ranking.csv")
+        concept = args.concept or args.words.name
+        write_heatmap(ranking, acts, args.out / "heatmap.png",
+                      f"{type(model).__name__}: {concept}\nSOMP {args.criterion}, {args.n_atoms} atoms, "
+                      f"{acts.n_prompts} prompts")
+        timings["write_s"] = time.perf_counter() - start
+    return {"info": info, "timings": timings}
+
+
+def _sharded_evaluator(evaluate_shard, n_total: int, ctx):
+    """An evaluator of the whole set from one that scores this rank's share (means, weighted by size)."""
+    from hp_mini.distributed import all_reduce_sum
+
+    def evaluate() -> dict[str, float]:
+        local = evaluate_shard()  # (dict of means, count)
+        means, count = local
+        names = sorted(means)
+        totals = torch.tensor([means[m] * count for m in names], dtype=torch.float64)
+        totals = all_reduce_sum(totals, ctx)
+        return {m: float(v) / n_total for m, v in zip(names, totals.tolist())}
+
+    return evaluate
+
+
+def _edit_evaluator(args, model, tokenizer, ctx):
+    from hp_mini import generate
+    from hp_mini.evaluation import lexical_rate, qa_evaluator
+
+    if args.qa is not None:
+        prompts, answers = [], []
+        for i, row in _jsonl_rows(args.qa):
+            prompt = _field(args.qa, i, row, QUESTION_FIELDS)
+            answer = _field(args.qa, i, row, ANSWER_FIELDS)
+            answer = [answer] if isinstance(answer, str) else answer
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise CommandError(f"{args.qa}, line {i}: the prompt must be a non-empty string")
+            if not isinstance(answer, list) or not answer or not all(isinstance(a, str) for a in answer):
+                raise CommandError(f"{args.qa}, line {i}: answers must be a string or a non-empty list of strings")
+            prompts.append(prompt)
+            answers.append(answer)
+        if not prompts:
+            raise CommandError(f"--qa: {args.qa} holds no questions")
+        mine = list(range(ctx.rank, len(prompts), ctx.world_size))
+        shard = qa_evaluator(model, tokenizer, [prompts[i] for i in mine], [answers[i] for i in mine],
+                             max_new_tokens=args.max_new_tokens, batch_size=args.batch_size) if mine else None
+
+        def local():
+            return (shard() if shard is not None else {"f1": 0.0}), len(mine)
+
+        return _sharded_evaluator(local, len(prompts), ctx), len(prompts)
+
+    words = _read_words(args.keywords)
+    prompts = list(read_prompts(args.eval_prompts))
+    if not prompts:
+        raise CommandError(f"--eval-prompts: {args.eval_prompts} holds no prompts")
+    mine = [prompts[i] for i in range(ctx.rank, len(prompts), ctx.world_size)]
+
+    def local():
+        if not mine:
+            return {"keywords": 0.0}, 0
+        texts = generate(model, tokenizer, mine, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+        return {"keywords": lexical_rate(texts, words)}, len(mine)
+
+    return _sharded_evaluator(local, len(prompts), ctx), len(prompts)
+
+
+def _run_edit(args, ctx) -> dict:
+    import hp_mini
+    from hp_mini.evaluation import edit_table, evaluate_head_edits
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    model, tokenizer = _load(args, ctx)
+    timings["load_s"] = time.perf_counter() - start
+    acts, dictionary, ranking = _record_and_rank(args, model, tokenizer, ctx, timings, rank=args.ranking is None)
+    if args.ranking is not None:
+        somp_heads = read_ranking_csv(args.ranking)
+        unknown = sorted(set(somp_heads) - set(acts.heads))
+        if unknown:
+            raise CommandError(f"--ranking: heads {unknown[:5]} are not heads of {args.model} "
+                               f"(layers {acts.layers[0]}..{acts.layers[-1]}, {acts.n_heads} heads each)")
+    else:
+        somp_heads = ranking.heads
+    if max(args.k) > len(somp_heads):
+        raise CommandError(f"--k: {max(args.k)} heads asked for, but the ranking has {len(somp_heads)}")
+    lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
+    evaluate, n_eval = _edit_evaluator(args, model, tokenizer, ctx)
+    start = time.perf_counter()
+    table = evaluate_head_edits(model, evaluate, {"SOMP": somp_heads, "logit lens": lens.heads}, ks=args.k,
+                                alpha=args.alpha, pool=acts.heads, n_random=args.n_random, seed=args.seed,
+                                progress=not args.quiet and ctx.is_main)
+    timings["edits_s"] = time.perf_counter() - start
+    if ctx.is_main:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "edits.csv", index=False)
+        edit_table(table).to_csv(args.out / "summary.csv")
+    info = {"n_prompts": acts.n_prompts, "n_eval": n_eval, "somp_top": [list(h) for h in somp_heads[:max(args.k)]],
+            "logit_lens_top": [list(h) for h in lens.heads[:max(args.k)]]}
+    return {"info": info, "timings": timings}
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed ``rank`` or ``edit`` command; rank 0 writes ``run.json`` beside its outputs."""
+    from hp_mini.distributed import barrier, init_distributed, shutdown_distributed
+
+    _check(args)
+    ctx = init_distributed()
+    started = time.perf_counter()
+    try:
+        result = (_run_rank if args.command == "rank" else _run_edit)(args, ctx)
+        result["timings"]["total_s"] = time.perf_counter() - started
+        if ctx.is_main:
+            run = {"command": args.command, "argv": sys.argv, "arguments": _jsonable(args),
+                   "versions": _versions(),
+                   "processes": {"world_size": ctx.world_size, "backend": ctx.backend,
+                                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                                 "torch_threads": torch.get_num_threads()},
+                   **result}
+            (args.out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+            print(f"hp_mini {args.command}: wrote {args.out} ({result['timings']['total_s']:.1f} s, "
+                  f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''})", file=sys.stderr)
+        barrier(ctx)  # the outputs are written when any rank returns
+    finally:
+        shutdown_distributed(ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hp_mini rank|edit ...`` on its own (the package's ``__main__`` dispatches here too)."""
+    parser = argparse.ArgumentParser(prog="python -m hp_mini", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return dispatch(args, parser)
+
+
+def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run ``args`` and turn a :class:`CommandError` into an argparse error (exit status 2)."""
+    from hp_mini.models import ModelNotAvailableError
+
+    sub = f"{parser.prog} {args.command}"
+    try:
+        return run_command(args)
+    except CommandError as err:
+        print(f"{sub}: error: {err}", file=sys.stderr)
+        return 2
+    except ModelNotAvailableError as err:
+        print(f"{sub}: error: --model: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

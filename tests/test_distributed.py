@@ -1,0 +1,317 @@
+"""hp_mini.distributed: prompts and heads shared out over processes give one process's results.
+
+The 2-process test launches ``torchrun --nproc_per_node=2`` on CPU (gloo) on a
+tiny random Llama saved to a temporary folder, and compares rank 0's outputs
+with a plain one-process run of the same command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hp_mini
+from helpers import concept_prompts
+from hp_mini.distributed import (
+    DistContext,
+    init_distributed,
+    interleave_batches,
+    rank_heads_distributed,
+    record_stream,
+    shard_heads,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_tiny_llama(out: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random Llama (4 heads of width 8) and a word-level tokenizer covering the
+    test prompts and three concept word lists, saved with ``save_pretrained``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    pre = Whitespace()
+    words = ["<unk>", "<pad>", "<eos>"]
+    texts = concept_prompts(64) + [w for c in ("countries", "months", "colours") for w in hp_mini.concept_words(c)]
+    for text in texts:
+        for piece, _ in pre.pre_tokenize_str(text):
+            if piece not in words:
+                words.append(piece)
+    raw = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    tok.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=1, eos_token_id=2,
+                         bos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    return hp_mini.load_model(str(tiny_folder))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    return env
+
+
+def read_ranking(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- #
+# Two processes on CPU (gloo) against one
+# --------------------------------------------------------------------------- #
+
+
+_BOTH_COMMANDS = """
+import sys
+from hp_mini.cli import main
+from hp_mini.distributed import init_distributed, shutdown_distributed
+
+out, rank_args, edit_args = sys.argv[1], sys.argv[2].split("|"), sys.argv[3].split("|")
+ctx = init_distributed()  # one process group for both commands
+assert main(rank_args + ["--out", out + "/rank"]) == 0
+assert main(edit_args + ["--ranking", out + "/rank/ranking.csv", "--out", out + "/edit"]) == 0
+shutdown_distributed(ctx)
+"""
+
+
+def test_two_processes_give_the_one_process_ranking_and_edits(tiny_folder, tmp_path):
+    texts = concept_prompts(50)
+    (tmp_path / "prompts.txt").write_text("\n".join(texts[:40]) + "\n", encoding="utf-8")
+    (tmp_path / "eval.txt").write_text("\n".join(texts[40:]) + "\n", encoding="utf-8")
+    (tmp_path / "keywords.txt").write_text("\n".join(hp_mini.concept_words("countries")) + "\n")
+    (tmp_path / "both.py").write_text(_BOTH_COMMANDS)
+    source = ["--model", str(tiny_folder), "--concept", "countries", "--prompts", str(tmp_path / "prompts.txt"),
+              "--n-atoms", "12", "--batch-size", "6", "--chunk-batches", "2", "--quiet"]
+    rank = "|".join(["rank", *source])
+    edit = "|".join(["edit", *source, "--keywords", str(tmp_path / "keywords.txt"), "--eval-prompts",
+                     str(tmp_path / "eval.txt"), "--k", "1", "2", "--n-random", "2", "--max-new-tokens", "4"])
+    script = [str(tmp_path / "both.py")]
+    # One process: here, with the one thread each launched process has (same kernels, same bits).
+    from hp_mini.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = str(tmp_path / "one")
+        assert main(rank.split("|") + ["--out", one + "/rank"]) == 0
+        assert main(edit.split("|") + ["--ranking", one + "/rank/ranking.csv", "--out", one + "/edit"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+         "--master_addr=127.0.0.1", f"--master_port={_free_port()}", *script, str(tmp_path / "two"), rank, edit],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, "\n".join(l for l in two.stderr.splitlines() if "rank1]" in l)[-4000:] or two.stderr[-3000:]
+    a, b = read_ranking(tmp_path / "one/rank/ranking.csv"), read_ranking(tmp_path / "two/rank/ranking.csv")
+    assert len(a) == len(b) == 8
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert max(abs(float(x["score"]) - float(y["score"])) for x, y in zip(a, b)) <= 1e-10
+    assert [r["top_atoms"] for r in a] == [r["top_atoms"] for r in b]
+    run = json.loads((tmp_path / "two/rank/run.json").read_text())
+    assert run["processes"]["world_size"] == 2 and run["processes"]["backend"] == "gloo"
+    assert run["info"]["n_prompts"] == 40
+    a, b = read_ranking(tmp_path / "one/edit/edits.csv"), read_ranking(tmp_path / "two/edit/edits.csv")
+    assert len(a) == len(b) == 1 + 2 * (2 + 2)
+    assert [(r["method"], r["k"], r["heads"]) for r in a] == [(r["method"], r["k"], r["heads"]) for r in b]
+    assert max(abs(float(x["value"]) - float(y["value"])) for x, y in zip(a, b)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- #
+# One process: the streaming recorder and the sharded ranking against hp_mini's own
+# --------------------------------------------------------------------------- #
+
+
+def test_streamed_samples_are_record_heads_bit_for_bit(tiny):
+    model, tok = tiny
+    texts = concept_prompts(23)
+    want = hp_mini.record_heads(model, tok, texts, batch_size=4, progress=False)
+    got = record_stream(model, tok, iter(texts), batch_size=4, chunk_batches=2, store="samples", progress=False)
+    assert torch.equal(got.z, want.z)
+    assert torch.equal(got.W_O, want.W_O)
+    assert got.layers == want.layers
+
+
+def test_interleaving_puts_every_ranks_batches_back_in_order(tiny):
+    # Ranks 0..2 of 3, simulated in one process: each records batches b with b % 3 == rank.
+    model, tok = tiny
+    texts = concept_prompts(17)
+    want = hp_mini.record_heads(model, tok, texts, batch_size=3, progress=False).z
+    batches = [texts[i : i + 3] for i in range(0, len(texts), 3)]
+    parts = [hp_mini.record_heads(model, tok, sum(batches[r::3], []), batch_size=3, progress=False).z
+             for r in range(3)]
+    assert [len(p) for p in parts] == [6, 6, 5]  # batches 0, 3 / 1, 4 / 2, 5 (2 prompts)
+    assert torch.equal(interleave_batches(parts, 3), want)
+
+
+def test_streamed_moments_do_not_grow_with_the_prompts_and_match_the_samples(tiny):
+    model, tok = tiny
+    read = []
+    forwards = []
+
+    def stream(n):
+        for text in concept_prompts(n):
+            read.append(text)
+            yield text
+
+    # Every forward pass sees at most one chunk (2 batches of 4) read ahead of it.
+    handle = model.register_forward_pre_hook(lambda m, a: forwards.append(len(read)))
+    try:
+        small = record_stream(model, tok, stream(8), batch_size=4, chunk_batches=2, progress=False)
+        read.clear()
+        forwards.clear()
+        big = record_stream(model, tok, stream(64), batch_size=4, chunk_batches=2, progress=False)
+    finally:
+        handle.remove()
+    assert len(forwards) == 16
+    assert all(seen <= 4 * (i + 1) + 8 for i, seen in enumerate(forwards))
+    assert big.z is None and small.z is None
+    assert big.moments.count == 64 and small.moments.count == 8
+    assert big.moments.sum.shape == small.moments.sum.shape == (2, 4, 8)
+    assert big.moments.second.shape == small.moments.second.shape == (2, 4, 8, 8)
+    z = hp_mini.record_heads(model, tok, concept_prompts(64), batch_size=4, progress=False).z.double()
+    torch.testing.assert_close(big.moments.sum, z.sum(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(big.moments.second, torch.einsum("nlhk,nlhj->lhkj", z, z), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_sharded_ranking_is_rank_heads(tiny, criterion):
+    model, tok = tiny
+    store = "samples" if criterion == "l1" else "moments"
+    acts = record_stream(model, tok, concept_prompts(24), batch_size=8, store=store, progress=False)
+    dic = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("months"))
+    want = hp_mini.rank_heads(acts, dic, n_atoms=6, criterion=criterion, progress=False)
+    got = rank_heads_distributed(acts, dic, n_atoms=6, criterion=criterion, progress=False)
+    assert got.scores.dtype == torch.float64
+    assert got.heads == want.heads
+    torch.testing.assert_close(got.scores.float(), want.scores.float(), rtol=1e-6, atol=1e-7)
+    for h in got.heads:
+        assert got.results[h].atoms.tolist() == want.results[h].atoms.tolist()
+
+
+def test_each_head_goes_to_exactly_one_rank():
+    heads = [(layer, h) for layer in range(3) for h in range(5)]
+    blocks = [shard_heads(heads, DistContext(rank=r, world_size=4)) for r in range(4)]
+    assert sum(blocks, []) == heads
+    assert sorted(len(b) for b in blocks) == [3, 4, 4, 4]
+
+
+# --------------------------------------------------------------------------- #
+# Process group set-up, and bad input
+# --------------------------------------------------------------------------- #
+
+
+def test_one_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = init_distributed()
+    assert (ctx.rank, ctx.world_size, ctx.backend, ctx.is_main) == (0, 1, None, True)
+
+
+def test_a_launch_without_a_rendezvous_says_what_to_run(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="MASTER_ADDR, MASTER_PORT is not set: start the run with torchrun"):
+        init_distributed()
+
+
+def test_bad_recording_arguments(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="prompt stream is empty"):
+        record_stream(model, tok, iter([]), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        record_stream(model, tok, ["a b"], batch_size=0, progress=False)
+    with pytest.raises(TypeError, match="not one string"):
+        record_stream(model, tok, "the capital", progress=False)
+    with pytest.raises(ValueError, match="store must be"):
+        record_stream(model, tok, ["a b"], store="all", progress=False)
+
+
+def test_bad_ranking_arguments(tiny):
+    model, tok = tiny
+    moments = record_stream(model, tok, concept_prompts(4), progress=False)
+    dic = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("months"))
+    with pytest.raises(ValueError, match="criterion='l1' needs every prompt"):
+        rank_heads_distributed(moments, dic, n_atoms=4, criterion="l1", progress=False)
+    with pytest.raises(ValueError, match="n_atoms must be at least 1"):
+        rank_heads_distributed(moments, dic, n_atoms=0, criterion="l2", progress=False)
+    one = record_stream(model, tok, concept_prompts(1), progress=False)
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        rank_heads_distributed(one, dic, criterion="l2", progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# A model split over devices (accelerate's device_map with disk offload)
+# --------------------------------------------------------------------------- #
+
+
+def test_recording_and_editing_a_model_split_over_devices(tiny_folder, tmp_path):
+    # On a CPU-only machine the only second "device" is the disk: layer 1 is offloaded,
+    # its weights live on the meta device and accelerate's hooks load them for each
+    # forward pass. Recording and editing must give what the undivided model gives.
+    from hp_mini.cli import load_dispatched
+
+    whole, tok = hp_mini.load_model(str(tiny_folder))
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    split, _ = load_dispatched(str(tiny_folder), device_map=device_map, offload_folder=tmp_path / "offload")
+    assert split.model.layers[1].self_attn.o_proj.weight.device.type == "meta"
+    texts = concept_prompts(10)
+    want = hp_mini.record_heads(whole, tok, texts, batch_size=4, progress=False)
+    got = record_stream(split, tok, texts, batch_size=4, store="samples", progress=False)
+    assert torch.equal(got.z, want.z) and torch.equal(got.W_O, want.W_O)
+    batch = tok(texts, return_tensors="pt", padding=True)
+    edits = {(1, 2): -1.0, (0, 1): 0.0}
+    with torch.no_grad():
+        with hp_mini.scale_heads(whole, edits):
+            want_logits = whole(**batch).logits
+        with hp_mini.scale_heads(split, edits):
+            got_logits = split(**batch).logits
+        plain = whole(**batch).logits
+    assert (want_logits - plain).abs().max() > 1e-2  # the edit changes the logits
+    assert torch.equal(got_logits, want_logits)
+
+
+def test_streamed_samples_keep_the_post_norm_bias_factor():
+    # Gemma 2 with an attention bias: the bias's pooled share has a per-prompt factor.
+    from helpers import CharTokenizer, tiny_model
+
+    model, tok = tiny_model("gemma2"), CharTokenizer()
+    texts = ["the capital of France", "a month", "blue", "twelve apples", "on a Monday morning"]
+    want = hp_mini.record_heads(model, tok, texts, batch_size=2, progress=False)
+    got = record_stream(model, tok, texts, batch_size=2, chunk_batches=1, store="samples", progress=False)
+    assert want.bias_factor is not None
+    assert torch.equal(got.z, want.z) and torch.equal(got.bias_factor, want.bias_factor)
+    assert torch.equal(got.bias, want.bias)
