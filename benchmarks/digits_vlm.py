@@ -21,7 +21,7 @@ Prints Markdown tables:
    logit-lens top ``k``.
 
 The paper (LLaVA-NeXT-7B, 1,024 heads) inverts 8 / 16 / 32 heads (0.8% / 1.6% /
-3.1%); this model has 32 heads, so k = 1 / 2 / 4 (3% / 6% / 12.5%) are the
+3.1%); this model has 32 heads, so k = 1 / 2 / 3 / 4 (3% / 6% / 9% / 12.5%) are the
 smallest comparable sets.
 """
 
@@ -43,22 +43,31 @@ def dictionary_words() -> list[str]:
     return list(digits.DIGIT_WORDS) + list(digits.NUMERALS)
 
 
-def edit_experiment(model, processor, images, labels, ks=(1, 2, 4), n_draws: int = 10, form: str = "word"):
+def edit_experiment(model, processor, images, labels, ks=(1, 2, 4), n_draws: int = 10, form: str = "word",
+                    pool: str = "image"):
     """Normalised accuracies of SOMP, random and logit-lens head inversions; returns a dict of rows."""
     acts = hp_mini.record_heads(model, processor, [digits_vlm.question_prompt(form)] * len(images),
-                                images=images, pool="image", progress=False)
+                                images=images, pool=pool, progress=False)
     dictionary = hp_mini.unembedding_dictionary(model, processor.tokenizer, dictionary_words())
     somp = hp_mini.rank_heads(acts, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
     base = digits_vlm.accuracy(model, processor, images, labels, form)
 
+    names = set(digits.DIGIT_WORDS if form == "word" else digits.NUMERALS)
+
     def normalised(heads) -> float:
         with hp_mini.scale_heads(model, {h: -1.0 for h in heads}):
             return digits_vlm.accuracy(model, processor, images, labels, form) / base
 
-    rows: dict[str, list] = {"SOMP": [], "random": [], "logit lens": []}
+    def still_named(heads) -> float:
+        with hp_mini.scale_heads(model, {h: -1.0 for h in heads}):
+            answers = digits_vlm.ask(model, processor, images, form)
+        return sum(a.strip() in names for a in answers) / len(answers)
+
+    rows: dict[str, list] = {"SOMP": [], "random": [], "logit lens": [], "SOMP: answer is a digit name": []}
     for k in ks:
         rows["SOMP"].append(normalised(somp.top(k)))
+        rows["SOMP: answer is a digit name"].append(still_named(somp.top(k)))
         draws = hp_mini.random_heads_like(somp.top(k), acts, n_draws=n_draws, seed=0)
         rows["random"].append(np.percentile([normalised(d) for d in draws], [25, 50, 75]))
         rows["logit lens"].append(normalised(lens.top(k)))
@@ -69,7 +78,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", action="store_true", help="train afresh (not cached) and time it")
     parser.add_argument("--draws", type=int, default=10, help="random control draws (the paper: 10)")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 4], help="numbers of heads to invert")
+    parser.add_argument("--pool", default="image", choices=["image", "last", "mean"],
+                        help="where heads are pooled for the ranking (the paper: image tokens)")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 4], help="numbers of heads to invert")
     args = parser.parse_args()
 
     if args.train:
@@ -92,15 +103,18 @@ def main() -> None:
         print(f"| {digits_vlm.QUESTIONS[form]} | {form} | {acc:.3f} | 0.100 |")
 
     t0 = time.perf_counter()
-    res = edit_experiment(model, processor, images, labels, ks=args.k, n_draws=args.draws)
+    res = edit_experiment(model, processor, images, labels, ks=args.k, n_draws=args.draws, pool=args.pool)
     rows, n = res["rows"], res["n_heads"]
     print(f"\n## Inverting heads (alpha = -1): accuracy on 'what digit is this ?' / unedited "
-          f"(unedited {res['base']:.3f}; {n} heads; random: median [IQR] of {args.draws} draws)\n")
+          f"(unedited {res['base']:.3f}; {n} heads; pooled over {args.pool!r} positions; "
+          f"random: median [IQR] of {args.draws} draws)\n")
     print("| heads | " + " | ".join(f"k = {k} ({k / n:.1%})" for k in args.k) + " |")
     print("|---|" + "---|" * len(args.k))
     print("| SOMP | " + " | ".join(f"{v:.2f}" for v in rows["SOMP"]) + " |")
     print("| random | " + " | ".join(f"{m:.2f} [{a:.2f}, {b:.2f}]" for a, m, b in rows["random"]) + " |")
     print("| logit lens | " + " | ".join(f"{v:.2f}" for v in rows["logit lens"]) + " |")
+    print("| SOMP: share of answers that are a digit name | "
+          + " | ".join(f"{v:.2f}" for v in rows["SOMP: answer is a digit name"]) + " |")
     print(f"\nPaper (LLaVA-NeXT-7B, MNIST, {PAPER['heads']} heads): SOMP "
           + " / ".join(f"{k}: {v:.2f}" for k, v in zip(PAPER["k"], PAPER["SOMP"]))
           + f"; random 32: {PAPER['random']:.2f}; logit lens 32: {PAPER['logit lens']:.2f}.")

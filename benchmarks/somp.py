@@ -108,7 +108,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
     model, tok = hp_mini.load_model()
     full = hp_mini.unembedding_dictionary(model, tok)
-    W_O = torch.stack([site.W_O.detach().float() for site in hp_mini.attention_heads(model)])
+    W_O = torch.stack([site.W_write for site in hp_mini.attention_heads(model)])  # gain folded in, as recorded
     z = recorded(model, tok, 0, args.cache)
     if args.layers is not None:
         z, W_O = z[:, : args.layers], W_O[: args.layers]

@@ -79,6 +79,22 @@ class HeadMoments:
         mu = self.mean
         return self.second - self.count * mu.unsqueeze(-1) * mu.unsqueeze(-2)
 
+    def __add__(self, other: HeadMoments) -> HeadMoments:
+        """The moments of both sets of prompts together: ``a + b`` merges shards recorded apart.
+
+        Counts, sums and second moments add, so merging the moments of two
+        sets of prompts gives the moments of their union (in float64, up to
+        the order of the additions).
+        """
+        if not isinstance(other, HeadMoments):
+            return NotImplemented
+        if self.sum.shape != other.sum.shape or self.second.shape != other.second.shape:
+            raise ValueError(
+                f"cannot add the moments of heads shaped {tuple(self.sum.shape)} and {tuple(other.sum.shape)} "
+                "([layers, heads, d_head]): record both with the same model and layers"
+            )
+        return HeadMoments(self.count + other.count, self.sum + other.sum, self.second + other.second)
+
 
 @dataclass
 class HeadActivations:
@@ -211,6 +227,62 @@ class HeadActivations:
         mu = m.sum[i, head] / m.count
         second = m.second[i, head] - m.count * torch.outer(mu, mu)
         return m.count, mu, second
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[HeadActivations]) -> HeadActivations:
+        """The activations of several sets of prompts recorded apart, as one.
+
+        Parameters
+        ----------
+        parts : sequence of HeadActivations
+            Recorded with the same model and layers (the same ``W_O``,
+            ``bias`` and ``layers``), all with samples or all with moments only.
+
+        Returns
+        -------
+        HeadActivations
+            With samples: the rows of ``z``, ``bias_factor`` and ``texts`` of
+            every part in order, equal to recording all the prompts at once
+            with the same batches. With moments only: their sum
+            (:meth:`HeadMoments.__add__`). ``texts`` is empty unless every part
+            kept its prompts.
+
+        Raises
+        ------
+        ValueError
+            No parts, parts of different heads or projections, or samples mixed
+            with moments only.
+        """
+        parts = list(parts)
+        if not parts or not all(isinstance(p, HeadActivations) for p in parts):
+            raise ValueError("parts must be a non-empty sequence of HeadActivations")
+        first = parts[0]
+        for i, p in enumerate(parts[1:], 1):
+            same_bias = (p.bias is None) == (first.bias is None) and (p.bias is None or torch.equal(p.bias, first.bias))
+            same_W = p.W_O.shape == first.W_O.shape and torch.equal(p.W_O, first.W_O)
+            if p.layers != first.layers or not same_W or not same_bias:
+                raise ValueError(
+                    f"parts[{i}] holds other heads than parts[0] (layers, output projections or biases differ): "
+                    "concatenate only activations recorded with the same model and layers"
+                )
+        samples = [p.z is not None for p in parts]
+        if any(samples) and not all(samples):
+            raise ValueError(
+                "parts mixes per-prompt samples with moments only (store='moments'); record every part with the "
+                "same store"
+            )
+        texts = [t for p in parts for t in p.texts] if all(len(p.texts) == p.n_prompts for p in parts) else []
+        if not all(samples):
+            moments = parts[0].moments
+            for p in parts[1:]:
+                moments = moments + p.moments  # type: ignore[operator]
+            return cls(None, first.W_O, first.bias, list(first.layers), moments, texts, None)
+        z = torch.cat([p.z for p in parts])  # type: ignore[misc]
+        factor = None
+        if any(p.bias_factor is not None for p in parts):  # a missing factor is a factor of 1
+            factor = torch.cat([p.bias_factor if p.bias_factor is not None else torch.ones(p.n_prompts, p.n_layers)
+                                for p in parts])
+        return cls(z, first.W_O, first.bias, list(first.layers), None, texts, factor)
 
     def select(self, rows) -> HeadActivations:
         """A subset of prompts (``rows``: indices, a slice or a boolean mask)."""

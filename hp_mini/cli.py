@@ -295,7 +295,7 @@ def _words(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace, ctx):
-    """The model and tokenizer: through hp_mini.load_model, or accelerate's device_map."""
+    """The model and tokenizer, through hp_mini.load_model (with accelerate's device_map when asked)."""
     import hp_mini
 
     dtype = DTYPES[args.dtype]
@@ -310,39 +310,8 @@ def _load(args: argparse.Namespace, ctx):
             f"torchrun ({ctx.world_size} processes) each process holds a whole model on its own GPU: "
             "drop --device-map, or run one process"
         )
-    return load_dispatched(args.model, dtype=dtype, device_map=args.device_map, offload_folder=args.offload_folder)
-
-
-def load_dispatched(name: str, *, dtype: torch.dtype = torch.float32, device_map="auto", offload_folder=None):
-    """Load a transformers folder, hub id or embedded model with accelerate's ``device_map``.
-
-    The layers are spread over the visible GPUs, then the CPU, then
-    ``offload_folder`` on disk; accelerate's hooks move each layer's inputs
-    to its device. An embedded model (``smollm2-135m``) loads from its cache.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import hp_mini
-    from hp_mini import models
-
-    path = name
-    if name in getattr(models, "EMBEDDED_MODELS", ()):
-        path = str(models.prepare_model(name))
-    elif Path(name).expanduser().is_file():
-        raise CommandError(f"--device-map loads transformers folders and hub ids; {name} is a file: "
-                           f"run once without --device-map to convert it, or give the converted folder")
-    kwargs = {}
-    if offload_folder is not None:
-        kwargs["offload_folder"] = str(offload_folder)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as err:
-        raise hp_mini.ModelNotAvailableError(
-            f"could not load {name!r} with --device-map ({type(err).__name__}: {err}); check the path, or "
-            "that the model is in the Hugging Face cache when offline"
-        ) from err
-    return model.eval(), tokenizer
+    extra = {} if args.offload_folder is None else {"offload_folder": str(args.offload_folder)}
+    return hp_mini.load_model(args.model, dtype=dtype, device_map=args.device_map, **extra)
 
 
 # --------------------------------------------------------------------------- #
@@ -423,6 +392,7 @@ def write_heatmap(ranking, acts, path: Path, title: str) -> None:
 def _record_and_rank(args, model, tokenizer, ctx, timings: dict, *, rank: bool = True):
     import hp_mini
     from hp_mini.distributed import rank_heads_distributed, record_stream
+    from hp_mini.ranking import check_ranking_inputs
 
     progress = not args.quiet
     start = time.perf_counter()
@@ -439,8 +409,10 @@ def _record_and_rank(args, model, tokenizer, ctx, timings: dict, *, rank: bool =
     acts = record_stream(model, tokenizer, _prompt_stream(args), pool=args.pool, batch_size=args.batch_size,
                          store=store, chunk_batches=args.chunk_batches, ctx=ctx, progress=progress)
     timings["record_s"] = time.perf_counter() - start
-    if acts.n_prompts < 2:
-        raise CommandError(f"ranking needs at least 2 prompts, got {acts.n_prompts}: give more prompts")
+    try:
+        check_ranking_inputs(acts, dictionary)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
     ranking = None
     if rank:
         start = time.perf_counter()

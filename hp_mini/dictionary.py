@@ -49,7 +49,8 @@ class Dictionary:
         For a concept dictionary, the word each atom came from.
     missing : list of str
         Words that contributed no atom (every variant split into tokens that
-        the multi-token policy dropped, or the word was empty).
+        the multi-token policy dropped, or holds the tokenizer's unknown
+        token, or the word was empty).
     multi_token : dict of str to list of str
         Each word variant that the tokenizer splits into several tokens,
         mapped to its pieces. Whether its first piece was kept follows the
@@ -194,7 +195,10 @@ def unembedding_dictionary(
     -----
     Each word contributes two variants, ``" word"`` (with a leading space, as
     in running text) and ``"word"``. Tokens are deduplicated, keeping the
-    first word that produced them; the order follows ``words``.
+    first word that produced them; the order follows ``words``. A variant
+    that the tokenizer encodes with its unknown token (``unk_token_id``) gives
+    no atom: the words left with none are listed in ``missing``, and named in
+    a ``RuntimeWarning``.
 
     Examples
     --------
@@ -222,14 +226,19 @@ def unembedding_dictionary(
     else:
         if isinstance(words, str):
             raise TypeError("words must be a list of words, not one string; see hp_mini.concept_words")
+        unk = getattr(tok, "unk_token_id", None)
+        unknown: list[str] = []
         seen: dict[int, str] = {}
         for word in words:
             word = word.strip()
-            found = False
+            found = unknown_piece = False
             for variant in (" " + word, word):
                 if not word:
                     break
                 pieces = tok.encode(variant, add_special_tokens=False)
+                if unk is not None and unk in pieces:
+                    unknown_piece = True
+                    continue
                 if len(pieces) == 1:
                     token = pieces[0]
                 elif len(pieces) > 1:
@@ -245,6 +254,16 @@ def unembedding_dictionary(
                 seen.setdefault(token, word)
             if not found:
                 missing.append(word)
+                if unknown_piece:
+                    unknown.append(word)
+        if unknown:
+            warnings.warn(
+                f"unembedding_dictionary: the tokenizer encodes {len(unknown)} of the words with its unknown "
+                f"token {tok.decode([unk])!r}, so they give no atom and are left out (see dictionary.missing): "
+                f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if not seen:
             raise ValueError("none of the words gave a token; check the word list and the tokenizer")
         ids = torch.tensor(list(seen), dtype=torch.long)

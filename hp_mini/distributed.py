@@ -15,9 +15,9 @@ collective is skipped.
   ``store="samples"`` the pooled ``z`` of every rank is gathered with
   ``all_gather`` and put back in prompt order, bit for bit the ``z`` of one
   process.
-* :func:`rank_heads_distributed` runs SOMP on a contiguous block of heads on
-  each rank (:func:`hp_mini.somp_factored`, as :func:`hp_mini.pursue_heads` does) and gathers the
-  results, so that every rank holds the full ranking.
+* :func:`rank_heads_distributed` runs SOMP (:func:`hp_mini.pursue_heads`) on
+  a contiguous block of heads on each rank and gathers the results, so that
+  every rank holds the full ranking.
 
 Memory
 ------
@@ -47,7 +47,6 @@ import itertools
 import math
 import operator
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -56,10 +55,9 @@ import torch
 import torch.distributed as dist
 
 from .activations import HeadActivations, HeadMoments, record_heads
-from .dictionary import Dictionary, as_dictionary
-from .heads import head_label
-from .pursuit import FactoredSignals, somp_factored
-from .ranking import HeadRanking
+from .dictionary import Dictionary
+from .pursuit import PursuitResult
+from .ranking import HeadRanking, check_ranking_inputs, pursue_heads
 
 __all__ = [
     "DistContext",
@@ -333,56 +331,49 @@ def record_stream(
         bar = tqdm(total=total, desc=f"recording heads ({ctx.world_size} process"
                    f"{'es' if ctx.world_size > 1 else ''})", unit="batch", leave=False)
 
-    first: HeadActivations | None = None
-    count = 0
-    total_sum = total_second = None
-    z_parts: list[torch.Tensor] = []
-    factor_parts: list[torch.Tensor] = []
+    own: HeadActivations | None = None  # this rank's prompts so far (moments: merged as they come)
+    parts: list[HeadActivations] = []
     try:
         for chunk in _own_chunks(prompts, batch_size, chunk_batches, ctx):
             acts = record_heads(model, tokenizer, chunk, pool=pool, batch_size=batch_size, layers=layers,
                                 store=store, progress=False)
-            if first is None:
-                first = acts
+            acts.texts = []  # the prompts are not kept
             if store == "moments":
-                m = acts.moments
-                count += m.count
-                total_sum = m.sum.clone() if total_sum is None else total_sum.add_(m.sum)
-                total_second = m.second.clone() if total_second is None else total_second.add_(m.second)
+                own = acts if own is None else HeadActivations.concatenate([own, acts])
             else:
-                z_parts.append(acts.z)
-                if acts.bias_factor is not None:
-                    factor_parts.append(acts.bias_factor)
+                parts.append(acts)
             if bar is not None:
                 bar.update(math.ceil(len(chunk) / batch_size) * ctx.world_size)
     finally:
         if bar is not None:
             bar.close()
+    if parts:
+        own = HeadActivations.concatenate(parts)
 
     # Rank 0 always holds batch 0, so its projections are the reference ones.
-    frame = None if first is None else (first.W_O, first.bias, list(first.layers))
+    frame = None if own is None else (own.W_O, own.bias, list(own.layers), own.bias_factor is not None)
     frame = _broadcast_object(frame, ctx)
     if frame is None:
         raise ValueError("the prompt stream is empty; give at least one prompt")
-    W_O, bias, recorded = frame
+    W_O, bias, recorded, folded = frame
+    width = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
 
     if store == "moments":
-        shape = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
-        if total_sum is None:
-            total_sum = torch.zeros(shape, dtype=torch.float64)
-            total_second = torch.zeros(*shape, shape[-1], dtype=torch.float64)
-        n = int(all_reduce_sum(torch.tensor([count], dtype=torch.long), ctx)[0])
-        moments = HeadMoments(n, all_reduce_sum(total_sum, ctx), all_reduce_sum(total_second, ctx))
+        mine = own.moments if own is not None else HeadMoments(
+            0, torch.zeros(width, dtype=torch.float64), torch.zeros(*width, width[-1], dtype=torch.float64)
+        )
+        n = int(all_reduce_sum(torch.tensor([mine.count], dtype=torch.long), ctx)[0])
+        moments = HeadMoments(n, all_reduce_sum(mine.sum, ctx), all_reduce_sum(mine.second, ctx))
         return HeadActivations(None, W_O, bias, recorded, moments, [], None)
 
-    width = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
-    z_own = torch.cat(z_parts) if z_parts else torch.zeros(0, *width)
+    z_own = own.z if own is not None else torch.zeros(0, *width)
     z = interleave_batches(_all_gather_rows(z_own, ctx), batch_size)
-    folded = _broadcast_object(first is not None and first.bias_factor is not None, ctx)
     factor = None
     if folded:
-        own = torch.cat(factor_parts) if factor_parts else torch.zeros(0, width[0])
-        factor = interleave_batches(_all_gather_rows(own, ctx), batch_size)
+        own_factor = own.bias_factor if own is not None else None
+        if own_factor is None:
+            own_factor = torch.ones(len(z_own), width[0])
+        factor = interleave_batches(_all_gather_rows(own_factor, ctx), batch_size)
     return HeadActivations(z, W_O, bias, recorded, None, [], factor)
 
 
@@ -432,9 +423,10 @@ def rank_heads_distributed(
 ) -> HeadRanking:
     """Rank every recorded head by SOMP, each rank pursuing a block of the heads.
 
-    The ranking equals :func:`hp_mini.rank_heads` with ``method="somp"``; the
-    scores (the EVR after ``n_atoms`` steps) are kept in float64 and heads
-    with equal scores keep their layer-major order.
+    The ranking equals :func:`hp_mini.rank_heads` with ``method="somp"`` and
+    ``out_dtype=torch.float64``: the scores (the EVR after ``n_atoms`` steps)
+    are kept in float64 and heads with equal scores keep their layer-major
+    order. The inputs are checked by :func:`hp_mini.ranking.check_ranking_inputs`.
 
     Parameters
     ----------
@@ -463,75 +455,13 @@ def rank_heads_distributed(
         With float64 ``scores``, identical on every rank.
     """
     ctx = ctx or DistContext()
-    dic = as_dictionary(dictionary)
-    if acts.n_prompts < 2:
-        raise ValueError(
-            f"ranking needs the activations of at least 2 prompts, got {acts.n_prompts}; record more prompts"
-        )
-    try:
-        requested = operator.index(n_atoms)
-    except TypeError:
-        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}") from None
-    if requested < 1:
-        raise ValueError(f"n_atoms must be at least 1, got {requested}")
-    if requested > len(dic) > 0:
-        warnings.warn(f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; "
-                      f"using {len(dic)}", RuntimeWarning, stacklevel=2)
-        requested = len(dic)
-    every = list(acts.heads)
-    mine = shard_heads(every, ctx)
-    if criterion == "l1" and acts.z is None:
-        raise ValueError(
-            "criterion='l1' needs every prompt's head outputs, but these activations hold only moments "
-            "(store='moments'); use criterion='l2' or record with store='samples'"
-        )
-    found = _pursue_block(acts, dic, mine, n_atoms=requested, criterion=criterion, center=center,
-                          batch_heads=batch_heads, progress=progress and ctx.is_main)
+    dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms)
+    found = pursue_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, center=center,
+                         heads=shard_heads(acts.heads, ctx), batch_heads=batch_heads, dtype=torch.float64,
+                         out_dtype=torch.float64, progress=progress and ctx.is_main)
     if not keep_coefficients:
         found = {h: dataclasses.replace(r, coefficients=None) for h, r in found.items()}
-    results: dict[Head, object] = {}
+    results: dict[Head, PursuitResult] = {}
     for part in _all_gather_object(found, ctx):
         results.update(part)
-    scores = torch.tensor(
-        [float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in every], dtype=torch.float64
-    )
-    order = torch.argsort(scores, descending=True, stable=True)
-    return HeadRanking([every[int(i)] for i in order], scores[order], "somp",
-                       {h: results[h] for h in every})
-
-
-def _pursue_block(acts: HeadActivations, dic: Dictionary, heads: list[Head], *, n_atoms: int, criterion: str,
-                  center: bool, batch_heads: int, progress: bool) -> dict:
-    """SOMP of ``heads``, ``batch_heads`` at a time, with float64 results (EVR to 1e-16)."""
-    if criterion not in ("l1", "l2"):
-        raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
-    if batch_heads < 1:
-        raise ValueError(f"batch_heads must be at least 1, got {batch_heads}")
-
-    def signals(layer: int, head: int) -> FactoredSignals:
-        name = head_label(layer, head)
-        if acts.z is not None:
-            Z, W = acts.factors(layer, head)
-            return FactoredSignals(W, Z, name=name)
-        n, mean, scatter = acts.head_moments(layer, head)
-        return FactoredSignals(acts.W_O[acts.layers.index(layer), head], n=n, mean=mean, scatter=scatter,
-                               name=name)
-
-    bar = None
-    if progress and heads:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(heads), desc=f"SOMP ({criterion})", unit="head", leave=False)
-    found: dict = {}
-    try:
-        for start in range(0, len(heads), batch_heads):
-            chunk = heads[start : start + batch_heads]
-            results = somp_factored([signals(*h) for h in chunk], dic, n_atoms=n_atoms, criterion=criterion,
-                                    center=center, dtype=torch.float64, out_dtype=torch.float64)
-            found.update(zip(chunk, results))
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-    return found
+    return HeadRanking.from_pursuit({h: results[h] for h in acts.heads}, dtype=torch.float64)

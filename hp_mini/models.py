@@ -148,6 +148,7 @@ _LOADERS: dict[str, str | Callable[..., tuple[nn.Module, object]]] = {
     "shapes-vlm": "hp_mini.vision.vlm:load_shapes_vlm",
     "shapes-clip": "hp_mini.vision.shapes_clip:load_shapes_clip",
     "digits-vlm": "hp_mini.vision.digits_vlm:load_digits_vlm",
+    "digits-clip": "hp_mini.vision.digits_clip:load_digits_clip",
 }
 _LAZY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -289,14 +290,17 @@ def _load_folder(path: str, *, dtype, device, quiet: bool, extra: dict, kwargs: 
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
             processor = AutoTokenizer.from_pretrained(path, **extra)
-    return model.to(device).eval(), processor
+    if device is not None:  # None: placed by from_pretrained's device_map
+        model = model.to(device)
+    return model.eval(), processor
 
 
 def _all_finite(model: nn.Module) -> bool:
     # A sum per tensor is finite exactly when no entry is NaN or inf (short of overflow);
     # about 0.2 s for a GB of float32, much cheaper than isfinite's boolean copies.
+    # Weights offloaded by a device_map (on the meta device) are checked where they are read.
     with torch.no_grad():
-        return all(math.isfinite(float(p.float().sum())) for p in model.parameters())
+        return all(math.isfinite(float(p.float().sum())) for p in model.parameters() if p.device.type != "meta")
 
 
 def _load_cached(prepare: Callable[..., Path], name: str, *, dtype, device, kwargs: dict):
@@ -330,7 +334,8 @@ def load_model(
     name: str | os.PathLike = DEFAULT_MODEL,
     *,
     dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    device_map: str | dict | None = None,
     trust_remote_code: bool = False,
     **kwargs,
 ):
@@ -349,11 +354,17 @@ def load_model(
           the auto classes (a vision-language model when its config has a
           ``vision_config``).
     dtype, device
-        Where and how to hold the weights.
+        How and where to hold the weights; ``device`` defaults to ``"cpu"``.
+    device_map : str or dict, optional
+        Spread the model over devices with accelerate instead (``"auto"``: the
+        visible GPUs, then the CPU, then ``offload_folder`` on disk; or a dict
+        from module names to devices). Passed to ``from_pretrained``; it
+        excludes ``device``, and hp_mini's own vision models do not take it.
     trust_remote_code : bool
         Passed to transformers for folders and hub ids; off unless you ask.
     **kwargs
-        Passed to ``from_pretrained`` (not accepted by the vision models).
+        Passed to ``from_pretrained`` (not accepted by the vision models), e.g.
+        ``offload_folder`` with a ``device_map``.
 
     Returns
     -------
@@ -364,11 +375,24 @@ def load_model(
     ModelNotAvailableError
         When the path does not exist, the model is neither local nor reachable,
         a package is missing, or a cache is damaged and cannot be rebuilt.
+    ValueError
+        When both ``device`` and ``device_map`` are given.
     """
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"load_model: name must be a model name, a path or a hub id (a non-empty str), got {name!r}")
+    if device_map is not None:
+        if device is not None:
+            raise ValueError(
+                f"load_model: device={device!r} and device_map={device_map!r} exclude each other: "
+                "give device to hold the whole model on one device, or device_map to spread it over several"
+            )
+        if name in _LOADERS:
+            raise TypeError(f"load_model: {name!r} takes only dtype and device, not device_map")
+        kwargs["device_map"] = device_map
+    elif device is None:
+        device = "cpu"
     if name in _EMBEDDED:
         return _load_cached(
             lambda verify=False: prepare_model(name, verify=verify), name, dtype=dtype, device=device, kwargs=kwargs

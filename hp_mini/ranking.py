@@ -39,7 +39,14 @@ from .dictionary import Dictionary, as_dictionary
 from .heads import head_label
 from .pursuit import FactoredSignals, PursuitResult, somp_factored
 
-__all__ = ["HeadRanking", "head_signals", "pursue_heads", "random_heads_like", "rank_heads"]
+__all__ = [
+    "HeadRanking",
+    "check_ranking_inputs",
+    "head_signals",
+    "pursue_heads",
+    "random_heads_like",
+    "rank_heads",
+]
 
 Head = tuple[int, int]
 
@@ -62,6 +69,7 @@ def pursue_heads(
     heads: Sequence[Head] | None = None,
     batch_heads: int = 90,
     dtype: torch.dtype = torch.float64,
+    out_dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> dict[Head, PursuitResult]:
     """Run :func:`somp` on every recorded head's contributions.
@@ -86,6 +94,9 @@ def pursue_heads(
         Heads advanced together; they share every dictionary product.
     dtype : torch.dtype, default torch.float64
         Precision of the computation.
+    out_dtype : torch.dtype, default torch.float32
+        Precision of the returned EVR and coefficients (float64 keeps the
+        EVR to about 1e-16).
     progress : bool, default True
         Show a progress bar over heads.
 
@@ -108,7 +119,7 @@ def pursue_heads(
     todo = list(acts.heads) if heads is None else [tuple(h) for h in heads]
 
     results: dict[Head, PursuitResult] = {}
-    bar = _bar(len(todo), progress, f"SOMP ({criterion})")
+    bar = _bar(len(todo), progress and bool(todo), f"SOMP ({criterion})")
     try:
         for start in range(0, len(todo), batch_heads):
             chunk = todo[start : start + batch_heads]
@@ -119,6 +130,7 @@ def pursue_heads(
                 criterion=criterion,
                 center=center,
                 dtype=dtype,
+                out_dtype=out_dtype,
             )
             results.update(zip(chunk, found))
             if bar is not None:
@@ -171,12 +183,48 @@ def _checked_dictionary(dictionary, acts: HeadActivations, *, finite: bool = Tru
     return dic
 
 
-def _check_activations(acts: HeadActivations) -> None:
-    """At least two prompts, and finite numbers: a ranking over prompts needs both."""
+def check_ranking_inputs(
+    acts: HeadActivations,
+    dictionary: Dictionary | torch.Tensor,
+    *,
+    n_atoms: int | None = None,
+) -> tuple[Dictionary, int | None]:
+    """Check activations, a dictionary and a number of SOMP steps before ranking heads.
+
+    :func:`rank_heads` calls it first; so does
+    :func:`hp_mini.distributed.rank_heads_distributed`, and a program can call
+    it before any costly work.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        From :func:`record_heads`, with samples or moments only.
+    dictionary : Dictionary or Tensor ``[v, d_model]``
+        The atoms.
+    n_atoms : int, optional
+        SOMP steps per head; None when no pursuit will be run.
+
+    Returns
+    -------
+    dictionary : Dictionary
+        The dictionary as a :class:`Dictionary`.
+    n_atoms : int or None
+        ``n_atoms``, capped at the dictionary's size (with a ``RuntimeWarning``).
+
+    Raises
+    ------
+    ValueError
+        Fewer than 2 prompts, NaN or infinite values in the activations or the
+        dictionary, an empty dictionary, a dictionary of another width, or
+        ``n_atoms`` below 1.
+    TypeError
+        ``n_atoms`` is not an integer.
+    """
+    dic = _checked_dictionary(dictionary, acts)
     n = acts.n_prompts
     if n < 2:
         raise ValueError(
-            f"rank_heads needs the activations of at least 2 prompts, got {n}: heads are ranked by how "
+            f"ranking needs at least 2 prompts, got {n}: heads are ranked by how "
             "their contributions vary (SOMP) or by their mean logit (logit lens) over many prompts; "
             "record more prompts"
         )
@@ -191,6 +239,24 @@ def _check_activations(acts: HeadActivations) -> None:
                 f"the activations' {what} contain {bad} NaN or infinite values; "
                 "check the model's outputs (a half-precision overflow?) and record again"
             )
+    if n_atoms is None:
+        return dic, None
+    try:
+        if isinstance(n_atoms, bool):
+            raise TypeError
+        requested = operator.index(n_atoms)
+    except TypeError:
+        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}") from None
+    if requested < 1:
+        raise ValueError(f"n_atoms must be at least 1, got {requested}")
+    if requested > len(dic):
+        warnings.warn(
+            f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        requested = len(dic)
+    return dic, requested
 
 
 @dataclass
@@ -214,6 +280,29 @@ class HeadRanking:
     scores: torch.Tensor
     method: str
     results: dict[Head, PursuitResult] | None = None
+
+    @classmethod
+    def from_pursuit(
+        cls, results: dict[Head, PursuitResult], *, dtype: torch.dtype = torch.float32
+    ) -> HeadRanking:
+        """Rank pursued heads by the EVR after their last step (0 for a head with none).
+
+        Parameters
+        ----------
+        results : dict of (layer, head) to PursuitResult
+            From :func:`pursue_heads`, in the order that settles ties.
+        dtype : torch.dtype, default torch.float32
+            Precision in which the scores are compared and returned.
+
+        Returns
+        -------
+        HeadRanking
+            With ``method="somp"``; heads with equal scores keep their order.
+        """
+        heads = list(results)
+        scores = torch.tensor([float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in heads], dtype=dtype)
+        order = torch.argsort(scores, descending=True, stable=True)
+        return cls([heads[int(i)] for i in order], scores[order], "somp", results)
 
     def __len__(self) -> int:
         return len(self.heads)
@@ -257,6 +346,7 @@ def rank_heads(
     center: bool = True,
     batch_heads: int = 90,
     dtype: torch.dtype = torch.float64,
+    out_dtype: torch.dtype = torch.float32,
     progress: bool = True,
 ) -> HeadRanking:
     """Rank every recorded head for a dictionary, best first.
@@ -276,8 +366,9 @@ def rank_heads(
         SOMP steps (capped at the dictionary's size, with a warning).
     criterion : {"l1", "l2"}, default "l1"
         SOMP criterion.
-    center, batch_heads, dtype
-        Passed on to :func:`pursue_heads`.
+    center, batch_heads, dtype, out_dtype
+        Passed on to :func:`pursue_heads`; ``out_dtype`` is also the
+        precision in which the scores are sorted and returned.
     progress : bool, default True
         Show a progress bar over heads.
 
@@ -289,24 +380,13 @@ def rank_heads(
     ------
     ValueError
         Fewer than 2 prompts, an empty dictionary, a dictionary of another
-        width, or NaN or infinite values in the activations or the dictionary.
+        width, or NaN or infinite values in the activations or the dictionary
+        (see :func:`check_ranking_inputs`).
     """
     if method not in ("somp", "logit_lens"):
         raise ValueError(f"method must be 'somp' or 'logit_lens', got {method!r}")
-    dic = _checked_dictionary(dictionary, acts)
-    _check_activations(acts)
+    dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms if method == "somp" else None)
     if method == "somp":
-        try:
-            requested = operator.index(n_atoms)
-        except TypeError:
-            requested = None  # not an integer: somp_factored says so
-        if requested is not None and requested > len(dic):
-            warnings.warn(
-                f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            n_atoms = len(dic)
         results = pursue_heads(
             acts,
             dic,
@@ -315,25 +395,23 @@ def rank_heads(
             center=center,
             batch_heads=batch_heads,
             dtype=dtype,
+            out_dtype=out_dtype,
             progress=progress,
         )
-        heads = list(results)
-        scores = torch.tensor([float(results[h].evr[-1]) if len(results[h]) else 0.0 for h in heads])
+        return HeadRanking.from_pursuit(results, dtype=out_dtype)
+    heads = list(acts.heads)
+    atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
+    m = acts.moments
+    if acts.z is not None:
+        zbar = acts.z.double().mean(0)  # [L, H, dh]
     else:
-        results = None
-        heads = list(acts.heads)
-        atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
-        m = acts.moments
-        if acts.z is not None:
-            zbar = acts.z.double().mean(0)  # [L, H, dh]
-        else:
-            zbar = m.sum / m.count  # type: ignore[union-attr]
-        xbar = torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)  # mean contribution per head
-        per_head = xbar @ atom_mean  # [L, H]
-        row = {layer: i for i, layer in enumerate(acts.layers)}
-        scores = torch.tensor([float(per_head[row[layer], head]) for layer, head in heads])
+        zbar = m.sum / m.count  # type: ignore[union-attr]
+    xbar = torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)  # mean contribution per head
+    per_head = xbar @ atom_mean  # [L, H]
+    row = {layer: i for i, layer in enumerate(acts.layers)}
+    scores = torch.tensor([float(per_head[row[layer], head]) for layer, head in heads], dtype=out_dtype)
     order = torch.argsort(scores, descending=True, stable=True)
-    return HeadRanking([heads[int(i)] for i in order], scores[order].float(), method, results)
+    return HeadRanking([heads[int(i)] for i in order], scores[order], method, None)
 
 
 def random_heads_like(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -147,6 +148,33 @@ def concept_prompts(n: int) -> list[str]:
             return out
         fill = {key: ws[(i * (3 + 2 * j)) % len(ws)] for j, (key, ws) in enumerate(words.items())}
         out.append(templates[i % len(templates)].format(**fill))
+
+
+def save_tiny_llama(out: Path, n_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random Llama (4 heads of width 8) and a word-level tokenizer covering the
+    test prompts and three concept word lists, saved with ``save_pretrained``."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    pre = Whitespace()
+    words = ["<unk>", "<pad>", "<eos>"]
+    texts = concept_prompts(64) + [w for c in ("countries", "months", "colours") for w in hp_mini.concept_words(c)]
+    for text in texts:
+        for piece, _ in pre.pre_tokenize_str(text):
+            if piece not in words:
+                words.append(piece)
+    raw = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    raw.pre_tokenizer = pre
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    tok.save_pretrained(out)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=1, eos_token_id=2,
+                         bos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
 
 
 @contextlib.contextmanager

@@ -102,3 +102,26 @@ def test_final_norm_description_equals_the_model_norm(clip):
     assert (norm.kind, norm.convention) == ("layer", "w")
     with torch.no_grad():
         assert rel(norm(x), clip.visual.ln_post(x)) < 1e-6
+
+
+def test_heads_sum_to_the_residual_write_through_layer_scale():
+    from hp_mini.vision.open_clip_heads import head_split_error
+
+    torch.manual_seed(1)
+    model = open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(layers=2, width=32, head_width=8, patch_size=8, image_size=16, ls_init_value=0.5),
+        text_cfg=dict(context_length=8, vocab_size=50, width=32, heads=4, layers=1),
+    ).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name or name.endswith("gamma"):
+                p.add_(0.3 * torch.randn_like(p))
+    split_heads(model)
+    assert not torch.allclose(model.visual.transformer.resblocks[0].ls_1.gamma, torch.tensor(0.5))
+    sites = hp_mini.attention_heads(model)
+    zs, writes, _ = _capture(model)
+    for site, z, write in zip(sites, zs, writes):
+        total = site.contributions(z).sum(-2) + site.bias_share(z)
+        assert rel(total, write) < 1e-5
+    assert max(head_split_error(model, IMAGES)) < 1e-5

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 import hp_mini
-from helpers import concept_prompts
+from helpers import concept_prompts, save_tiny_llama
 from hp_mini.cli import main
-from test_distributed import save_tiny_llama
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,26 @@ def test_word_policy_on_a_tiny_model():
         hp_mini.unembedding_dictionary(model, tok, "France")
 
 
+def test_words_the_tokenizer_does_not_know_are_left_out_with_a_warning():
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = ["<unk>", "France", "Chad", "Gallia", "New"]
+    raw = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    raw.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    model = tiny_model("llama")
+    # "Gallia Nova" splits into [Gallia, <unk>]: its first piece would otherwise stand for it
+    with pytest.warns(RuntimeWarning, match=r"unknown token '<unk>'.*\['Atlantis', 'Gallia Nova'\]"):
+        dic = hp_mini.unembedding_dictionary(model, tok, ["France", "Atlantis", "Chad", "Gallia Nova"])
+    assert dic.token_ids.tolist() == [1, 2] and dic.words == ["France", "Chad"]
+    assert dic.missing == ["Atlantis", "Gallia Nova"]
+    with pytest.warns(RuntimeWarning, match="Atlantis"), pytest.raises(ValueError, match="none of the words"):
+        hp_mini.unembedding_dictionary(model, tok, ["Atlantis"])
+
+
 def test_full_vocabulary_and_final_norm_on_a_tiny_model():
     model = tiny_model("llama")
     tok = TableTokenizer()

