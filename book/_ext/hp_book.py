@@ -277,7 +277,19 @@ def fill_assignment(app: Sphinx, docname: str, source: list[str]) -> None:
         app.env.note_dependency(str(chapter))
 
 
+#: The book's own style sheet (``static/hp_book.css`` beside this file): code and printed
+#: output wrap at the column's width, so nothing is cut off at the right edge.
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def add_static(app: Sphinx) -> None:
+    """Serve ``STATIC`` (the book's style sheet) with the book."""
+    app.config.html_static_path.append(str(STATIC))
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", lambda app, config: add_static(app))
+    app.add_css_file("hp_book.css")
     app.add_config_value("hp_colab_branch", "gh-pages", "html")
     app.add_config_value("hp_colab_path", "_sources", "html")
     app.add_config_value(
