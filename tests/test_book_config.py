@@ -195,6 +195,9 @@ def _configured_app():
         def connect(self, *args, **kwargs):
             pass
 
+        def add_css_file(self, *args, **kwargs):
+            pass
+
     hp_book.setup(Recorder())
     for name, value in values.items():
         setattr(app.config, name, value)
@@ -308,3 +311,23 @@ def test_widget_tables_keep_line_breaks_and_whole_words():
     assert "Paris.<br>B: &lt;b&gt;" in table  # a real line break, the text still escaped
     assert "\\n" not in table
     assert "word-break" not in table and "overflow-wrap: break-word" in table
+
+
+def test_the_book_style_sheet_is_served_and_wraps_code_and_outputs():
+    """Code and printed output wrap at the column (the browser check measures the result)."""
+    css = (hp_book.STATIC / "hp_book.css").read_text()
+    assert "white-space: pre-wrap" in css and "div.cell_output pre" in css
+    added = []
+
+    class Recorder:
+        def add_config_value(self, *args, **kwargs):
+            pass
+
+        def connect(self, *args, **kwargs):
+            pass
+
+        def add_css_file(self, name, **kwargs):
+            added.append(name)
+
+    hp_book.setup(Recorder())
+    assert added == ["hp_book.css"]
