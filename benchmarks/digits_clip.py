@@ -12,7 +12,10 @@ edit: the image encoder's heads are recorded on the CLS token in the joint space
 text embeddings of the ten prompts (10 steps) and by the logit lens (mean dot
 product with them), and the top ``k`` are inverted (``alpha=-1``); zero-shot
 accuracy is divided by the unedited accuracy. Random controls: same number of
-heads per layer, disjoint from the SOMP set, median and IQR over the draws.
+heads per layer, disjoint from the SOMP set, median and IQR over the draws. The
+table shows the paper's MNIST row beside ours
+(``hp_mini.vision.classification_edits``); a second table removes the same heads
+(``alpha=0``) instead of inverting them.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import hp_mini
-from hp_mini.vision import digits, digits_clip
+from hp_mini.evaluation import evaluate_head_edits
+from hp_mini.vision import classification_edits, digits, digits_clip
 from hp_mini.vision.image_heads import record_image_heads
 from hp_mini.vision.zero_shot import text_dictionary
 
@@ -39,11 +42,12 @@ def main() -> None:
     model, processor = digits_clip.load_digits_clip()
     test = digits.digits_dataset("test")
     images, labels = test["image"], test["label"]
-    base = digits_clip.zero_shot_accuracy(model, processor, images, labels)
+    evaluate = digits_clip.evaluator(model, processor, images, labels)
+    base = evaluate()
     print(f"## digits-clip zero-shot on {len(images)} held-out MNIST digits "
           f"(trained in {model.train_seconds:.0f} s wall, 1 thread)\n")
     print(f"| prompts | accuracy | chance |\n|---|---|---|\n| {', '.join(digits_clip.class_prompts()[:2])}, ... "
-          f"| {base:.3f} | 0.100 |")
+          f"| {base['accuracy']:.3f} | 0.100 |")
 
     t0 = time.perf_counter()
     acts = record_image_heads(model, processor, images, pool="cls", space="joint")
@@ -51,24 +55,19 @@ def main() -> None:
     somp = hp_mini.rank_heads(acts, dictionary, n_atoms=len(dictionary), progress=False)
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
     n = len(somp.heads)
-
-    def normalised(heads) -> float:
-        with hp_mini.scale_heads(model, {h: -1.0 for h in heads}):
-            return digits_clip.zero_shot_accuracy(model, processor, images, labels) / base
-
-    rows: dict[str, list[str]] = {"SOMP": [], "random": [], "logit lens": []}
-    for k in args.k:
-        rows["SOMP"].append(f"{normalised(somp.top(k)):.2f}")
-        draws = hp_mini.random_heads_like(somp.top(k), acts, n_draws=args.draws, seed=0)
-        q1, med, q3 = np.percentile([normalised(d) for d in draws], [25, 50, 75])
-        rows["random"].append(f"{med:.2f} [{q1:.2f}, {q3:.2f}]")
-        rows["logit lens"].append(f"{normalised(lens.top(k)):.2f}")
+    selections = {"SOMP": somp.heads, "logit lens": lens.heads}
+    inverted = evaluate_head_edits(model, evaluate, selections, ks=args.k, pool=acts, n_random=args.draws,
+                                   baseline=base, progress=False)
+    removed = evaluate_head_edits(model, evaluate, selections, ks=args.k, alpha=0.0, baseline=base, progress=False)
     print(f"\n## Inverting image-encoder heads (alpha = -1): zero-shot accuracy / unedited "
-          f"(unedited {base:.3f}; {n} heads; random: median [IQR] of {args.draws} draws)\n")
-    print("| heads | " + " | ".join(f"k = {k} ({k / n:.1%})" for k in args.k) + " |")
-    print("|---|" + "---|" * len(args.k))
-    for name, vals in rows.items():
-        print(f"| {name} | " + " | ".join(vals) + " |")
+          f"(unedited {base['accuracy']:.3f}; {n} heads; random: median [IQR] of {args.draws} draws)\n")
+    comparison = classification_edits.paper_comparison(inverted, name="digits-clip", n_heads=n)
+    print(comparison.to_markdown(disable_numparse=True))
+    print("\n## Removing the same heads (alpha = 0) instead: zero-shot accuracy / unedited\n")
+    print(classification_edits.edit_summary(removed).round(2).to_markdown())
+    print("\n## Share of images given the most frequent prediction, heads inverted "
+          f"(unedited {base['top_class_share']:.3f})\n")
+    print(classification_edits.edit_summary(inverted, "top_class_share", column="value").round(2).to_markdown())
     print("\n## Top SOMP heads\n")
     print(somp.to_frame(n_labels=3).head(max(args.k)).to_string())
     print(f"\n(edit experiment: {time.perf_counter() - t0:.0f} s)")

@@ -18,7 +18,10 @@ Prints Markdown tables:
    the unedited accuracy. Controls: ten random head sets with the same number
    of heads per layer as the SOMP set and disjoint from it
    (``hp_mini.random_heads_like``, median and interquartile range), and the
-   logit-lens top ``k``.
+   logit-lens top ``k``; beside the paper's MNIST row
+   (``hp_mini.vision.classification_edits``). A second row scores the same
+   edits by the right digit in either form ("7" or "seven"), a third by the
+   share of answers in the form asked.
 
 The paper (LLaVA-NeXT-7B, 1,024 heads) inverts 8 / 16 / 32 heads (0.8% / 1.6% /
 3.1%); this model has 32 heads, so k = 1 / 2 / 3 / 4 (3% / 6% / 9% / 12.5%) are the
@@ -30,13 +33,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 import hp_mini
-from hp_mini.vision import digits, digits_vlm
-
-PAPER = {"SOMP": (0.69, 0.28, 0.12), "random": 0.99, "logit lens": 0.14, "k": (8, 16, 32), "heads": 1024}
+from hp_mini.evaluation import evaluate_head_edits
+from hp_mini.vision import classification_edits, digits, digits_vlm
 
 
 def dictionary_words() -> list[str]:
@@ -45,33 +46,16 @@ def dictionary_words() -> list[str]:
 
 def edit_experiment(model, processor, images, labels, ks=(1, 2, 4), n_draws: int = 10, form: str = "word",
                     pool: str = "image"):
-    """Normalised accuracies of SOMP, random and logit-lens head inversions; returns a dict of rows."""
+    """Rankings and the edit table (``evaluate_head_edits``) of SOMP, random and logit-lens inversions."""
     acts = hp_mini.record_heads(model, processor, [digits_vlm.question_prompt(form)] * len(images),
                                 images=images, pool=pool, progress=False)
     dictionary = hp_mini.unembedding_dictionary(model, processor.tokenizer, dictionary_words())
     somp = hp_mini.rank_heads(acts, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
-    base = digits_vlm.accuracy(model, processor, images, labels, form)
-
-    names = set(digits.DIGIT_WORDS if form == "word" else digits.NUMERALS)
-
-    def normalised(heads) -> float:
-        with hp_mini.scale_heads(model, {h: -1.0 for h in heads}):
-            return digits_vlm.accuracy(model, processor, images, labels, form) / base
-
-    def still_named(heads) -> float:
-        with hp_mini.scale_heads(model, {h: -1.0 for h in heads}):
-            answers = digits_vlm.ask(model, processor, images, form)
-        return sum(a.strip() in names for a in answers) / len(answers)
-
-    rows: dict[str, list] = {"SOMP": [], "random": [], "logit lens": [], "SOMP: answer is a digit name": []}
-    for k in ks:
-        rows["SOMP"].append(normalised(somp.top(k)))
-        rows["SOMP: answer is a digit name"].append(still_named(somp.top(k)))
-        draws = hp_mini.random_heads_like(somp.top(k), acts, n_draws=n_draws, seed=0)
-        rows["random"].append(np.percentile([normalised(d) for d in draws], [25, 50, 75]))
-        rows["logit lens"].append(normalised(lens.top(k)))
-    return {"base": base, "rows": rows, "somp": somp, "lens": lens, "n_heads": len(somp.heads)}
+    evaluate = digits_vlm.evaluator(model, processor, images, labels, form)
+    table = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks=ks,
+                                pool=acts, n_random=n_draws, progress=False)
+    return {"table": table, "somp": somp, "lens": lens, "n_heads": len(somp.heads)}
 
 
 def main() -> None:
@@ -99,28 +83,25 @@ def main() -> None:
     print("| question | answer | accuracy | chance |")
     print("|---|---|---|---|")
     for form in digits_vlm.FORMS:
-        acc = digits_vlm.accuracy(model, processor, images, labels, form)
+        acc = digits_vlm.evaluator(model, processor, images, labels, form)()["accuracy"]
         print(f"| {digits_vlm.QUESTIONS[form]} | {form} | {acc:.3f} | 0.100 |")
 
     t0 = time.perf_counter()
     res = edit_experiment(model, processor, images, labels, ks=args.k, n_draws=args.draws, pool=args.pool)
-    rows, n = res["rows"], res["n_heads"]
-    print(f"\n## Inverting heads (alpha = -1): accuracy on 'what digit is this ?' / unedited "
-          f"(unedited {res['base']:.3f}; {n} heads; pooled over {args.pool!r} positions; "
+    table, n = res["table"], res["n_heads"]
+    base = table.loc[(table["method"] == "unedited") & (table["metric"] == "accuracy"), "value"].item()
+    print(f"\n## Inverting heads (alpha = -1): exact match on 'what digit is this ?' / unedited "
+          f"(unedited {base:.3f}; {n} heads; pooled over {args.pool!r} positions; "
           f"random: median [IQR] of {args.draws} draws)\n")
-    print("| heads | " + " | ".join(f"k = {k} ({k / n:.1%})" for k in args.k) + " |")
-    print("|---|" + "---|" * len(args.k))
-    print("| SOMP | " + " | ".join(f"{v:.2f}" for v in rows["SOMP"]) + " |")
-    print("| random | " + " | ".join(f"{m:.2f} [{a:.2f}, {b:.2f}]" for a, m, b in rows["random"]) + " |")
-    print("| logit lens | " + " | ".join(f"{v:.2f}" for v in rows["logit lens"]) + " |")
-    print("| SOMP: share of answers that are a digit name | "
-          + " | ".join(f"{v:.2f}" for v in rows["SOMP: answer is a digit name"]) + " |")
-    print(f"\nPaper (LLaVA-NeXT-7B, MNIST, {PAPER['heads']} heads): SOMP "
-          + " / ".join(f"{k}: {v:.2f}" for k, v in zip(PAPER["k"], PAPER["SOMP"]))
-          + f"; random 32: {PAPER['random']:.2f}; logit lens 32: {PAPER['logit lens']:.2f}.")
+    comparison = classification_edits.paper_comparison(table, name="digits-vlm", n_heads=n)
+    print(comparison.to_markdown(disable_numparse=True))
+    for metric, what in (("either_form", "the right digit in either form ('7' or 'seven')"),
+                         ("asked_form", "answers in the form asked, right or wrong")):
+        print(f"\n## The same edits: {what} / unedited (random: median and quartiles)\n")
+        print(classification_edits.edit_summary(table, metric).round(2).to_markdown())
     top = res["somp"].to_frame(n_labels=3).head(max(args.k))
     print("\n## Top SOMP heads\n")
-    print(top.to_markdown() if hasattr(top, "to_markdown") else top.to_string())
+    print(top.to_markdown())
     print(f"\n(edit experiment: {time.perf_counter() - t0:.0f} s)")
 
 

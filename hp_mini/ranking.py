@@ -41,8 +41,11 @@ from .pursuit import FactoredSignals, PursuitResult, somp_factored
 
 __all__ = [
     "HeadRanking",
+    "RankingComparison",
     "check_ranking_inputs",
     "head_signals",
+    "heads_moved",
+    "mean_head_writes",
     "pursue_heads",
     "random_heads_like",
     "rank_heads",
@@ -335,6 +338,143 @@ class HeadRanking:
         best = ", ".join(f"{head_label(*h)} ({float(s):.3f})" for h, s in zip(self.heads[:3], self.scores[:3]))
         return f"HeadRanking(method={self.method!r}, {len(self)} heads, best: {best})"
 
+    def compare(
+        self, other: HeadRanking, *, k: int = 10, layers: Sequence[int] | None = None
+    ) -> RankingComparison:
+        """How far two rankings of the same heads agree.
+
+        Parameters
+        ----------
+        other : HeadRanking
+            Another ranking of the same heads (another method, dictionary or
+            set of prompts).
+        k : int, default 10
+            Size of the top lists compared.
+        layers : list of int, optional
+            Compare only the heads of these layers (for instance all but the
+            first); default all.
+
+        Returns
+        -------
+        RankingComparison
+            The heads in both top-``k`` lists, their count and Jaccard index,
+            and the Spearman correlation of the two scores over all the heads
+            compared (ties get their average rank).
+
+        Raises
+        ------
+        TypeError
+            ``other`` is not a :class:`HeadRanking`, or ``k`` is not an integer.
+        ValueError
+            The rankings hold different heads, ``layers`` keeps fewer than 2
+            heads, or ``k`` is not between 1 and the number of heads compared.
+
+        Examples
+        --------
+        >>> import torch
+        >>> a = HeadRanking([(0, 0), (0, 1), (1, 0), (1, 1)], torch.tensor([4.0, 3, 2, 1]), "somp")
+        >>> b = HeadRanking([(0, 1), (1, 1), (0, 0), (1, 0)], torch.tensor([4.0, 3, 2, 1]), "logit_lens")
+        >>> c = a.compare(b, k=2)
+        >>> c.shared, c.overlap, round(c.jaccard, 3), round(c.spearman, 3)
+        ([(0, 1)], 1, 0.333, 0.0)
+        """
+        if not isinstance(other, HeadRanking):
+            raise TypeError(f"compare takes another HeadRanking, got {type(other).__name__}")
+        if set(self.heads) != set(other.heads):
+            missing = sorted(set(self.heads) ^ set(other.heads))[:5]
+            raise ValueError(
+                f"the two rankings hold different heads (e.g. {[head_label(*h) for h in missing]}); "
+                "rank the same recorded heads with both"
+            )
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an integer, got {k!r}")
+        keep = None if layers is None else {int(layer) for layer in layers}
+        mine = [(h, float(s)) for h, s in zip(self.heads, self.scores) if keep is None or h[0] in keep]
+        theirs = [(h, float(s)) for h, s in zip(other.heads, other.scores) if keep is None or h[0] in keep]
+        if len(mine) < 2:
+            raise ValueError(f"layers={layers!r} keeps {len(mine)} head(s); a comparison needs at least 2")
+        if not 1 <= k <= len(mine):
+            raise ValueError(f"k must be between 1 and {len(mine)} (the heads compared), got {k}")
+        top_a, top_b = [h for h, _ in mine[:k]], [h for h, _ in theirs[:k]]
+        shared = sorted(set(top_a) & set(top_b))
+        union = set(top_a) | set(top_b)
+        heads = [h for h, _ in mine]
+        score_b = dict(theirs)
+        rho = _spearman(
+            torch.tensor([s for _, s in mine], dtype=torch.float64),
+            torch.tensor([score_b[h] for h in heads], dtype=torch.float64),
+        )
+        return RankingComparison(k, len(heads), top_a, top_b, shared, len(shared) / len(union), rho)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..n of ``x``, tied values sharing the mean of their ranks."""
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    values = x[order]
+    i, n = 0, len(x)
+    while i < n:
+        j = i
+        while j + 1 < n and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation (Pearson's on average ranks); NaN when a list is constant."""
+    ra, rb = _average_ranks(a), _average_ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float(ra @ rb) / denom if denom > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class RankingComparison:
+    """The agreement of two rankings (from :meth:`HeadRanking.compare`).
+
+    Attributes
+    ----------
+    k : int
+        Size of the top lists.
+    n_heads : int
+        Number of heads compared.
+    top_a, top_b : list of (layer, head)
+        The top-``k`` heads of the first and of the second ranking.
+    shared : list of (layer, head)
+        Heads in both top lists, sorted.
+    jaccard : float
+        ``len(shared)`` over the number of heads in either top list.
+    spearman : float
+        Spearman's rank correlation of the two scores over the ``n_heads`` heads.
+    """
+
+    k: int
+    n_heads: int
+    top_a: list[Head]
+    top_b: list[Head]
+    shared: list[Head]
+    jaccard: float
+    spearman: float
+
+    @property
+    def overlap(self) -> int:
+        """The number of heads in both top lists."""
+        return len(self.shared)
+
+    @property
+    def chance_jaccard(self) -> float:
+        """The mean Jaccard index of two random top-``k`` sets: ``k / (2 n_heads - k)``."""
+        return self.k / (2 * self.n_heads - self.k)
+
+    def __str__(self) -> str:
+        labels = ", ".join(head_label(*h) for h in self.shared) or "none"
+        return (
+            f"top {self.k}: {self.overlap} heads in common ({labels}), Jaccard {self.jaccard:.2f}; "
+            f"Spearman {self.spearman:.2f} over {self.n_heads} heads"
+        )
+
 
 def rank_heads(
     acts: HeadActivations,
@@ -401,17 +541,38 @@ def rank_heads(
         return HeadRanking.from_pursuit(results, dtype=out_dtype)
     heads = list(acts.heads)
     atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
-    m = acts.moments
-    if acts.z is not None:
-        zbar = acts.z.double().mean(0)  # [L, H, dh]
-    else:
-        zbar = m.sum / m.count  # type: ignore[union-attr]
-    xbar = torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)  # mean contribution per head
-    per_head = xbar @ atom_mean  # [L, H]
+    per_head = mean_head_writes(acts) @ atom_mean  # [L, H]
     row = {layer: i for i, layer in enumerate(acts.layers)}
     scores = torch.tensor([float(per_head[row[layer], head]) for layer, head in heads], dtype=out_dtype)
     order = torch.argsort(scores, descending=True, stable=True)
     return HeadRanking([heads[int(i)] for i in order], scores[order], method, None)
+
+
+def mean_head_writes(acts: HeadActivations) -> torch.Tensor:
+    """Every head's write into the residual stream, averaged over the prompts.
+
+    ``W_O^h`` times the mean pooled head output, in float64: the vector whose
+    dot product with an atom is the head's mean logit for it (the logit lens).
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        With samples or moments.
+
+    Returns
+    -------
+    torch.Tensor ``[n_layers, n_heads, d_model]``, float64
+        Rows in the order of ``acts.layers``.
+    """
+    if not isinstance(acts, HeadActivations):
+        raise TypeError(f"acts must be HeadActivations (from hp_mini.record_heads), got {type(acts).__name__}")
+    if acts.z is not None:
+        zbar = acts.z.double().mean(0)  # [L, H, dh]
+    elif acts.moments is not None:
+        zbar = acts.moments.sum.double() / acts.moments.count
+    else:
+        raise ValueError("acts holds neither samples nor moments; record with store='samples' or 'moments'")
+    return torch.einsum("lhdk,lhk->lhd", acts.W_O.double(), zbar)
 
 
 def random_heads_like(
@@ -420,6 +581,7 @@ def random_heads_like(
     *,
     n_draws: int = 10,
     seed: int = 0,
+    fill: Literal["exact", "nearest"] = "exact",
 ) -> list[list[Head]]:
     """Random control sets matching a selection layer by layer.
 
@@ -433,12 +595,20 @@ def random_heads_like(
         Number of control sets.
     seed : int, default 0
         Seed of the draws (reproducible).
+    fill : {"exact", "nearest"}, default "exact"
+        What to do when a layer has fewer other heads than the selection has
+        there (a model with 4 heads per layer, 3 of them selected, has 1 other
+        head). ``"exact"`` raises. ``"nearest"`` draws what the layer lacks
+        from the nearest layers that still have free heads (uniformly among the
+        free heads of the nearest such layers): the count per layer is kept
+        wherever it can be, and the depth distribution as closely as it can be
+        otherwise. :func:`heads_moved` says how many heads were moved.
 
     Returns
     -------
     list of ``n_draws`` lists of (layer, head)
-        Each has the same number of heads in every layer as ``selected``, none
-        of them in ``selected``; sorted.
+        Each has as many heads as ``selected``, none of them in ``selected``,
+        with the same number in every layer (``fill="exact"``); sorted.
 
     Examples
     --------
@@ -447,25 +617,68 @@ def random_heads_like(
     >>> draws = hp_mini.random_heads_like([(0, 1), (2, 0), (2, 3)], pool, n_draws=2)
     >>> [sorted(layer for layer, _ in d) for d in draws]
     [[0, 2, 2], [0, 2, 2]]
+    >>> full = [(1, 0), (1, 1), (1, 2)]           # 3 of layer 1's 4 heads
+    >>> draw = hp_mini.random_heads_like(full, pool, n_draws=1, fill="nearest")[0]
+    >>> sorted(layer for layer, _ in draw)   # layer 1's last free head, two from layers 0 and 2
+    [0, 1, 2]
     """
+    pool, per_layer, free = _control_layers(selected, acts, n_draws)
+    if fill not in ("exact", "nearest"):
+        raise ValueError(f"fill must be 'exact' or 'nearest', got {fill!r}")
+    short = {layer: count - len(free[layer]) for layer, count in per_layer.items() if len(free[layer]) < count}
+    if short and fill == "exact":
+        layer = min(short)
+        raise ValueError(
+            f"layer {layer} has {per_layer[layer]} selected heads but only {len(free[layer])} others to draw "
+            "from; pass fill='nearest' to take the missing heads from the nearest layers"
+        )
+    chosen = {tuple(h) for h in selected}
+    others = sorted(h for h in pool if h not in chosen)
+    if len(others) < len(chosen):
+        raise ValueError(f"{len(chosen)} heads are selected but only {len(others)} others exist to draw from")
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(n_draws):
+        taken: set[Head] = set()
+        for layer in sorted(per_layer):
+            taken.update(rng.sample(free[layer], min(per_layer[layer], len(free[layer]))))
+        for layer in sorted(short):
+            for _ in range(short[layer]):
+                left = [h for h in others if h not in taken]
+                nearest = min(abs(h[0] - layer) for h in left)
+                taken.add(rng.choice([h for h in left if abs(h[0] - layer) == nearest]))
+        draws.append(sorted(taken))
+    return draws
+
+
+def heads_moved(selected: Sequence[Head], acts: HeadActivations | Sequence[Head]) -> int:
+    """How many heads of each ``random_heads_like(..., fill="nearest")`` draw lie outside their layer.
+
+    Zero when every layer has enough other heads to match the selection
+    exactly (the paper's control); otherwise the number of heads taken from
+    the nearest layers instead.
+
+    Examples
+    --------
+    >>> from hp_mini.ranking import heads_moved
+    >>> pool = [(layer, head) for layer in range(3) for head in range(4)]
+    >>> heads_moved([(1, 0), (1, 1)], pool), heads_moved([(1, 0), (1, 1), (1, 2)], pool)
+    (0, 2)
+    """
+    _, per_layer, free = _control_layers(selected, acts, 1)
+    return sum(max(0, count - len(free[layer])) for layer, count in per_layer.items())
+
+
+def _control_layers(selected, acts, n_draws):
     pool = list(acts.heads) if isinstance(acts, HeadActivations) else [tuple(h) for h in acts]
     chosen = {tuple(h) for h in selected}
     unknown = chosen - set(pool)
     if unknown:
         raise ValueError(f"selected heads {sorted(unknown)} are not among the available heads")
-    if n_draws < 1:
-        raise ValueError(f"n_draws must be at least 1, got {n_draws}")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 1:
+        raise ValueError(f"n_draws must be an integer of at least 1, got {n_draws!r}")
     per_layer: dict[int, int] = {}
     for layer, _ in chosen:
         per_layer[layer] = per_layer.get(layer, 0) + 1
     free = {layer: sorted(h for h in pool if h[0] == layer and h not in chosen) for layer in per_layer}
-    for layer, count in per_layer.items():
-        if len(free[layer]) < count:
-            raise ValueError(
-                f"layer {layer} has {count} selected heads but only {len(free[layer])} others to draw from"
-            )
-    rng = random.Random(seed)
-    return [
-        sorted(h for layer in sorted(per_layer) for h in rng.sample(free[layer], per_layer[layer]))
-        for _ in range(n_draws)
-    ]
+    return pool, per_layer, free

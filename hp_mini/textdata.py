@@ -36,6 +36,7 @@ Example
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def qa_prompt(question: str, *, fewshot: bool = False) -> str:
     return (QA_FEWSHOT if fewshot else "") + f"Q: {question.strip()}\nA:"
 
 
-def toxic_words(split: str, *, lexicon: bool = True) -> list[str]:
+def toxic_words(split: str, *, lexicon: bool = True, exclude: Sequence[str] = ()) -> list[str]:
     """The selection or held-out toxic words (``split`` is ``"selection"`` or ``"held_out"``).
 
     Heads are chosen with the selection words (the shipped list, mild insults
@@ -183,6 +184,10 @@ def toxic_words(split: str, *, lexicon: bool = True) -> list[str]:
     lexicon : bool, default True
         Add the ``better-profanity`` lexicon to the held-out words
         (``False``: the shipped held-out list only).
+    exclude : list of str, optional
+        Words to leave out as well, such as selection words taken from a
+        model's own toxic continuations (:func:`hp_mini.toxicity.toxic_words_in`),
+        so that the held-out words stay disjoint from them.
     """
     words = [w.strip().lower() for w in load_text_dataset("toxic_words", split=split)["word"]]
     if split == "held_out" and lexicon:
@@ -190,6 +195,10 @@ def toxic_words(split: str, *, lexicon: bool = True) -> list[str]:
     if split == "held_out":
         selection = set(toxic_words("selection"))
         words = [w for w in words if w not in selection]
+    if isinstance(exclude, str):
+        raise TypeError("exclude must be a list of words, not one string")
+    excluded = {w.strip().lower() for w in exclude}
+    words = [w for w in words if w not in excluded]
     return list(dict.fromkeys(w for w in words if w))
 
 

@@ -70,6 +70,7 @@ __all__ = [
     "ToxicityClassifier",
     "prepare_toxicity_classifier",
     "read_keras_tokenizer",
+    "toxic_words_in",
     "toxicity_scores",
 ]
 
@@ -536,3 +537,53 @@ def toxicity_scores(texts: Sequence[str]) -> np.ndarray:
     """
     texts = _check_texts(texts)
     return _default_classifier().scores(texts)
+
+
+def toxic_words_in(
+    texts: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    min_length: int = 3,
+) -> list[str]:
+    """The toxic words of toxic texts: the paper's selection words, taken from a model's own output.
+
+    A text is toxic when the Jigsaw classifier gives it ``toxic`` >= ``threshold``.
+    Its words (as the classifier's tokenizer splits them, alphabetic, at least
+    ``min_length`` letters) are candidates; a candidate is kept when the
+    classifier, given the word alone, also scores it toxic. So "the" and
+    "woman" in a toxic sentence are dropped and the insult is kept.
+
+    Parameters
+    ----------
+    texts : list of str
+        For the paper's protocol, the unedited model's continuations of the
+        selection prompts.
+    threshold : float, default 0.5
+        Toxicity threshold, for texts and for words.
+    min_length : int, default 3
+        Shortest word kept.
+
+    Returns
+    -------
+    list of str
+        Distinct words, lower case, sorted by how many toxic texts contain
+        them (most first), then alphabetically.
+    """
+    texts = _check_texts(texts)
+    if not 0 < float(threshold) < 1:
+        raise ValueError(f"threshold must be strictly between 0 and 1, got {threshold!r}")
+    if isinstance(min_length, bool) or not isinstance(min_length, int) or min_length < 1:
+        raise ValueError(f"min_length must be a positive integer, got {min_length!r}")
+    if not texts:
+        return []
+    clf = _default_classifier()
+    toxic = clf.scores(texts)[:, 0] >= threshold
+    counts: collections.Counter = collections.Counter()
+    for text, is_toxic in zip(texts, toxic):
+        if is_toxic:
+            counts.update({w for w in clf.words(text) if w.isalpha() and len(w) >= min_length})
+    candidates = sorted(counts, key=lambda w: (-counts[w], w))
+    if not candidates:
+        return []
+    keep = clf.scores(candidates)[:, 0] >= threshold
+    return [w for w, k in zip(candidates, keep) if k]

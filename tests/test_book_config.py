@@ -261,8 +261,9 @@ def test_chapter_opens_with_objectives_run_time_and_the_paper(name: str):
     first = _code_cells(text)[0]
     assert '"TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"' in first, "progress bars off first"
     if "HP_BOOK_QUICK=1" in top:
-        # quick mode changes the number of random draws, and the default keeps the paper's 10
-        assert re.search(r"= 3 if QUICK else 10\b", text)
+        # quick mode changes the number of random draws, and the default keeps the paper's 10;
+        # a chapter that shows shipped random draws instead skips live work in quick mode
+        assert re.search(r"= 3 if QUICK else 10\b", text) or ("if QUICK" in text and "N_RANDOM" not in text)
     if name != "intro":
         assert re.search(r"(?m)^## Summary\n", text), "a summary at the end"
         assert text.rstrip().split("\n## ")[-1].startswith("Summary")

@@ -228,3 +228,64 @@ def test_math_renders_offline_with_the_mathjax_served_by_the_book(tmp_path: Path
     assert check_pages.main(["--html", str(root), "--screenshots", str(shots)]) == 0
     report = json.loads((shots / "report.json").read_text())
     assert report[0]["ok"] and not report[0]["offline_external"], report
+
+
+# --------------------------------------------------------------------------- #
+# Interactive heatmaps (hp_mini.interactive): pointing at a head shows it
+# --------------------------------------------------------------------------- #
+
+
+def test_panel_problem_wants_the_label_of_the_head_pointed_at():
+    assert check_pages.panel_problem("L3H4", "L3H4") is None
+    assert "not L3H4" in check_pages.panel_problem("L3H4", "L0H0")
+    assert "not a head label" in check_pages.panel_problem("L3H4", "(no label) Hover over a cell")
+    assert "no panel" in check_pages.panel_problem("L3H4", None)
+
+
+def test_scripts_inside_outputs_are_not_read_as_output_text():
+    data = '<script type="application/json">{"atoms": ["WARNING", " 0%|"]}</script>'
+    html = page(cell("show()", "fine"),
+                '<div class="cell_output"><div class="output text_html">'
+                f'<div>a heatmap</div>{data}<script>const w = "UserWarning: no";</script></div></div>')
+    assert check_pages.text_findings(html) == []
+    # Text that the reader sees in the same output is still read.
+    assert check_pages.text_findings(page(
+        f'<div class="cell_output"><div class="output text_html">{data}<p>WARNING: shown</p></div></div>'))
+
+
+def heatmap_html() -> str:
+    """A real heatmap of tiny random heads, as hp_mini.interactive draws it."""
+    import torch
+
+    import hp_mini
+    from hp_mini.activations import HeadActivations
+    from hp_mini.interactive import logit_lens_atoms, ranking_heatmap
+
+    g = torch.Generator().manual_seed(0)
+    acts = HeadActivations(torch.randn(20, 3, 4, 4, generator=g), torch.randn(3, 4, 12, 4, generator=g),
+                           None, [0, 1, 2])
+    atoms = torch.randn(30, 12, generator=g)
+    somp = hp_mini.rank_heads(acts, atoms, n_atoms=4, progress=False)
+    lens = hp_mini.rank_heads(acts, atoms, method="logit_lens", progress=False)
+    return ranking_heatmap(somp, lens, logit_lens_atoms(acts, atoms), title="tiny").html()
+
+
+@needs_browser
+def test_checker_points_at_heads_of_interactive_heatmaps(tmp_path: Path):
+    root = tmp_path / "html"
+    root.mkdir()
+    good = heatmap_html()
+    (root / "index.html").write_text(f"<html><body>{good}{heatmap_html()}</body></html>")
+    # The same heatmap without its script: the panel never shows a head.
+    script = good.rindex("<script>")
+    broken = good[:script] + good[good.index("</script>", script) + len("</script>"):]
+    assert broken.count("<script") == 1  # only the JSON data is left
+    (root / "broken.html").write_text(f"<html><body>{broken}</body></html>")
+    shots = tmp_path / "shots"
+    assert check_pages.main(["--html", str(root), "--screenshots", str(shots)]) == 1
+    report = {r["page"]: r for r in json.loads((shots / "report.json").read_text())}
+    assert report["index.html"]["ok"], report["index.html"]
+    failures = report["broken.html"]["failures"]
+    assert len(failures) == 2, failures
+    assert failures[0].startswith("interactive heatmap 1: after a hover on L") and "not a head label" in failures[0]
+    assert failures[1].startswith("interactive heatmap 1: after a click on L"), failures

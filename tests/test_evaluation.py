@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -77,8 +78,11 @@ def test_evaluate_head_edits_table_and_controls(tiny):
     lens = [(0, 2), (1, 1), (2, 0)]
     table = evaluate_head_edits(tiny, evaluate, {"SOMP": somp, "logit lens": lens}, ks=[1, 2], pool=pool,
                                 n_random=3, seed=1, progress=False)
-    # 1 unedited + per k: 2 selections + 3 random draws
-    assert len(calls) == 1 + 2 * (2 + 3)
+    # 1 unedited + per k: 2 selections + each distinct random draw once (draws can repeat)
+    random_rows = table[(table.method == "random") & (table.metric == "logit")]
+    distinct = random_rows.groupby("k")["heads"].nunique().to_dict()
+    assert table.attrs["distinct_random"] == distinct and len(random_rows) == 2 * 3
+    assert len(calls) == 1 + 2 * 2 + sum(distinct.values())
     assert set(table.method) == {"unedited", "SOMP", "logit lens", "random"}
     assert (table[table.metric == "const"].normalised == 1.0).all()
     base = table[(table.method == "unedited") & (table.metric == "logit")].value.item()
@@ -154,6 +158,154 @@ def test_toxicity_evaluator_reports_counts_behind_the_lexical_rate(monkeypatch):
     texts = [" you clown", " a clown and a pig", " nice"]
     monkeypatch.setattr(ev, "generate", lambda *a, **k: list(texts))
     monkeypatch.setattr(ev, "profanity_probability", lambda t: np.array([0.9, 0.6, 0.1]))
-    scores = ev.toxicity_evaluator(None, None, ["a", "b", "c"], ["clown", "pig"])()
+    monkeypatch.setattr(ev, "toxicity_scores", lambda t: np.array([[0.2] + [0] * 5, [0.7] + [0] * 5, [0.4] + [0] * 5]))
+    evaluate = ev.toxicity_evaluator(None, None, ["a", "b", "c"], ["clown", "pig"])
+    scores = evaluate()
     assert scores["lexical_hits"] == 3.0 and scores["lexical"] == pytest.approx(1.0)
-    assert scores["toxic_fraction"] == pytest.approx(2 / 3)
+    # the Jigsaw classifier is the main one, profanity-check the second
+    assert scores["toxic_fraction"] == pytest.approx(1 / 3) and scores["toxic_count"] == 1.0
+    assert scores["toxicity"] == pytest.approx(1.3 / 3)
+    assert scores["toxic_fraction_pc"] == pytest.approx(2 / 3) and scores["toxic_count_pc"] == 2.0
+    per = evaluate.per_prompt
+    assert per["lexical"].tolist() == [1.0, 2.0, 0.0] and per["toxic_fraction"].tolist() == [0.0, 1.0, 0.0]
+    for metric, values in per.items():
+        assert scores[metric] == pytest.approx(values.mean())
+
+
+def _bootstrap_oracle(a, b, n_boot, level, seed):
+    """The paired percentile bootstrap written out loop by loop."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    ratios = []
+    for row in idx:
+        den = sum(b[i] for i in row) / len(row)
+        if den != 0:
+            ratios.append(sum(a[i] for i in row) / len(row) / den)
+    ratios.sort()
+    tail = (1 - level) / 2
+    return np.percentile(ratios, [100 * tail, 100 * (1 - tail)])
+
+
+def test_bootstrap_ratio_matches_a_loop_and_covers_the_ratio():
+    from hp_mini.evaluation import bootstrap_ratio
+
+    rng = np.random.default_rng(3)
+    unedited = rng.random(60)
+    edited = unedited * 0.5 + rng.random(60) * 0.1
+    low, high = bootstrap_ratio(edited, unedited, n_boot=500, level=0.9, seed=7)
+    assert (low, high) == pytest.approx(tuple(_bootstrap_oracle(edited, unedited, 500, 0.9, 7)))
+    assert low < edited.mean() / unedited.mean() < high
+    # identical runs give a degenerate interval at 1
+    assert bootstrap_ratio(unedited, unedited) == pytest.approx((1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "edited, unedited, kwargs, message",
+    [
+        ([1.0], [1.0], {}, "at least 2"),
+        ([1.0, 2.0], [1.0], {}, "same length"),
+        ([1.0, np.nan], [1.0, 1.0], {}, "finite"),
+        ([1.0, 2.0], [1.0, 1.0], {"n_boot": 10}, "n_boot"),
+        ([1.0, 2.0], [1.0, 1.0], {"level": 1.5}, "level"),
+    ],
+)
+def test_bootstrap_ratio_rejects_bad_input(edited, unedited, kwargs, message):
+    from hp_mini.evaluation import bootstrap_ratio
+
+    with pytest.raises(ValueError, match=message):
+        bootstrap_ratio(edited, unedited, **kwargs)
+
+
+def test_head_counts_are_the_papers_fractions_and_distinct():
+    from hp_mini.evaluation import head_counts
+
+    assert head_counts(270) == [3, 5, 11]
+    assert head_counts(1024) == [10, 20, 41]
+    assert head_counts(72) == [1, 2, 3]  # round() alone would give 1, 1, 3
+    with pytest.raises(ValueError, match="n_heads"):
+        head_counts(0)
+    with pytest.raises(ValueError, match="increasing"):
+        head_counts(100, (0.04, 0.01))
+    with pytest.raises(ValueError, match="too few"):
+        head_counts(2, (0.1, 0.2, 0.3))
+
+
+def test_intervals_come_from_the_per_prompt_values(tiny):
+    from hp_mini.evaluation import add_intervals, bootstrap_ratio, edit_table
+
+    values = {"unedited": np.array([1.0, 1.0, 0.0, 1.0]), "edit": np.array([0.0, 1.0, 0.0, 0.0])}
+    state = {"now": "unedited"}
+
+    def evaluate():
+        evaluate.per_prompt = {"acc": values[state["now"]]}
+        state["now"] = "edit"
+        return {"acc": float(evaluate.per_prompt["acc"].mean())}
+
+    table = evaluate_head_edits(tiny, evaluate, {"a": [(0, 0), (1, 1)]}, ks=[1], progress=False)
+    with_ci = add_intervals(table, n_boot=300, seed=1)
+    row = with_ci[(with_ci.method == "a") & (with_ci.metric == "acc")].iloc[0]
+    assert row.normalised == pytest.approx(1 / 3)
+    assert (row.ci_low, row.ci_high) == pytest.approx(bootstrap_ratio(values["edit"], values["unedited"], n_boot=300, seed=1))
+    cell = edit_table(with_ci, ["acc"], intervals=True).iloc[0, 0]
+    assert cell == f"0.33 ({row.ci_low:.2f}-{row.ci_high:.2f})"
+    with pytest.raises(ValueError, match="add_intervals"):
+        edit_table(table, ["acc"], intervals=True)
+    with pytest.raises(ValueError, match="per-prompt"):
+        add_intervals(evaluate_head_edits(tiny, lambda: {"acc": 1.0}, {"a": [(0, 0)]}, ks=[1], progress=False))
+
+
+def test_random_controls_fill_from_the_nearest_layers_when_a_layer_is_full():
+    from hp_mini.ranking import heads_moved, random_heads_like
+
+    pool = [(layer, head) for layer in range(4) for head in range(4)]
+    selected = [(2, 0), (2, 1), (2, 2), (1, 0)]  # layer 2 keeps only one other head
+    with pytest.raises(ValueError, match="fill='nearest'"):
+        random_heads_like(selected, pool)
+    draws = random_heads_like(selected, pool, n_draws=20, seed=4, fill="nearest")
+    assert heads_moved(selected, pool) == 2
+    for draw in draws:
+        assert len(draw) == 4 and len(set(draw)) == 4 and not set(draw) & set(selected)
+        layers = [layer for layer, _ in draw]
+        # layer 2's one free head, layer 1's count kept, two heads from layers 1 and 3 (distance 1)
+        assert layers.count(2) == 1 and (2, 3) in draw
+        assert all(abs(layer - 2) <= 1 for layer in layers)
+    assert len({tuple(d) for d in draws}) > 1
+    assert random_heads_like(selected, pool, n_draws=3, seed=4, fill="nearest") == draws[:3]
+
+
+def test_edit_differences_pairs_the_single_edits_of_two_runs():
+    from hp_mini.evaluation import edit_differences
+
+    cols = ["method", "k", "draw", "heads", "metric", "value"]
+    a = pd.DataFrame([("unedited", 0, 0, "", "m", 1.0), ("SOMP", 3, 0, "L1H1", "m", 0.5),
+                      ("random", 3, 0, "L1H2", "m", 0.9), ("SOMP", 5, 0, "L1H1 L2H2", "m", 0.4)], columns=cols)
+    b = pd.DataFrame([("unedited", 0, 0, "", "m", 1.0), ("SOMP", 3, 0, "L1H1", "m", 0.45),
+                      ("random", 3, 0, "L1H3", "m", 0.1)], columns=cols)
+    d = edit_differences(a, b)
+    assert list(zip(d.method, d.k)) == [("unedited", 0), ("SOMP", 3)]  # random draws and unmatched rows left out
+    assert d.difference.tolist() == pytest.approx([0.0, 0.05])
+    with pytest.raises(ValueError, match="share no edit"):
+        edit_differences(a, b, metrics=["other"])
+    with pytest.raises(ValueError, match="columns"):
+        edit_differences(a.drop(columns="heads"), b)
+
+
+def test_a_head_set_that_comes_again_is_scored_once(tiny):
+    calls = []
+
+    def evaluate():
+        calls.append(1)
+        evaluate.per_prompt = {"m": np.array([1.0, float(len(calls))])}
+        return {"m": float(len(calls))}
+
+    # both selections start with the same head: the second k=1 edit is the first one again
+    table = evaluate_head_edits(tiny, evaluate, {"a": [(0, 0), (1, 1)], "b": [(0, 0), (1, 0)]}, ks=[1, 2],
+                                progress=False)
+    assert len(calls) == 1 + 3  # unedited, a@1 (= b@1), a@2, b@2
+    a1 = table[(table.method == "a") & (table.k == 1)].value.iloc[0]
+    b1 = table[(table.method == "b") & (table.k == 1)].value.iloc[0]
+    assert a1 == b1 == 2.0
+    assert table.attrs["per_prompt"][("b", 1, 0)]["m"].tolist() == [1.0, 2.0]
+    again = evaluate_head_edits(tiny, evaluate, {"a": [(0, 0), (1, 1)], "b": [(0, 0), (1, 0)]}, ks=[1, 2],
+                                reuse=False, progress=False)
+    assert len(calls) == 4 + 5 and again[(again.method == "b") & (again.k == 1)].value.iloc[0] != a1

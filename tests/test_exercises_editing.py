@@ -34,6 +34,33 @@ def test_scale_z():
         check("editing.scale_z", strided, quiet=True)
 
 
+def test_bootstrap():
+    import numpy as np
+
+    from hp_mini.evaluation import bootstrap_ratio
+
+    def good(edited, unedited, n_boot, seed):
+        return bootstrap_ratio(edited, unedited, n_boot=n_boot, seed=seed)
+
+    assert check("editing.bootstrap", good, quiet=True)
+
+    def own_rng(edited, unedited, n_boot, seed):
+        rng = np.random.default_rng(seed + 1)
+        idx = rng.integers(0, len(edited), (n_boot, len(edited)))
+        return tuple(np.percentile(edited[idx].mean(1) / unedited[idx].mean(1), [2.5, 97.5]))
+
+    assert check("editing.bootstrap", own_rng, quiet=True)
+
+    def unpaired(edited, unedited, n_boot, seed):
+        rng = np.random.default_rng(seed)
+        a = edited[rng.integers(0, len(edited), (n_boot, len(edited)))].mean(1)
+        b = unedited[rng.integers(0, len(edited), (n_boot, len(edited)))].mean(1)
+        return tuple(np.percentile(a / b, [2.5, 97.5]))
+
+    with pytest.raises(ExerciseError, match="separately"):
+        check("editing.bootstrap", unpaired, quiet=True)
+
+
 def test_random_summary():
     def good(table, metric):
         g = table[(table.method == "random") & (table.metric == metric)].groupby("k")["normalised"]

@@ -12,7 +12,7 @@ import pytest
 from hp_mini.exercises import ExerciseError, check, exercises
 from hp_mini.exercises.__main__ import main
 from hp_mini.exercises._assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list
-from hp_mini.exercises._grading import grade_notebook
+from hp_mini.exercises._grading import GradeReport, grade_notebook
 from hp_mini.exercises._notebooks import find_exercises, read_notebook, strip_solutions, student_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,3 +199,52 @@ def test_assignment_list_of_a_chapter(chapter: Path, tmp_path: Path):
     assert "The book has 4 exercises in 1 chapter, about 16 minutes of work in all." in text
     assert "**{ref}`A demo chapter <demo-chapter>`** (`99_demo`)" in text
     assert "| {ref}`A wrong answer <ex-demo-wrong>` | ★★☆ medium | about 10 minutes | `demo.add` |" in text
+
+
+def _report(notebook: str, scores: dict[str, int]) -> GradeReport:
+    from hp_mini.exercises._grading import ExerciseGrade
+
+    grades = [ExerciseGrade(label, label, ["demo.add"], s, "passed" if s else "failed") for label, s in scores.items()]
+    return GradeReport(notebook=notebook, grades=grades)
+
+
+def test_gradebook_csv_has_one_row_per_student():
+    import csv
+    import io
+
+    from hp_mini.exercises._grading import gradebook_csv
+
+    text = gradebook_csv([
+        _report("hand-in/alice.ipynb", {"ex-a": 1, "ex-b": 0}),
+        _report("hand-in/bob.ipynb", {"ex-a": 1, "ex-b": 1, "ex-c": 1}),
+    ])
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert list(rows[0]) == ["student", "ex-a", "ex-b", "ex-c", "score", "total", "percent"]
+    assert rows[0] == {"student": "alice", "ex-a": "1", "ex-b": "0", "ex-c": "0",
+                       "score": "1", "total": "3", "percent": "33.3"}
+    assert (rows[1]["student"], rows[1]["score"], rows[1]["percent"]) == ("bob", "3", "100.0")
+    named = gradebook_csv([_report("x/7.ipynb", {"ex-a": 1})], student_from=lambda p: f"id-{Path(p).stem}")
+    assert named.splitlines()[1] == "id-7,1,1,1,100.0"
+
+
+def test_gradebook_csv_rejects_bad_input():
+    from hp_mini.exercises._grading import gradebook_csv
+
+    with pytest.raises(ValueError, match="at least one GradeReport"):
+        gradebook_csv([])
+    with pytest.raises(TypeError, match="GradeReport, got dict"):
+        gradebook_csv([{"notebook": "a.ipynb"}])
+    with pytest.raises(ValueError, match="same student alice"):
+        gradebook_csv([_report("a/alice.ipynb", {"ex-a": 1}), _report("b/alice.ipynb", {"ex-a": 0})])
+
+
+def test_grade_command_writes_the_gradebook(chapter: Path, tmp_path: Path, capsys):
+    nb = student_notebook(chapter)
+    student = tmp_path / "carol.ipynb"
+    nbformat.write(nb, student)
+    out = tmp_path / "scores.csv"
+    assert main(["grade", str(student), "--csv", str(out), "--timeout", "60"]) == 0
+    header, row = out.read_text(encoding="utf-8").splitlines()
+    assert header == "student,ex-demo-right,ex-demo-wrong,ex-demo-stub,ex-demo-crash,score,total,percent"
+    assert row == "carol,1,0,0,0,1,4,25.0"
+    assert "carol.ipynb: 1/4" in capsys.readouterr().out

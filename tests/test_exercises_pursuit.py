@@ -51,31 +51,44 @@ def test_evr_rejects_uncentred():
         check("pursuit.evr", uncentred, quiet=True)
 
 
-def test_order_rejects_signed_sum():
-    def good(atoms, coefficients):
-        return [int(atoms[i]) for i in coefficients.norm(dim=0).argsort(descending=True)]
-
-    assert check("pursuit.order", good, quiet=True)
-
-    def signed(atoms, coefficients):
-        return [int(atoms[i]) for i in coefficients.sum(0).argsort(descending=True)]
-
-    with pytest.raises(ExerciseError, match="signed sum"):
-        check("pursuit.order", signed, quiet=True)
+def _effective_rank(X):
+    Xc = X - X.mean(0)
+    power = torch.linalg.svdvals(Xc).pow(2)
+    return float(power.sum() ** 2 / power.pow(2).sum())
 
 
-def test_copy_score_rejects_dot_products():
-    def good(acts, layer, head, token_ids, U):
-        x = acts.head(layer, head)
-        t = torch.stack([U[torch.as_tensor(ids)].mean(0) for ids in token_ids])
-        return float(torch.nn.functional.cosine_similarity(x, t, dim=1).mean())
+def test_effective_rank_rejects_singular_values_and_uncentred():
+    assert check("pursuit.effective_rank", _effective_rank, quiet=True)
 
-    assert check("pursuit.copy_score", good, quiet=True)
+    def plain(X):
+        s = torch.linalg.svdvals(X - X.mean(0))
+        return float(s.sum() ** 2 / s.pow(2).sum())
 
-    def dots(acts, layer, head, token_ids, U):
-        x = acts.head(layer, head)
-        t = torch.stack([U[torch.as_tensor(ids)].mean(0) for ids in token_ids])
-        return float((x * t).sum(1).mean())
+    with pytest.raises(ExerciseError, match="squares"):
+        check("pursuit.effective_rank", plain, quiet=True)
 
-    with pytest.raises(ExerciseError, match="cosine"):
-        check("pursuit.copy_score", dots, quiet=True)
+    def uncentred(X):
+        power = torch.linalg.svdvals(X).pow(2)
+        return float(power.sum() ** 2 / power.pow(2).sum())
+
+    with pytest.raises(ExerciseError, match="mean over samples"):
+        check("pursuit.effective_rank", uncentred, quiet=True)
+
+
+def test_lowest_rank_layer_is_checked_against_the_activations():
+    from hp_mini.activations import HeadActivations
+
+    g = torch.Generator().manual_seed(0)
+    n, d_head, d_model = 40, 4, 10
+    z = torch.randn(n, 3, 2, d_head, generator=g)
+    z[:, 1] = torch.randn(n, 1, 1, generator=g) * torch.randn(1, 2, d_head, generator=g)  # rank 1
+    W_O = torch.randn(3, 2, d_model, d_head, generator=g)
+    acts = HeadActivations(z, W_O, None, [0, 1, 2])
+    by_hand = [sum(_effective_rank(acts.head(l, h)) for h in range(2)) for l in range(3)]
+    lowest = min(range(3), key=by_hand.__getitem__)
+    assert lowest == 1
+    assert check("pursuit.lowest_rank_layer", (lowest, acts), quiet=True)
+    with pytest.raises(ExerciseError, match="another layer is lower|highest"):
+        check("pursuit.lowest_rank_layer", (0, acts), quiet=True)
+    with pytest.raises(ExerciseError, match="pair"):
+        check("pursuit.lowest_rank_layer", 1, quiet=True)

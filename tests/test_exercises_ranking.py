@@ -6,14 +6,29 @@ import torch
 from hp_mini.exercises import ExerciseError, check
 
 
-def test_jaccard():
-    def good(a, b):
-        a, b = set(map(tuple, a)), set(map(tuple, b))
-        return 1.0 if not a | b else len(a & b) / len(a | b)
+def test_missed_by_lens():
+    from hp_mini.ranking import HeadRanking
 
-    assert check("ranking.jaccard", good, quiet=True)
-    with pytest.raises(ExerciseError, match="union"):
-        check("ranking.jaccard", lambda a, b: len(set(a) & set(b)) / len(set(a)), quiet=True)
+    heads = [(layer, head) for layer in range(3) for head in range(4)]
+    somp_scores = {h: float(12 - i) for i, h in enumerate(heads)}  # (0, 0) best ... (2, 3) worst
+    lens_scores = {h: float(i) for i, h in enumerate(heads)}  # the reverse
+
+    def ranking(scores, method):
+        order = sorted(heads, key=lambda h: -scores[h])
+        return HeadRanking(order, torch.tensor([scores[h] for h in order]), method)
+
+    somp, lens = ranking(somp_scores, "somp"), ranking(lens_scores, "logit_lens")
+    # Outside layer 0, the lens ranks (2, 3) ... (1, 0); its bottom half is (1, 3) ... (1, 0);
+    # the best of these by SOMP is (1, 0).
+    assert check("ranking.missed_by_lens", ((1, 0), somp, lens, 1), quiet=True)
+    with pytest.raises(ExerciseError, match="bottom half"):
+        check("ranking.missed_by_lens", ((2, 3), somp, lens, 1), quiet=True)
+    with pytest.raises(ExerciseError, match="higher"):
+        check("ranking.missed_by_lens", ((1, 2), somp, lens, 1), quiet=True)
+    with pytest.raises(ExerciseError, match="leave out"):
+        check("ranking.missed_by_lens", ((0, 0), somp, lens, 1), quiet=True)
+    with pytest.raises(ExerciseError, match="SOMP ranking second"):
+        check("ranking.missed_by_lens", ((1, 0), lens, somp, 1), quiet=True)
 
 
 def test_lens_scores():

@@ -120,3 +120,109 @@ def test_by_hand_paths_that_do_not_exist_are_named():
         hp_mini.attention_heads(model, layers="model.layers", out_proj="self_attn.out")
     with pytest.raises(ValueError, match="pass both"):
         hp_mini.attention_heads(model, layers="model.layers")
+
+
+# --------------------------------------------------------------------------- #
+# copy_scores
+# --------------------------------------------------------------------------- #
+
+
+def _copy_oracle(model, tokenizer, texts, U):
+    """Prompt by prompt, by hand: each head's write from W_O's columns, the logits of the
+    whole vocabulary, standardised, read at the attended tokens with the attention weights."""
+    from helpers import CharTokenizer  # noqa: F401  (the same tokenizer as the library call)
+
+    layers = model.model.layers
+    n_heads = model.config.num_attention_heads
+    total = torch.zeros(len(layers), n_heads, dtype=torch.float64)
+    count = 0
+    for text in texts:
+        ids = torch.tensor([tokenizer._ids(text)])
+        seen = {}
+        hooks = [
+            layer.self_attn.o_proj.register_forward_pre_hook(
+                lambda m, args, i=i: seen.__setitem__(i, args[0][0].detach().double())
+            )
+            for i, layer in enumerate(layers)
+        ]
+        try:
+            with torch.no_grad():
+                attentions = model(input_ids=ids, output_attentions=True).attentions
+        finally:
+            for h in hooks:
+                h.remove()
+        T = ids.shape[1]
+        for i, layer in enumerate(layers):
+            W = layer.self_attn.o_proj.weight.detach().double()
+            d_head = W.shape[1] // n_heads
+            for h in range(n_heads):
+                cols = slice(h * d_head, (h + 1) * d_head)
+                for t in range(1, T):
+                    x = W[:, cols] @ seen[i][t, cols]
+                    logits = U.double() @ x
+                    standard = (logits - logits.mean()) / logits.std(unbiased=False)
+                    a = attentions[i][0, h, t].double()
+                    total[i, h] += sum(a[s] * standard[ids[0, s]] for s in range(t + 1))
+        count += T - 1
+    return total / count
+
+
+def test_copy_scores_match_a_by_hand_computation():
+    from helpers import CharTokenizer
+
+    model = tiny_model("llama")
+    tokenizer = CharTokenizer()
+    U = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    texts = ["abcab", "hello there", "xyz"]
+    got = hp_mini.heads.copy_scores(model, tokenizer, texts, U, batch_size=2)
+    expected = _copy_oracle(model, tokenizer, texts, U)
+    torch.testing.assert_close(got.scores, expected, rtol=1e-6, atol=1e-8)
+    assert got.n_tokens == sum(len(t) - 1 for t in texts)
+    # The baseline reads random tokens: reproducible by seed, and not the copy score.
+    again = hp_mini.heads.copy_scores(model, tokenizer, texts, U, batch_size=3)
+    torch.testing.assert_close(again.baseline, got.baseline)
+    assert not torch.allclose(got.baseline, got.scores)
+    best = got.top(2)
+    flat = expected.flatten().argsort(descending=True)[:2]
+    assert best == [divmod(int(i), expected.shape[1]) for i in flat]
+
+
+def test_copy_scores_find_a_planted_copying_head():
+    """A head whose value and output maps send each token's embedding back to its own row
+    copies by construction: with U the embedding, its score is far above the others'."""
+    from helpers import CharTokenizer
+
+    model = tiny_model("llama")
+    attn = model.model.layers[0].self_attn
+    d_model, d_head = model.config.hidden_size, attn.head_dim
+    with torch.no_grad():
+        # Head 0 of layer 0: v = first d_head coordinates of the normed input, o = put them back.
+        attn.v_proj.weight[:d_head] = torch.eye(d_model)[:d_head]
+        attn.o_proj.weight[:, :d_head] = torch.eye(d_model)[:, :d_head]
+        model.model.layers[0].input_layernorm.weight.fill_(1.0)
+        emb = model.model.embed_tokens.weight
+        emb[:, d_head:] = 0.0  # tokens live in head 0's subspace
+    U = model.model.embed_tokens.weight.detach().clone()
+    scores = hp_mini.heads.copy_scores(model, CharTokenizer(), ["abcdefg", "mnopqrs"], U)
+    assert scores.top(1) == [(0, 0)]
+    assert scores.scores[0, 0] > 0.5 > scores.baseline[0, 0].abs()
+
+
+def test_copy_scores_restore_the_attention_and_check_inputs():
+    from helpers import CharTokenizer
+
+    model = tiny_model("llama")
+    model.set_attn_implementation("sdpa")
+    U = torch.randn(model.config.vocab_size, model.config.hidden_size)
+    hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U)
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="wide"):
+        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U[:, :3])
+    with pytest.raises(TypeError, match="2-D tensor"):
+        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U.numpy())
+    with pytest.raises(ValueError, match="at least 2"):
+        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc", "a"], U)
+    with pytest.raises(ValueError, match="no row"):
+        hp_mini.heads.copy_scores(model, CharTokenizer(), ["xyz"], U[:20])
+    with pytest.raises(ValueError, match="at least one prompt"):
+        hp_mini.heads.copy_scores(model, CharTokenizer(), [], U)

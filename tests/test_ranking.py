@@ -241,3 +241,66 @@ def test_check_ranking_inputs_checks_and_caps_n_atoms():
         hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=2.0)
     with pytest.raises(ValueError, match="at least 2 prompts, got 1"):
         hp_mini.ranking.check_ranking_inputs(acts.select(slice(0, 1)), D)
+
+
+# --------------------------------------------------------------------------- #
+# HeadRanking.compare
+# --------------------------------------------------------------------------- #
+
+
+def _ranking(scores: dict, method: str = "somp") -> hp_mini.HeadRanking:
+    heads = sorted(scores, key=lambda h: -scores[h])
+    return hp_mini.HeadRanking(heads, torch.tensor([scores[h] for h in heads]), method)
+
+
+def test_compare_matches_scipy_and_a_hand_count():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    heads = [(layer, head) for layer in range(5) for head in range(6)]
+    a = {h: float(v) for h, v in zip(heads, rng.normal(size=len(heads)))}
+    b = {h: a[h] + float(v) for h, v in zip(heads, rng.normal(size=len(heads)))}
+    b[(4, 5)] = b[(4, 4)]  # a tie: scipy gives tied values their average rank
+    ra, rb = _ranking(a), _ranking(b, "logit_lens")
+    got = ra.compare(rb, k=7)
+    expected = spearmanr([a[h] for h in heads], [b[h] for h in heads]).statistic
+    assert got.spearman == pytest.approx(expected, abs=1e-12)
+    top_a = sorted(heads, key=lambda h: -a[h])[:7]
+    top_b = sorted(heads, key=lambda h: -b[h])[:7]
+    both = set(top_a) & set(top_b)
+    assert got.shared == sorted(both) and got.overlap == len(both)
+    assert got.jaccard == pytest.approx(len(both) / len(set(top_a) | set(top_b)))
+    assert got.chance_jaccard == pytest.approx(7 / (2 * 30 - 7))
+    # Symmetric, and restricted to some layers it compares only their heads.
+    back = rb.compare(ra, k=7)
+    assert back.spearman == pytest.approx(got.spearman) and back.shared == got.shared
+    later = ra.compare(rb, k=3, layers=[2, 3, 4])
+    kept = [h for h in heads if h[0] >= 2]
+    assert later.n_heads == len(kept)
+    assert later.spearman == pytest.approx(spearmanr([a[h] for h in kept], [b[h] for h in kept]).statistic)
+    assert later.top_a == [h for h in sorted(heads, key=lambda h: -a[h]) if h[0] >= 2][:3]
+    assert "heads in common" in str(later)
+
+
+def test_compare_of_a_ranking_with_itself_and_its_reverse():
+    heads = [(0, h) for h in range(6)]
+    ra = _ranking({h: float(6 - h[1]) for h in heads})
+    rev = _ranking({h: float(h[1]) for h in heads})
+    same = ra.compare(ra, k=3)
+    assert (same.spearman, same.jaccard, same.overlap) == (pytest.approx(1.0), 1.0, 3)
+    opposite = ra.compare(rev, k=3)
+    assert (opposite.spearman, opposite.jaccard, opposite.overlap) == (pytest.approx(-1.0), 0.0, 0)
+
+
+def test_compare_rejects_bad_input():
+    ra = _ranking({(0, 0): 1.0, (0, 1): 2.0, (1, 0): 3.0})
+    with pytest.raises(ValueError, match="different heads"):
+        ra.compare(_ranking({(0, 0): 1.0, (0, 1): 2.0, (2, 0): 3.0}), k=1)
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        ra.compare(ra, k=4)
+    with pytest.raises(TypeError, match="integer"):
+        ra.compare(ra, k=1.5)
+    with pytest.raises(TypeError, match="HeadRanking"):
+        ra.compare([(0, 0)], k=1)
+    with pytest.raises(ValueError, match="at least 2"):
+        ra.compare(ra, k=1, layers=[1])

@@ -228,3 +228,27 @@ def test_conversion_is_cached_checked_and_rebuilt_when_damaged(tmp_path, monkeyp
         rebuilt = ToxicityClassifier()  # from the package
     np.testing.assert_array_equal(rebuilt.scores(texts), want)
     assert find_damage(folder, full=True) is None
+
+
+def test_toxic_words_in_keeps_the_toxic_words_of_toxic_texts():
+    from hp_mini.toxicity import toxic_words_in, toxicity_scores
+
+    texts = ["you stupid idiot, shut up", "what a lovely day in the park", "stupid question, idiot"]
+    words = toxic_words_in(texts)
+    clf_toxic = toxicity_scores(texts)[:, 0] >= 0.5
+    assert clf_toxic.tolist() == [True, False, True]
+    # every kept word comes from a toxic text and is toxic on its own
+    assert words and all(toxicity_scores([w])[0, 0] >= 0.5 for w in words)
+    assert set(words) <= {"you", "stupid", "idiot", "shut", "question"}
+    assert "lovely" not in words and "you" not in words
+    assert words[:2] == sorted(words[:2])  # both in two toxic texts, then alphabetical
+    assert toxic_words_in(["a lovely day"]) == []
+
+
+def test_toxic_words_in_rejects_bad_input():
+    from hp_mini.toxicity import toxic_words_in
+
+    with pytest.raises(ValueError, match="threshold"):
+        toxic_words_in(["x"], threshold=1.0)
+    with pytest.raises(ValueError, match="min_length"):
+        toxic_words_in(["x"], min_length=0)

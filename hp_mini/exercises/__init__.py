@@ -31,6 +31,7 @@ __all__ = [
     "exercises",
     "find_exercises",
     "grade_notebook",
+    "gradebook_csv",
     "student_notebook",
 ]
 
@@ -117,7 +118,7 @@ def _record(name: str, passed: bool, message: str) -> None:
 
 def __getattr__(name: str):
     # The notebook tools need nbformat/jupytext/nbclient: import them only when asked for.
-    if name in {"grade_notebook", "GradeReport"}:
+    if name in {"grade_notebook", "gradebook_csv", "GradeReport"}:
         from . import _grading
 
         return getattr(_grading, name)

@@ -1,7 +1,7 @@
 """Exercises on the command line, for instructors.
 
     python -m hp_mini.exercises student book/03_pursuing_heads.md -o 03_pursuing_heads.ipynb
-    python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--json] [--timeout 600]
+    python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--json] [--csv SCORES.csv] [--timeout 600]
     python -m hp_mini.exercises assignment           # every exercise of the book, by chapter
     python -m hp_mini.exercises list                 # every exercise and its checker
 """
@@ -36,9 +36,12 @@ def _student(args) -> int:
 
 
 def _grade(args) -> int:
-    from ._grading import grade_notebook
+    from ._grading import gradebook_csv, grade_notebook
 
     reports = [grade_notebook(p, timeout=args.timeout, kernel_name=args.kernel) for p in args.notebooks]
+    if args.csv:
+        Path(args.csv).write_text(gradebook_csv(reports), encoding="utf-8")
+        print(f"scores of {len(reports)} notebook(s) written to {args.csv}", file=sys.stderr)
     if args.json:
         print(json.dumps([json.loads(r.to_json()) for r in reports], indent=2, ensure_ascii=False))
     else:
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    p.add_argument("--csv", metavar="PATH", help="also write a gradebook CSV: one row per student (file name)")
     p.set_defaults(run=_grade)
 
     p = sub.add_parser("assignment", help="print the list of every exercise (as on book/assignment.md)")

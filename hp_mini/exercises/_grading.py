@@ -9,6 +9,8 @@ checker's message (what is wrong) or the reason nothing was checked.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -18,7 +20,7 @@ from pathlib import Path
 from . import GRADING_LOG_ENV
 from ._notebooks import exercise_cells, exercises_in, read_notebook, strip_solutions
 
-__all__ = ["ExerciseGrade", "GradeReport", "grade_notebook"]
+__all__ = ["ExerciseGrade", "GradeReport", "gradebook_csv", "grade_notebook"]
 
 
 @dataclass
@@ -190,3 +192,60 @@ def grade_notebook(path: str | Path, *, timeout: int = 600, kernel_name: str | N
             ExerciseGrade(f"check:{name}", name, [name], 0 if failed else 1, "failed" if failed else "passed", failed[0]["message"] if failed else "")
         )
     return report
+
+
+def gradebook_csv(reports: list[GradeReport], *, student_from=None) -> str:
+    """The scores of several notebooks as one CSV table, one row per student.
+
+    The columns are ``student``, one column per exercise (its label, 1 or 0),
+    ``score``, ``total`` and ``percent``: the layout that the CSV grade imports of
+    Moodle, Canvas and Blackboard map column by column. The exercises are the union
+    over all reports, in the order of their first appearance; an exercise missing
+    from a notebook (a deleted cell) scores 0 there.
+
+    Parameters
+    ----------
+    reports : list of GradeReport
+        The result of :func:`grade_notebook` for each student's notebook.
+    student_from : callable, optional
+        Maps a notebook path to the student's identifier (default: the file name
+        without its suffix, so ``alice.ipynb`` gives ``alice``).
+
+    Returns
+    -------
+    str
+        The CSV text, with a header line.
+
+    Raises
+    ------
+    ValueError
+        If ``reports`` is empty, or two notebooks give the same student.
+    TypeError
+        If an item is not a :class:`GradeReport`.
+    """
+    reports = list(reports)
+    if not reports:
+        raise ValueError("give at least one GradeReport (the result of grade_notebook)")
+    bad = sorted({type(r).__name__ for r in reports if not isinstance(r, GradeReport)})
+    if bad:
+        raise TypeError(f"every item must be a GradeReport, got {', '.join(bad)}")
+    name_of = student_from or (lambda path: Path(path).stem)
+    students = [str(name_of(r.notebook)) for r in reports]
+    twice = sorted({s for s in students if students.count(s) > 1})
+    if twice:
+        raise ValueError(
+            f"two notebooks belong to the same student {', '.join(twice)}: give each student's notebook "
+            "a file name of its own, or pass student_from"
+        )
+    labels: list[str] = []
+    for r in reports:
+        labels += [g.label for g in r.grades if g.label not in labels]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["student", *labels, "score", "total", "percent"])
+    for student, r in zip(students, reports):
+        scores = {g.label: g.score for g in r.grades}
+        row = [scores.get(label, 0) for label in labels]
+        total = len(labels)
+        writer.writerow([student, *row, sum(row), total, f"{100 * sum(row) / total:.1f}" if total else "0.0"])
+    return out.getvalue()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import checker
@@ -89,3 +91,67 @@ def _check_zero_shot(zero_shot) -> None:
             "product, otherwise a long text embedding wins for every image"
         )
     raise AssertionError("the predictions differ from the argmax of cosine similarities between images and prompts")
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_clip():
+    """``digits-clip``, its held-out digits and its SOMP ranking, computed once per process for the checks."""
+    from ..models import load_model
+    from ..ranking import rank_heads
+    from ..vision import digits, digits_clip
+    from ..vision.image_heads import record_image_heads
+    from ..vision.zero_shot import text_dictionary
+
+    model, processor = load_model("digits-clip")
+    test = digits.digits_dataset("test")
+    acts = record_image_heads(model, processor, test["image"], pool="cls", space="joint")
+    dictionary = text_dictionary(model, processor, digits_clip.class_prompts())
+    somp = rank_heads(acts, dictionary, n_atoms=len(dictionary), progress=False)
+    return model, processor, test, digits.digits_dataset("test", per_class=10), somp
+
+
+@checker("clip.worst_head")
+def _check_worst_head(answer) -> None:
+    """``{"head": (layer, head), "somp_rank": int, "top_digit": int}`` for digits-clip."""
+    from ..editing import scale_heads
+    from ..heads import head_label
+    from ..vision import digits_clip
+    from ..vision.classification_edits import one_head_at_a_time
+
+    keys = {"head", "somp_rank", "top_digit"}
+    assert isinstance(answer, dict) and keys <= set(answer), (
+        f"pass a dict with the keys {sorted(keys)}; got {answer!r:.80}"
+    )
+    try:
+        head = tuple(int(v) for v in answer["head"])
+        rank, top = int(answer["somp_rank"]), int(answer["top_digit"])
+    except (TypeError, ValueError):
+        raise AssertionError(
+            "answer['head'] must be a (layer, head) pair of ints, answer['somp_rank'] and answer['top_digit'] ints"
+        ) from None
+    model, processor, test, small, somp = _digits_clip()
+    assert len(head) == 2 and head in somp.heads, f"{answer['head']!r} is not a head of digits-clip's image encoder"
+    scan = one_head_at_a_time(model, digits_clip.evaluator(model, processor, small["image"], small["label"]), somp.heads)
+    worst = set(scan.index[scan["accuracy"] == scan["accuracy"].min()])  # ties: any of them
+    assert head_label(*head) in worst, (
+        f"inverting {head_label(*head)} alone leaves {scan.loc[head_label(*head), 'accuracy']:.2f} of the "
+        f"zero-shot accuracy on {len(small['label'])} held-out digits, but another head leaves {scan['accuracy'].min():.2f}: "
+        "invert every head in turn (classification_edits.one_head_at_a_time) and take the one that leaves least"
+    )
+    want_rank = somp.heads.index(head) + 1
+    if rank == want_rank - 1:
+        raise AssertionError(f"somp_rank counts from 1 (the best head is rank 1); {head_label(*head)} is {want_rank}")
+    assert rank == want_rank, (
+        f"somp_rank = {rank}, but the SOMP ranking of the ten digit prompts (on the held-out digits) "
+        f"puts {head_label(*head)} at rank {want_rank}"
+    )
+    evaluate = digits_clip.evaluator(model, processor, test["image"], test["label"])
+    with scale_heads(model, {head: -1.0}):
+        evaluate()
+    counts = torch.bincount(evaluate.predictions, minlength=10)
+    assert counts[top] == counts.max(), (
+        f"with {head_label(*head)} inverted the model predicts {top} for {int(counts[top])} of the {len(test['label'])} "
+        f"held-out digits, but {int(counts.argmax())} for {int(counts.max())}: count the predictions "
+        "(evaluate.predictions), not the labels"
+    )
+

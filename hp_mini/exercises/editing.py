@@ -52,6 +52,39 @@ def _check_scale_z(scale_z) -> None:
     )
 
 
+@checker("editing.bootstrap")
+def _check_bootstrap(interval) -> None:
+    import numpy as np
+
+    from ..evaluation import bootstrap_ratio
+
+    rng = np.random.default_rng(5)
+    unedited = (rng.random(200) < 0.3).astype(float)
+    edited = unedited * (rng.random(200) < 0.5)
+    got = interval(edited, unedited, 4000, 0)
+    assert len(got) == 2, f"return (low, high), got {got!r}"
+    low, high = (float(v) for v in got)
+    want_low, want_high = bootstrap_ratio(edited, unedited, n_boot=4000, seed=0)
+    ratio = edited.mean() / unedited.mean()
+    assert low <= high, f"low {low:.3f} is above high {high:.3f}"
+    unpaired = []
+    for _ in range(4000):
+        a = rng.choice(edited, len(edited))
+        b = rng.choice(unedited, len(unedited))
+        if b.mean():
+            unpaired.append(a.mean() / b.mean())
+    wide = np.percentile(unpaired, [2.5, 97.5])
+    if abs(low - wide[0]) < 0.02 and abs(high - wide[1]) < 0.02 and (wide[1] - wide[0]) > 1.3 * (want_high - want_low):
+        raise AssertionError("you resampled the edited and unedited values separately: resample prompts, and keep "
+                             "each prompt's two values together (the same indices for both arrays)")
+    assert low < ratio < high, f"the interval ({low:.3f}, {high:.3f}) does not contain the ratio {ratio:.3f}"
+    # a different random generator gives slightly different percentiles: compare with a tolerance
+    assert abs(low - want_low) < 0.03 and abs(high - want_high) < 0.03, (
+        f"got ({low:.3f}, {high:.3f}), expected about ({want_low:.3f}, {want_high:.3f}): take the 2.5th and "
+        "97.5th percentiles of mean(edited[idx]) / mean(unedited[idx]) over resampled prompt indices idx"
+    )
+
+
 @checker("editing.random_summary")
 def _check_random_summary(random_summary) -> None:
     import pandas as pd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..pursuit import matching_pursuit, omp
 from ..reference import reference_somp
 from . import checker
 
@@ -70,42 +71,78 @@ def _check_evr(evr) -> None:
     assert abs(got - expected) < 1e-6, f"returned {got:.6f}, expected {expected:.6f}"
 
 
-@checker("pursuit.order")
-def _check_order(by_coefficient_norm) -> None:
-    atoms = torch.tensor([40, 7, 19, 3])
-    coefficients = torch.tensor([[0.1, -5.0, 1.0, 0.0], [0.2, 0.5, -2.0, 0.3], [0.0, 0.1, 1.5, -0.1]])
-    norms = coefficients.norm(dim=0)
-    expected = [int(atoms[i]) for i in norms.argsort(descending=True)]
-    got = [int(a) for a in by_coefficient_norm(atoms, coefficients)]
-    signed = [int(atoms[i]) for i in coefficients.sum(0).argsort(descending=True)]
-    if got == signed and got != expected:
-        raise AssertionError("you sorted by the signed sum of the coefficients; use the L2 norm of each column")
-    if got == expected[::-1]:
-        raise AssertionError("the order is reversed: largest norm first")
-    if got == [int(atoms[i]) for i in coefficients.norm(dim=1).argsort(descending=True)[: len(atoms)]]:
-        raise AssertionError("you took norms of rows (samples); take the norm of each column (atom)")
-    assert got == expected, f"returned {got}, expected {expected} (atoms sorted by column norm, largest first)"
+def _participation_ratio(X: torch.Tensor) -> float:
+    Xc = X.double() - X.double().mean(0)
+    power = torch.linalg.svdvals(Xc).pow(2)
+    return float(power.sum() ** 2 / power.pow(2).sum())
 
 
-@checker("pursuit.copy_score")
-def _check_copy_score(copy_score) -> None:
+@checker("pursuit.effective_rank")
+def _check_effective_rank(effective_rank) -> None:
+    g = torch.Generator().manual_seed(11)
+    # Three directions with variances 9, 4, 1 plus a large constant offset.
+    basis = torch.linalg.qr(torch.randn(12, 3, generator=g, dtype=torch.float64)).Q.T
+    C = torch.randn(200, 3, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    X = C @ basis + 5.0 * torch.randn(12, generator=g, dtype=torch.float64)
+    expected = _participation_ratio(X)
+    got = float(effective_rank(X.clone()))
+    s = torch.linalg.svdvals(X - X.mean(0))
+    if abs(got - float(s.sum() ** 2 / s.pow(2).sum())) < 1e-6:
+        raise AssertionError("you used the singular values; use their squares (the variances along each direction)")
+    power = torch.linalg.svdvals(X).pow(2)
+    if abs(got - float(power.sum() ** 2 / power.pow(2).sum())) < 1e-6:
+        raise AssertionError("subtract the mean over samples first: the constant offset is not variation")
+    assert abs(got - expected) < 1e-6, f"returned {got:.4f}, expected {expected:.4f}"
+    one = torch.randn(50, 1, generator=g, dtype=torch.float64) @ basis[:1]
+    assert abs(float(effective_rank(one)) - 1.0) < 1e-6, "writes along a single direction have effective rank 1"
+
+
+@checker("pursuit.lowest_rank_layer")
+def _check_lowest_rank_layer(answer) -> None:
     from ..activations import HeadActivations
 
-    g = torch.Generator().manual_seed(7)
-    vocab, d_model, d_head, n = 30, 12, 4, 6
-    U = torch.randn(vocab, d_model, generator=g)
-    W_O = torch.randn(1, 2, d_model, d_head, generator=g)
-    z = torch.randn(n, 1, 2, d_head, generator=g)
-    acts = HeadActivations(z, W_O, None, [0])
-    token_ids = [[int(t) for t in torch.randint(0, vocab, (3,), generator=g)] for _ in range(n)]
-    x = acts.head(0, 1)
-    targets = torch.stack([U[torch.tensor(ids)].mean(0) for ids in token_ids])
-    expected = float(torch.nn.functional.cosine_similarity(x, targets, dim=1).mean())
-    got = float(copy_score(acts, 0, 1, token_ids, U))
-    dots = float((x * targets).sum(1).mean())
-    if abs(got - dots) < 1e-4:
-        raise AssertionError("that is a mean dot product; normalise both vectors (cosine similarity)")
-    other = float(torch.nn.functional.cosine_similarity(acts.head(0, 0), targets, dim=1).mean())
-    if abs(got - other) < 1e-5:
-        raise AssertionError("you scored the wrong head: use acts.head(layer, head)")
-    assert abs(got - expected) < 1e-4, f"returned {got:.4f}, expected {expected:.4f}"
+    try:
+        layer, acts = answer
+    except (TypeError, ValueError):
+        raise AssertionError("pass a pair: (the layer you found, the HeadActivations you searched)") from None
+    assert isinstance(acts, HeadActivations), "the second item must be the chapter's HeadActivations (acts)"
+    means = [
+        sum(_participation_ratio(acts.head(lay, h)) for h in range(acts.n_heads)) / acts.n_heads
+        for lay in acts.layers
+    ]
+    best = acts.layers[min(range(len(means)), key=means.__getitem__)]
+    highest = acts.layers[max(range(len(means)), key=means.__getitem__)]
+    if int(layer) == highest and highest != best:
+        raise AssertionError(f"layer {highest} has the *highest* mean effective rank; look for the lowest")
+    assert int(layer) == best, (
+        f"layer {int(layer)} has mean effective rank {means[acts.layers.index(int(layer))]:.2f}, "
+        f"but another layer is lower: average effective_rank(acts.head(layer, h)) over a layer's heads"
+    )
+
+
+@checker("pursuit.fool_mp")
+def _check_fool_mp(answer) -> None:
+    if not isinstance(answer, tuple) or len(answer) != 3:
+        raise AssertionError("answer with a tuple (x, D, support): the signal, the dictionary and three atom indices")
+    x, D, support = answer
+    x = torch.as_tensor(x, dtype=torch.float64)
+    D = torch.as_tensor(D, dtype=torch.float64)
+    assert D.ndim == 2 and x.ndim == 1 and x.shape[0] == D.shape[1], (
+        f"D must be [v, d] and x [d]; got D {tuple(D.shape)} and x {tuple(x.shape)}"
+    )
+    norms = D.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5), "every atom (row of D) must have unit norm"
+    support = [int(j) for j in support]
+    assert len(support) == 3 and len(set(support)) == 3, "support must name three different atoms"
+    assert all(0 <= j < len(D) for j in support), f"an atom of the support is outside the dictionary's {len(D)} rows"
+    coef = torch.linalg.lstsq(D[support].T, x[:, None]).solution[:, 0]
+    residual = float((x - coef @ D[support]).norm() / x.norm())
+    assert residual < 1e-6, f"x is not a combination of the support's atoms (relative residual {residual:.2e})"
+    mp = set(matching_pursuit(x, D, n_atoms=3).atoms.tolist())
+    found = set(omp(x, D, n_atoms=3).atoms.tolist())
+    if mp == set(support):
+        raise AssertionError("three steps of MP found the whole support: make the support's atoms correlated, "
+                             "so that MP's residual still points at an atom it has already chosen")
+    assert found == set(support), (
+        f"OMP found {sorted(found)}, not the support {sorted(support)}: keep a decoy-free dictionary so that OMP succeeds"
+    )

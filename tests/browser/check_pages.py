@@ -23,7 +23,12 @@ is opened in Debian's headless Chromium through chromedriver (Selenium). On each
 * **text after load** (the page's DOM once MathJax has finished, read by :func:`text_findings`):
   no raw LaTeX left outside MathJax's output (``$$``, ``\\(``, ``\\[``, ``\\frac``,
   ``\\begin{``, ...; code and preformatted text are not read), no progress bar
-  (``0%|``, as tqdm draws one) and no ``WARNING`` line in any cell output.
+  (``0%|``, as tqdm draws one) and no ``WARNING`` line in any cell output. The text of
+  scripts and styles inside an output (the data of an interactive heatmap) is not read.
+* **interactive heatmaps** (``hp_mini.interactive``, ``div.hp-heatmap``): in each, the pointer
+  hovers over one head's cell, then clicks another's, and after each the panel must show that
+  head's label (``L{layer}H{head}``, as the cell's tooltip names it); see
+  :func:`heatmap_failures`.
 
 A full-page screenshot of each page goes to ``--screenshots`` (``book/03.html`` ->
 ``book__03.png``), and ``report.json`` beside them lists every page with its findings.
@@ -287,6 +292,9 @@ class _PageText(HTMLParser):
                 return
 
     def handle_data(self, data):
+        if any(entry[0] in ("script", "style") for entry in self.stack):
+            if self._in(2):
+                return  # a script's code or data in an output is not shown to the reader
         if self._in(2):
             self.outputs[-1].append(data)
         elif not self._in(1):
@@ -366,6 +374,65 @@ def overflow_failures(blocks: list[dict], slack: int = 1) -> list[str]:
     return failures
 
 
+# --------------------------------------------------------------------------- #
+# Interactive heatmaps: hovering or clicking a head shows it
+# --------------------------------------------------------------------------- #
+
+#: A head's label as the book writes it (zero-indexed layer and head).
+HEAD_LABEL = re.compile(r"L\d+H\d+")
+
+#: The label each cell of a heatmap names in its tooltip (``"L3H4: EVR 0.412 ..."``).
+_CELL_LABELS_JS = """
+return Array.from(arguments[0].querySelectorAll('svg rect[data-i]')).map(
+    r => ((r.querySelector('title') || {}).textContent || '').split(':')[0].trim());
+"""
+_PANEL_LABEL_JS = """
+const panel = arguments[0].querySelector('.hp-heatmap-panel');
+if (!panel) return null;
+const label = panel.querySelector('.hp-heatmap-label');
+return label ? label.textContent.trim() : '(no label) ' + panel.textContent.trim().slice(0, 80);
+"""
+
+
+def panel_problem(expected: str, shown: str | None) -> str | None:
+    """Why a heatmap's panel, showing ``shown`` after the reader pointed at ``expected``, is wrong
+    (None when it shows that head's label)."""
+    if shown is None:
+        return "the heatmap has no panel"
+    if not HEAD_LABEL.fullmatch(shown):
+        return f"the panel shows {shown!r}, not a head label"
+    if shown != expected:
+        return f"the panel shows {shown}, not {expected}"
+    return None
+
+
+def heatmap_failures(driver) -> list[str]:
+    """Hover over one cell of every interactive heatmap, then click another: after each, the
+    panel must show the label of the head under the pointer."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    failures = []
+    for n, heatmap in enumerate(driver.find_elements(By.CSS_SELECTOR, "div.hp-heatmap"), start=1):
+        cells = heatmap.find_elements(By.CSS_SELECTOR, "svg rect[data-i]")
+        labels = driver.execute_script(_CELL_LABELS_JS, heatmap)
+        if not cells or not all(HEAD_LABEL.fullmatch(label) for label in labels):
+            failures.append(f"interactive heatmap {n}: no cells, or cells whose tooltip names no head")
+            continue
+        before = driver.execute_script(_PANEL_LABEL_JS, heatmap)
+        # Two heads other than the one shown at first: the last cell and one further up.
+        others = [i for i in (len(cells) - 1, len(cells) // 4, 0) if labels[i] != before]
+        for action, i in zip(("hover", "click"), others):
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cells[i])
+            chain = ActionChains(driver).move_to_element(cells[i])
+            (chain.click() if action == "click" else chain).perform()
+            problem = panel_problem(labels[i], driver.execute_script(_PANEL_LABEL_JS, heatmap))
+            if problem:
+                failures.append(f"interactive heatmap {n}: after a {action} on {labels[i]}, {problem}")
+    driver.execute_script("window.scrollTo(0, 0)")
+    return failures
+
+
 def check_page(driver, root: Path, base: str, page: Path, shots: Path) -> dict:
     rel = page.relative_to(root).as_posix()
     url = f"{base}/{rel}"
@@ -382,6 +449,11 @@ def check_page(driver, root: Path, base: str, page: Path, shots: Path) -> dict:
         failures.append(f"MathJax: {mathjax}")
     failures += overflow_failures(driver.execute_script(_OVERFLOW_JS))
     failures += text_findings(driver.execute_script("return document.documentElement.outerHTML"))
+    failures += heatmap_failures(driver)
+    # Script errors raised by the hovers and clicks fail the page too.
+    more, more_offline = classify_console(driver.get_log("browser"), base)
+    failures += more
+    offline += more_offline
     for img in images:
         if not (img["complete"] and img["width"] > 0):
             failures.append(f"image not rendered (naturalWidth={img['width']}): {img['src'][:120]} alt={img['alt']!r}")
