@@ -23,8 +23,10 @@ missing heads from the nearest layers (``random_fill="nearest"``), and the
 number of heads so moved is recorded for every k.
 
 Writes ``editing_<model>.csv`` (one row per edit and metric: value, unedited
-value, normalised value, bootstrap interval) and ``editing_<model>.json``
-(the command, the machine, the selections, the selection words, run times)
+value, normalised value, bootstrap interval), ``editing_<model>_prompts.csv``
+(the per-prompt values of the unedited run and of every SOMP and logit-lens
+edit, for bootstraps) and ``editing_<model>.json`` (the command, the machine,
+the selections, the selection words, run times)
 into ``--out`` and prints the tables as Markdown::
 
     python benchmarks/editing_text.py --model smollm2-135m --out hp_mini/data/results
@@ -93,6 +95,8 @@ def qa_experiment(model, tok, ks, args, fill):
     groups = {g: list(ev["group"]).count(g) for g in sorted(set(ev["group"]))}
     info = {"n_selection": len(sel), "n_evaluation": len(ev), "groups": groups}
     tables = {alpha: _edits(model, evaluate, selections, ks, alpha, acts, args, fill) for alpha in (-1.0, 5.0)}
+    for table in tables.values():
+        table.attrs["group"] = list(ev["group"])
     return selections, info, tables
 
 
@@ -111,6 +115,21 @@ def toxicity_experiment(model, tok, ks, args, fill):
             len(dictionary), "n_held_out_words": len(held_out)}
     tables = {-1.0: _edits(model, evaluate, selections, ks, -1.0, acts, args, fill)}
     return selections, info, tables
+
+
+def per_prompt_frame(table) -> pd.DataFrame:
+    """The per-prompt values of the unedited run and of every non-random edit (for bootstraps)."""
+    frames = []
+    for (method, k, draw), values in table.attrs.get("per_prompt", {}).items():
+        if method == "random":
+            continue
+        n = max(len(v) for v in values.values())
+        columns = {m: v for m, v in values.items() if len(v) == n and not m.startswith("f1_")}  # groups: subsets
+        frame = pd.DataFrame({"method": method, "k": k, "prompt": range(n), **columns})
+        if "group" in table.attrs:
+            frame.insert(3, "group", table.attrs["group"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def markdown(wide) -> str:
@@ -151,7 +170,7 @@ def main() -> None:
         "versions": {p: metadata.version(p) for p in ("torch", "transformers", "hp_mini")},
         "experiments": {},
     }
-    frames = []
+    frames, prompts = [], []
     experiments = {"qa": qa_experiment, "toxicity": toxicity_experiment}
     for name, run in experiments.items():
         if args.only and name != args.only:
@@ -172,6 +191,7 @@ def main() -> None:
                   f"{moved}; distinct random sets: {distinct}\n")
             metrics = [m for m in METRICS[name] if m in set(table["metric"])]
             print(markdown(edit_table(table, metrics, intervals=True)) + "\n", flush=True)
+            prompts.append(per_prompt_frame(table).assign(experiment=name, alpha=alpha, model=args.model))
             frame = table.assign(experiment=name, alpha=alpha, model=args.model)
             frame.attrs = {}  # per-prompt arrays stay out of the CSV (pd.concat compares attrs)
             frames.append(frame)
@@ -183,12 +203,18 @@ def main() -> None:
                "normalised", "ci_low", "ci_high"]
     tidy = pd.concat(frames, ignore_index=True)[columns]
     stem = args.out / f"editing_{args.model}"
-    tmp_csv, tmp_json = stem.with_suffix(".csv.tmp"), stem.with_suffix(".json.tmp")
-    tidy.to_csv(tmp_csv, index=False, float_format="%.6g")
-    tmp_json.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    tmp_csv.replace(stem.with_suffix(".csv"))
-    tmp_json.replace(stem.with_suffix(".json"))
-    print(f"wrote {stem}.csv and .json in {meta['seconds']:.0f} s")
+    per_prompt = pd.concat(prompts, ignore_index=True)
+    per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
+                                                                ("model", "experiment", "alpha")]]
+    paths = {stem.with_suffix(".csv"): lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
+             stem.parent / f"{stem.name}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False,
+                                                                                   float_format="%.6g"),
+             stem.with_suffix(".json"): lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
+    for path, write in paths.items():  # write everything first, then move into place
+        write(path.with_name(path.name + ".tmp"))
+    for path in paths:
+        path.with_name(path.name + ".tmp").replace(path)
+    print(f"wrote {', '.join(p.name for p in paths)} in {args.out} ({meta['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

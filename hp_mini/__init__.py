@@ -26,7 +26,7 @@ from .hooks import Trace
 from .dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
 from .editing import scale_heads
 from .generation import generate
-from .heads import LayerHeads, attention_heads, head_label, register_architecture
+from .heads import LayerHeads, attention_heads, head_label, parse_head_label, register_architecture
 from .models import (
     DEFAULT_MODEL,
     GEMMA_TERMS_NOTICE,
@@ -76,6 +76,7 @@ __all__ = [
     "concept_words",
     "generate",
     "head_label",
+    "parse_head_label",
     "load_model",
     "model_names",
     "prepare_model",

@@ -29,7 +29,14 @@ from torch import nn
 
 from .architectures import model_parts
 
-__all__ = ["Dictionary", "as_dictionary", "concept_names", "concept_words", "unembedding_dictionary"]
+__all__ = [
+    "Dictionary",
+    "as_dictionary",
+    "concept_names",
+    "concept_words",
+    "random_atoms",
+    "unembedding_dictionary",
+]
 
 
 @dataclass
@@ -94,6 +101,52 @@ def as_dictionary(dictionary: Dictionary | torch.Tensor) -> Dictionary:
     if atoms.ndim != 2:
         raise ValueError(f"a dictionary must be [v, d], got shape {tuple(atoms.shape)}")
     return Dictionary(atoms, [str(i) for i in range(atoms.shape[0])])
+
+
+def random_atoms(
+    dictionary: Dictionary,
+    size: int,
+    *,
+    among: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+) -> Dictionary:
+    """A control dictionary: ``size`` atoms of ``dictionary`` drawn at random, without replacement.
+
+    A concept's EVR means something only next to the EVR of a dictionary of
+    the same size that holds no concept; this draws one.
+
+    Parameters
+    ----------
+    dictionary : Dictionary
+        The atoms to draw from, e.g. ``unembedding_dictionary(model, tokenizer)``.
+    size : int
+        How many atoms, at least 1.
+    among : LongTensor, optional
+        Draw only among these atom positions (e.g. the tokens that occur in
+        the prompts). Default: all atoms.
+    generator : torch.Generator, optional
+        Draw from this generator (several draws in a row then differ); by
+        default a new one seeded with ``seed``.
+    seed : int
+        The seed when no ``generator`` is given.
+
+    Returns
+    -------
+    Dictionary
+        The drawn atoms with their labels and token ids, in the order drawn.
+    """
+    dictionary = as_dictionary(dictionary)
+    pool = torch.arange(len(dictionary)) if among is None else torch.as_tensor(among, dtype=torch.long).flatten()
+    if len(pool) and (int(pool.min()) < 0 or int(pool.max()) >= len(dictionary)):
+        raise ValueError(f"among= holds positions outside the dictionary's {len(dictionary)} atoms")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(pool):
+        raise ValueError(f"size must be an integer from 1 to {len(pool)} (the atoms to draw from), got {size!r}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    picked = pool[torch.randperm(len(pool), generator=generator)[:size]]
+    token_ids = None if dictionary.token_ids is None else dictionary.token_ids[picked]
+    return Dictionary(dictionary.atoms[picked], [dictionary.labels[int(i)] for i in picked], token_ids)
 
 
 # --------------------------------------------------------------------------- #

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import numbers
 import operator
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -52,6 +53,7 @@ __all__ = [
     "check_heads_of",
     "copy_scores",
     "head_label",
+    "parse_head_label",
     "register_architecture",
 ]
 
@@ -59,6 +61,14 @@ __all__ = [
 def head_label(layer: int, head: int) -> str:
     """The label of a head, as used throughout the book: ``L{layer}H{head}``."""
     return f"L{layer}H{head}"
+
+
+def parse_head_label(label: str) -> tuple[int, int]:
+    """The ``(layer, head)`` of a label ``"L{layer}H{head}"`` (the inverse of :func:`head_label`)."""
+    match = re.fullmatch(r"\s*L(\d+)H(\d+)\s*", label) if isinstance(label, str) else None
+    if match is None:
+        raise ValueError(f"{label!r} is not a head label: write L<layer>H<head>, e.g. 'L23H4'")
+    return int(match[1]), int(match[2])
 
 
 @dataclass(frozen=True)

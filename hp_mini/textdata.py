@@ -9,7 +9,6 @@ uses them switches to a hub data set by changing one call.
 name                splits                      one row
 ==================  ==========================  ==============================================
 ``"qa"``            selection, evaluation       question, answers, category, group
-``"toxicity"``      selection, evaluation       prompt, topic
 ``"toxic_words"``   selection, held_out         word
 ``"sentences"``     train                       text, topic
 ``"qa_large"``      selection, evaluation       question, answers, category, group, source
@@ -56,7 +55,6 @@ __all__ = [
 # name -> {split: file name}
 TEXT_DATASETS: dict[str, dict[str, str]] = {
     "qa": {"selection": "qa_selection.jsonl", "evaluation": "qa_evaluation.jsonl"},
-    "toxicity": {"selection": "toxicity_selection.jsonl", "evaluation": "toxicity_evaluation.jsonl"},
     "toxic_words": {"selection": "toxic_words_selection.jsonl", "held_out": "toxic_words_held_out.jsonl"},
     "sentences": {"train": "sentences.jsonl"},
     "qa_large": {"selection": "qa_large_selection.jsonl", "evaluation": "qa_large_evaluation.jsonl"},

@@ -142,3 +142,39 @@ def test_smollm2_dictionaries(smollm2):
     gamma = model.model.norm.weight.detach().float()
     ids = folded.token_ids
     torch.testing.assert_close(folded.atoms, W[ids] * gamma)
+
+
+def test_random_atoms_draws_without_replacement_from_the_pool():
+    from hp_mini.dictionary import Dictionary, random_atoms
+
+    atoms = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    full = Dictionary(atoms, [f"t{i}" for i in range(20)], torch.arange(100, 120))
+    among = torch.tensor([2, 3, 5, 7, 11, 13])
+    drawn = random_atoms(full, 4, among=among, seed=1)
+    positions = (drawn.token_ids - 100).tolist()
+    assert len(set(positions)) == 4 and set(positions) <= set(among.tolist())
+    assert drawn.labels == [f"t{i}" for i in positions]
+    assert torch.equal(drawn.atoms, atoms[positions])
+    # the same seed, the same draw; a shared generator gives a different second draw
+    assert random_atoms(full, 4, among=among, seed=1).labels == drawn.labels
+    gen = torch.Generator().manual_seed(1)
+    first, second = random_atoms(full, 4, among=among, generator=gen), random_atoms(full, 4, among=among, generator=gen)
+    assert first.labels == drawn.labels and second.labels != first.labels
+    # the oracle: the first `size` entries of a permutation of the pool
+    perm = torch.randperm(len(among), generator=torch.Generator().manual_seed(1))
+    assert positions == among[perm[:4]].tolist()
+
+
+def test_random_atoms_rejects_bad_sizes_and_pools():
+    from hp_mini.dictionary import Dictionary, random_atoms
+
+    full = Dictionary(torch.zeros(5, 2), list("abcde"))
+    with pytest.raises(ValueError, match="from 1 to 5"):
+        random_atoms(full, 6)
+    with pytest.raises(ValueError, match="from 1 to 2"):
+        random_atoms(full, 3, among=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="outside"):
+        random_atoms(full, 1, among=torch.tensor([9]))
+    with pytest.raises(ValueError, match="integer"):
+        random_atoms(full, 1.5)
+    assert random_atoms(full, 2).token_ids is None

@@ -74,3 +74,37 @@ def test_random_summary():
 
     with pytest.raises(ExerciseError, match="mean"):
         check("editing.random_summary", mean, quiet=True)
+
+
+def test_hardest_category_against_an_independent_computation():
+    import numpy as np
+
+    from hp_mini.exercises.editing import category_drops
+    from hp_mini.recorded import load_edit_results
+    from hp_mini.textdata import load_text_dataset
+
+    run = load_edit_results("smollm2-135m")
+    p = run.prompts.query("experiment == 'qa' and alpha == -1")
+    k = max(run.meta["ks"])
+    categories = np.array(load_text_dataset("qa_large", split="evaluation")["category"])
+    drops = {}
+    for category in set(categories):
+        idx = np.flatnonzero(categories == category)
+        if len(idx) < 10:
+            continue
+        base = p[(p.method == "unedited") & p.prompt.isin(idx)]["f1"].mean()
+        edit = p[(p.method == "SOMP") & (p.k == k) & p.prompt.isin(idx)]["f1"].mean()
+        drops[category] = base - edit
+    got = category_drops()
+    assert set(got.index) == set(drops)
+    for category, value in drops.items():
+        assert got[category] == pytest.approx(value, abs=1e-9)
+    hardest = max(drops, key=drops.get)
+    assert check("editing.hardest_category", hardest, quiet=True)
+    with pytest.raises(ExerciseError, match="loses the least"):
+        check("editing.hardest_category", min(drops, key=drops.get), quiet=True)
+    with pytest.raises(ExerciseError, match="not a category"):
+        check("editing.hardest_category", "city", quiet=True)  # 5 questions: too few
+    second = sorted(drops, key=drops.get)[-2]
+    with pytest.raises(ExerciseError, match="one category loses more"):
+        check("editing.hardest_category", second, quiet=True)

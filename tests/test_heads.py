@@ -226,3 +226,14 @@ def test_copy_scores_restore_the_attention_and_check_inputs():
         hp_mini.heads.copy_scores(model, CharTokenizer(), ["xyz"], U[:20])
     with pytest.raises(ValueError, match="at least one prompt"):
         hp_mini.heads.copy_scores(model, CharTokenizer(), [], U)
+
+
+def test_parse_head_label_inverts_head_label():
+    from hp_mini import head_label, parse_head_label
+
+    for layer, head in [(0, 0), (23, 4), (117, 63)]:
+        assert parse_head_label(head_label(layer, head)) == (layer, head)
+    assert parse_head_label(" L3H5 ") == (3, 5)
+    for bad in ["3,5", "L3", "H5", "l3h5", "L-1H2", None, ("L3H5",)]:
+        with pytest.raises(ValueError, match="not a head label"):
+            parse_head_label(bad)

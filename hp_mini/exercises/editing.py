@@ -104,3 +104,47 @@ def _check_random_summary(random_summary) -> None:
         assert abs(float(got.loc[k, "median"]) - float(sub.median()[k])) < 1e-9, f"median at k={k} is wrong"
         assert abs(float(got.loc[k, "q25"]) - float(sub.quantile(0.25)[k])) < 1e-9, f"q25 at k={k} is wrong"
         assert abs(float(got.loc[k, "q75"]) - float(sub.quantile(0.75)[k])) < 1e-9, f"q75 at k={k} is wrong"
+
+
+#: The investigation of "Editing text generation": the smallest category it counts.
+MIN_CATEGORY = 10
+
+
+def category_drops(model: str = "smollm2-135m"):
+    """Mean F1 lost per QA category when the model's largest SOMP selection is inverted (recorded run).
+
+    The drop of a question is its unedited F1 minus its F1 with the top
+    ``k = ks[-1]`` SOMP heads inverted (alpha = -1), from the per-prompt values
+    of :func:`hp_mini.recorded.load_edit_results`; categories with fewer than
+    :data:`MIN_CATEGORY` evaluation questions are left out.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from ..recorded import load_edit_results
+    from ..textdata import load_text_dataset
+
+    run = load_edit_results(model)
+    k = run.meta["ks"][-1]
+    p = run.prompts[(run.prompts["experiment"] == "qa") & (run.prompts["alpha"] == -1.0)]
+    base = p[p["method"] == "unedited"].sort_values("prompt")["f1"].to_numpy()
+    somp = p[(p["method"] == "SOMP") & (p["k"] == k)].sort_values("prompt")["f1"].to_numpy()
+    categories = load_text_dataset("qa_large", split="evaluation")["category"]
+    frame = pd.DataFrame({"category": categories, "drop": base - somp})
+    sizes = frame["category"].value_counts()
+    kept = frame[frame["category"].isin(sizes[sizes >= MIN_CATEGORY].index)]
+    return kept.groupby("category")["drop"].mean().sort_values(ascending=False).astype(np.float64)
+
+
+@checker("editing.hardest_category")
+def _check_hardest_category(answer) -> None:
+    drops = category_drops()
+    assert isinstance(answer, str), f"answer with the category's name (a str), e.g. 'capital', got {answer!r}"
+    if answer not in drops.index:
+        raise AssertionError(f"{answer!r} is not a category with at least {MIN_CATEGORY} evaluation questions; "
+                             f"those are {sorted(drops.index)}")
+    if answer == drops.index[-1]:
+        raise AssertionError(f"{answer!r} loses the least F1 ({drops[answer]:.2f}): sort by the drop, largest first")
+    best = drops.index[0]
+    assert answer == best, (f"{answer!r} loses {drops[answer]:.2f} F1 on average; one category loses more. Compare "
+                            "each question's unedited F1 with its F1 under the edit, then average per category")

@@ -7,7 +7,6 @@ loaded once per process.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 import torch
@@ -125,9 +124,12 @@ NAME_MOVER_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 def _as_head(answer) -> tuple[int, int]:
     if isinstance(answer, str):
-        m = re.fullmatch(r"\s*L(\d+)H(\d+)\s*", answer)
-        assert m, f"write the head as (layer, head) or as a label like 'L3H5', got {answer!r}"
-        return int(m.group(1)), int(m.group(2))
+        from ..heads import parse_head_label
+
+        try:
+            return parse_head_label(answer)
+        except ValueError:
+            raise AssertionError(f"write the head as (layer, head) or as a label like 'L3H5', got {answer!r}") from None
     assert isinstance(answer, (tuple, list)) and len(answer) == 2, (
         f"give the head as a pair (layer, head), got {answer!r}"
     )

@@ -1,0 +1,198 @@
+"""The recorded editing runs that ship in hp_mini/data/results, read back and checked for consistency.
+
+The runs themselves take an hour per model (benchmarks/editing_text.py); these
+tests check that what ships is complete, that every number in the tidy table
+follows from the per-prompt values shipped beside it (means, counts and the
+bootstrap intervals, recomputed here), and that the data meet the sizes the
+experiment promises (issue: at least 300 QA questions, 50 toxic continuations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hp_mini import parse_head_label
+from hp_mini.evaluation import bootstrap_ratio, head_counts, summarize_edits
+from hp_mini.recorded import EditResults, load_edit_results, recorded_models
+
+MODELS = ["gemma3-270m", "smollm2-135m"]
+N_HEADS = {"smollm2-135m": 30 * 9, "gemma3-270m": 18 * 4}
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def run(request) -> EditResults:
+    return load_edit_results(request.param)
+
+
+def test_both_models_are_recorded():
+    assert recorded_models() == MODELS
+
+
+def test_unknown_model_says_how_to_make_one():
+    with pytest.raises(ValueError, match=r"benchmarks/editing_text.py --model mistral"):
+        load_edit_results("mistral")
+    with pytest.raises(TypeError, match="model name"):
+        load_edit_results(None)
+
+
+def test_edits_and_selection_validate(run):
+    with pytest.raises(ValueError, match="recorded \\(experiment, alpha\\)"):
+        run.edits("toxicity", alpha=5.0)
+    with pytest.raises(ValueError, match="no recorded selection"):
+        run.selection("qa", "random")
+
+
+def test_setting_is_the_papers(run):
+    meta = run.meta
+    assert meta["model"] == run.model
+    assert meta["n_heads"] == N_HEADS[run.model]
+    assert meta["ks"] == head_counts(N_HEADS[run.model])
+    assert meta["n_random"] == 10 and meta["n_atoms"] == 50 and meta["criterion"] == "l1"
+    qa, tox = meta["experiments"]["qa"], meta["experiments"]["toxicity"]
+    assert qa["n_evaluation"] >= 300 and qa["groups"]["country"] + qa["groups"]["other"] == qa["n_evaluation"]
+    assert tox["n_selection"] + tox["n_evaluation"] == 623
+    # the held-out lexicon never contains a selection word (checked when the run was made, kept here)
+    assert tox["selection_words"] and len(tox["selection_words"]) == len(set(tox["selection_words"]))
+
+
+def test_table_has_every_edit(run):
+    ks = run.meta["ks"]
+    for experiment, alphas in (("qa", (-1.0, 5.0)), ("toxicity", (-1.0,))):
+        for alpha in alphas:
+            rows = run.edits(experiment, alpha)
+            metrics = sorted(set(rows["metric"]))
+            for k in ks:
+                for method in ("SOMP", "logit lens"):
+                    cell = rows[(rows.method == method) & (rows.k == k)]
+                    assert sorted(cell["metric"]) == metrics and (cell["draw"] == 0).all()
+                    heads = [parse_head_label(h) for h in cell["heads"].iloc[0].split()]
+                    assert heads == run.selection(experiment, method)[:k]
+                random = rows[(rows.method == "random") & (rows.k == k)]
+                assert sorted(set(random["draw"])) == list(range(10))
+                for labels in random["heads"]:
+                    assert len(labels.split()) == k
+
+
+def test_normalised_is_value_over_unedited(run):
+    t = run.table
+    unedited = t[t.method == "unedited"].set_index(["experiment", "alpha", "metric"])["value"]
+    for (experiment, alpha, metric), rows in t.groupby(["experiment", "alpha", "metric"]):
+        base = unedited[(experiment, alpha, metric)]
+        assert np.allclose(rows["baseline"], base)
+        if base > 0:
+            np.testing.assert_allclose(rows["normalised"], rows["value"] / base, rtol=1e-4)
+
+
+def _per_prompt(run, experiment, alpha, method, k):
+    p = run.prompts
+    rows = p[(p.experiment == experiment) & (p.alpha == alpha) & (p.method == method) & (p.k == k)]
+    return rows.sort_values("prompt")
+
+
+def test_values_follow_from_the_per_prompt_values(run):
+    """Each single edit's value is the mean (or count) of its shipped per-prompt values."""
+    checked = 0
+    for (experiment, alpha, method, k), rows in run.table.groupby(["experiment", "alpha", "method", "k"]):
+        if method == "random":
+            continue
+        prompts = _per_prompt(run, experiment, alpha, method, k)
+        assert len(prompts) == run.meta["experiments"][experiment]["n_evaluation"]
+        assert list(prompts["prompt"]) == list(range(len(prompts)))
+        value = rows.set_index("metric")["value"]
+        if experiment == "qa":
+            for group in ("country", "other"):
+                mean = prompts.loc[prompts.group == group, "f1"].mean()
+                assert value[f"f1_{group}"] == pytest.approx(mean, abs=1e-5)
+        else:
+            for metric in ("toxic_fraction", "toxicity", "toxic_fraction_pc", "lexical"):
+                assert value[metric] == pytest.approx(prompts[metric].mean(), abs=1e-5)
+            assert value["toxic_count"] == prompts["toxic_fraction"].sum()
+            assert value["lexical_hits"] == pytest.approx(prompts["lexical"].sum(), abs=1e-4)
+        checked += 1
+    assert checked == 3 * (1 + 2 * len(run.meta["ks"]))  # unedited and 2 methods x ks, for each of 3 tables
+
+
+def test_intervals_recomputed_from_the_per_prompt_values(run):
+    seed = run.meta["seed"]
+    for experiment, alpha, metric, column in (("qa", -1.0, "f1_country", "f1"), ("qa", 5.0, "f1_other", "f1"),
+                                               ("toxicity", -1.0, "toxic_fraction", "toxic_fraction"),
+                                               ("toxicity", -1.0, "lexical", "lexical")):
+        unedited = _per_prompt(run, experiment, alpha, "unedited", 0)
+        keep = (unedited.group == metric.split("_")[1]).to_numpy() if experiment == "qa" else slice(None)
+        for method in ("SOMP", "logit lens"):
+            for k in run.meta["ks"]:
+                edited = _per_prompt(run, experiment, alpha, method, k)
+                low, high = bootstrap_ratio(edited[column].to_numpy()[keep], unedited[column].to_numpy()[keep],
+                                            n_boot=2000, seed=seed)
+                row = run.table[(run.table.experiment == experiment) & (run.table.alpha == alpha)
+                                & (run.table.method == method) & (run.table.k == k) & (run.table.metric == metric)]
+                assert row["ci_low"].item() == pytest.approx(low, abs=2e-3)
+                assert row["ci_high"].item() == pytest.approx(high, abs=2e-3)
+                assert low <= row["normalised"].item() + 1e-6 and row["normalised"].item() <= high + 1e-6
+
+
+def test_enough_toxic_continuations_unedited(run):
+    t = run.edits("toxicity")
+    count = t[(t.method == "unedited") & (t.metric == "toxic_count")]["value"].item()
+    assert count >= 50, f"{run.model}: only {count:g} toxic continuations unedited"
+
+
+def test_random_summary_reads_the_draws(run):
+    rows = run.edits("qa")
+    summary = summarize_edits(rows[rows.method == "random"])
+    for k in run.meta["ks"]:
+        draws = rows[(rows.method == "random") & (rows.k == k) & (rows.metric == "f1_country")]["normalised"]
+        assert summary.loc[("f1_country", "random", k), "median"] == pytest.approx(float(np.median(draws)))
+    distinct = run.meta["experiments"]["qa"]["distinct_random_alpha-1"]
+    for k in run.meta["ks"]:
+        sets = {" ".join(sorted(h.split())) for h in rows[(rows.method == "random") & (rows.k == k)]["heads"]}
+        assert len(sets) == distinct[str(k)]
+
+
+def test_frames_are_pandas(run):
+    assert isinstance(run.table, pd.DataFrame) and isinstance(run.prompts, pd.DataFrame)
+
+
+def _fake_live(run, experiment, alpha, positions, flip=()):
+    """A live table as evaluate_head_edits returns it, built from the recorded per-prompt values."""
+    per_prompt = {}
+    for method, k in [("unedited", 0), ("SOMP", run.meta["ks"][-1])]:
+        rows = _per_prompt(run, experiment, alpha, method, k).set_index("prompt").loc[positions]
+        column = "f1" if experiment == "qa" else "toxic_fraction"
+        values = rows[column].to_numpy().copy()
+        if method == "SOMP":
+            for i in flip:
+                values[i] = 1.0 - values[i] if experiment == "toxicity" else values[i] + 0.5
+        per_prompt[(method, k, 0)] = {column: values}
+    table = pd.DataFrame({"method": ["unedited"], "k": [0]})
+    table.attrs["per_prompt"] = per_prompt
+    return table
+
+
+@pytest.mark.parametrize("experiment", ["qa", "toxicity"])
+def test_agreement_counts_the_prompts_that_differ(run, experiment):
+    positions = list(range(3, 60, 3))
+    same = run.agreement(_fake_live(run, experiment, -1.0, positions), experiment, prompts=positions)
+    assert list(same["method"]) == ["unedited", "SOMP"]
+    assert (same["agree"] == len(positions)).all() and (same["share"] == 1.0).all()
+    assert np.allclose(same["live"], same["recorded"])
+    changed = run.agreement(_fake_live(run, experiment, -1.0, positions, flip=(0, 4)), experiment, prompts=positions)
+    assert changed.set_index("method").loc["SOMP", "agree"] == len(positions) - 2
+    # the positions matter: shifted by one, the same values no longer match the recording everywhere
+    shifted = run.agreement(_fake_live(run, experiment, -1.0, positions), experiment,
+                            prompts=[p + 1 for p in positions])
+    assert shifted["agree"].min() < len(positions)
+
+
+def test_agreement_rejects_bad_input(run):
+    live = _fake_live(run, "qa", -1.0, [0, 1, 2])
+    with pytest.raises(ValueError, match="one position per live prompt"):
+        run.agreement(live, "qa", prompts=[0, 1])
+    with pytest.raises(ValueError, match="must lie in"):
+        run.agreement(live, "qa", prompts=[0, 1, 10_000])
+    with pytest.raises(ValueError, match="no per-prompt values"):
+        run.agreement(pd.DataFrame(), "qa")
+    with pytest.raises(ValueError, match="no recorded per-prompt"):
+        run.agreement(live, "toxicity", alpha=5.0)
