@@ -316,6 +316,26 @@ class HeadRanking:
             raise ValueError(f"k must be between 0 and {len(self.heads)}, got {k}")
         return self.heads[:k]
 
+    def grid(self, n_layers: int | None = None, n_heads: int | None = None, *,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The scores as a ``[n_layers, n_heads]`` map, 0 where a head is not ranked.
+
+        ``n_layers`` and ``n_heads`` default to one more than the largest
+        ranked layer and head index. Raises ValueError when a ranked head lies
+        outside the given sizes.
+        """
+        layers = [layer for layer, _ in self.heads]
+        indices = [head for _, head in self.heads]
+        n_layers = (max(layers, default=-1) + 1) if n_layers is None else operator.index(n_layers)
+        n_heads = (max(indices, default=-1) + 1) if n_heads is None else operator.index(n_heads)
+        if any(l >= n_layers for l in layers) or any(h >= n_heads for h in indices):
+            raise ValueError(f"the ranking has heads outside a {n_layers} x {n_heads} grid: give the model's "
+                             "numbers of layers and heads per layer")
+        out = torch.zeros(n_layers, n_heads, dtype=dtype)
+        if self.heads:
+            out[torch.tensor(layers), torch.tensor(indices)] = self.scores.to(dtype)
+        return out
+
     def to_frame(self, *, n_labels: int = 5):
         """A table, best first: rank, ``L{layer}H{head}`` label, layer, head, score
         and, for SOMP, the first ``n_labels`` atoms by coefficient norm."""

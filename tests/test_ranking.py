@@ -304,3 +304,21 @@ def test_compare_rejects_bad_input():
         ra.compare([(0, 0)], k=1)
     with pytest.raises(ValueError, match="at least 2"):
         ra.compare(ra, k=1, layers=[1])
+
+
+def test_grid_places_every_score_at_its_head():
+    from hp_mini.ranking import HeadRanking
+
+    heads = [(2, 1), (0, 3), (1, 0), (2, 0)]
+    scores = torch.tensor([0.9, 0.5, 0.25, 0.125], dtype=torch.float64)
+    ranking = HeadRanking(heads, scores, "somp")
+    grid = ranking.grid(3, 4)
+    want = torch.zeros(3, 4)
+    for (layer, head), s in zip(heads, scores.tolist()):  # the loop the chapters used to write
+        want[layer, head] = s
+    assert grid.dtype == torch.float32 and torch.equal(grid, want)
+    assert ranking.grid().shape == (3, 4)
+    assert ranking.grid(dtype=torch.float64)[2, 1].item() == 0.9
+    with pytest.raises(ValueError, match="outside a 2 x 4 grid"):
+        ranking.grid(2, 4)
+    assert HeadRanking([], torch.zeros(0), "somp").grid(2, 2).abs().sum() == 0
