@@ -125,6 +125,11 @@ class PursuitResult:
         The mean that was subtracted (``center=True``), else None.
     coefficient_norms : Tensor ``[k]``
         Norm of each coefficient column (in selection order).
+    exact_scores : int or None
+        How many exact criterion scores the pursuit computed, summed over its
+        steps; every other atom was ruled out by a certified upper bound of its
+        score. At most ``k`` times the dictionary's size; the lower, the tighter
+        the bounds were. None for :func:`matching_pursuit`.
     """
 
     atoms: torch.Tensor
@@ -136,6 +141,7 @@ class PursuitResult:
     criterion: str
     mean: torch.Tensor | None = None
     coefficient_norms: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    exact_scores: int | None = None
 
     def __len__(self) -> int:
         return len(self.atoms)
@@ -720,6 +726,7 @@ def _finish(
         criterion=criterion,
         mean=None if mean is None else mean.to(out_dtype),
         coefficient_norms=norms.to(out_dtype),
+        exact_scores=raw["evaluated"],
     )
 
 

@@ -523,3 +523,19 @@ def test_smollm2_heads_concept_dictionary_match_reference(smollm2, smollm2_heads
         atoms, evr, _, _ = reference_somp(smollm2_heads.head(*head), countries.atoms, 20, criterion=criterion)
         assert results[head].atoms.tolist() == atoms, head
         torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_exact_scores_counts_what_the_bounds_left(criterion):
+    # Head-like data with a planted support: the bounds rule out most atoms at
+    # most steps, and every step computes at least the winner's exact score.
+    v, k = 2000, 10
+    D = random_dictionary(v, 32, 7)
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(150, k, generator=g, dtype=torch.float64) @ D[:k] * 5 + 0.01 * low_rank_data(150, 32, 32, 9)
+    result = hp_mini.somp(X, D, n_atoms=k, criterion=criterion)
+    assert sorted(result.atoms.tolist()) == list(range(k))
+    assert k <= result.exact_scores < k * v // 4
+    if criterion == "l2":  # the L2 bounds are tight enough here to leave the winner alone
+        assert result.exact_scores == k
+    assert hp_mini.matching_pursuit(X[0], D, n_atoms=3).exact_scores is None
