@@ -114,7 +114,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                         "and then to --offload-folder")
     p.add_argument("--offload-folder", type=Path, default=None, help="where --device-map offloads to disk")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only errors")
 
 
 def add_commands(subparsers) -> None:
@@ -303,7 +303,7 @@ def _load(args: argparse.Namespace, ctx):
         device = args.device
         if device is None:
             device = f"cuda:{ctx.local_rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-        return hp_mini.load_model(args.model, dtype=dtype, device=device)
+        return hp_mini.load_model(args.model, dtype=dtype, device=device, progress=not args.quiet)
     if ctx.world_size > 1:
         raise CommandError(
             "--device-map spreads one model over every visible GPU and runs in one process; under "
@@ -311,7 +311,9 @@ def _load(args: argparse.Namespace, ctx):
             "drop --device-map, or run one process"
         )
     extra = {} if args.offload_folder is None else {"offload_folder": str(args.offload_folder)}
-    return hp_mini.load_model(args.model, dtype=dtype, device_map=args.device_map, **extra)
+    return hp_mini.load_model(
+        args.model, dtype=dtype, device_map=args.device_map, progress=not args.quiet, **extra
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -552,8 +554,9 @@ def run_command(args: argparse.Namespace) -> int:
                                  "torch_threads": torch.get_num_threads()},
                    **result}
             (args.out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-            print(f"hp_mini {args.command}: wrote {args.out} ({result['timings']['total_s']:.1f} s, "
-                  f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''})", file=sys.stderr)
+            if not args.quiet:
+                print(f"hp_mini {args.command}: wrote {args.out} ({result['timings']['total_s']:.1f} s, "
+                      f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''})", file=sys.stderr)
         barrier(ctx)  # the outputs are written when any rank returns
     finally:
         shutdown_distributed(ctx)

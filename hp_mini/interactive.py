@@ -366,8 +366,10 @@ class RankingHeatmap:
     best) and ``somp_atoms``/``lens_atoms`` (atom labels).
     """
 
-    def __init__(self, data: dict, *, title: str, somp_score: str, lens_score: str):
+    def __init__(self, data: dict, *, title: str, somp_score: str, lens_score: str,
+                 somp_vmax: float | None = None):
         self.data = data
+        self.somp_vmax = somp_vmax
         self.title = title
         self.somp_score = somp_score
         self.lens_score = lens_score
@@ -403,7 +405,8 @@ class RankingHeatmap:
             ],
         }
         maps = (
-            _map_svg(self.data, "somp", "SOMP", self.somp_score, _VIRIDIS, min(0.0, min(somp)), max(somp)),
+            _map_svg(self.data, "somp", "SOMP", self.somp_score, _VIRIDIS, min(0.0, min(somp)),
+                     max(somp) if self.somp_vmax is None else self.somp_vmax),
             _map_svg(self.data, "lens", "Logit lens", self.lens_score, _RDBU_R, -lens_lim, lens_lim),
         )
         title = f'<div style="font-weight: bold; margin-bottom: 4px">{html.escape(self.title)}</div>' if self.title else ""
@@ -438,6 +441,7 @@ def ranking_heatmap(
     title: str = "",
     somp_score: str = "EVR",
     lens_score: str = "mean logit",
+    somp_vmax: float | None = None,
 ) -> RankingHeatmap:
     """An interactive layer-by-head heatmap of a SOMP ranking and a logit-lens ranking.
 
@@ -458,6 +462,11 @@ def ranking_heatmap(
         A title above the maps (plain text).
     somp_score, lens_score : str
         What the scores are, for the panel and the maps' captions.
+    somp_vmax : float, optional
+        The top of the SOMP map's colour scale (default: the largest score).
+        Heads above it take the top colour; a lower cap keeps a few very high
+        heads (a first layer that any dictionary explains) from washing out
+        the rest. The panel and tooltips always show the true scores.
 
     Returns
     -------
@@ -477,5 +486,11 @@ def ranking_heatmap(
     for name, value in (("title", title), ("somp_score", somp_score), ("lens_score", lens_score)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if somp_vmax is not None:
+        if isinstance(somp_vmax, bool) or not isinstance(somp_vmax, (int, float)):
+            raise TypeError(f"somp_vmax must be a number, got {type(somp_vmax).__name__}")
+        if not math.isfinite(somp_vmax) or somp_vmax <= 0:
+            raise ValueError(f"somp_vmax must be a positive finite number, got {somp_vmax!r}")
+        somp_vmax = float(somp_vmax)
     data = _heatmap_data(somp, lens, lens_atoms, k)
-    return RankingHeatmap(data, title=title, somp_score=somp_score, lens_score=lens_score)
+    return RankingHeatmap(data, title=title, somp_score=somp_score, lens_score=lens_score, somp_vmax=somp_vmax)

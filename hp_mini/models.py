@@ -36,6 +36,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import inspect
 import math
 import os
 import re
@@ -178,6 +179,15 @@ def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, objec
 def model_names() -> list[str]:
     """The names :func:`load_model` knows without a path or a hub id: embedded, then registered."""
     return [*_EMBEDDED, *_LOADERS]
+
+
+def _takes(fn: Callable, parameter: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``parameter`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: pass only what every loader takes
+        return False
+    return any(p.name == parameter or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _resolve(name: str) -> Callable[..., tuple[nn.Module, object]]:
@@ -337,6 +347,7 @@ def load_model(
     device: str | torch.device | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
+    progress: bool = True,
     **kwargs,
 ):
     """Load a model and its tokenizer (or processor), in eval mode.
@@ -362,6 +373,12 @@ def load_model(
         excludes ``device``, and hp_mini's own vision models do not take it.
     trust_remote_code : bool
         Passed to transformers for folders and hub ids; off unless you ask.
+    progress : bool, default True
+        Say when a model is built, trained or converted on first use (with the
+        cache folder it goes to), and show the progress bars of a conversion or
+        of transformers' weight loading. False
+        keeps the loading silent, as a notebook page may want. A loader given to
+        :func:`register_model` receives it when it takes ``progress``.
     **kwargs
         Passed to ``from_pretrained`` (not accepted by the vision models), e.g.
         ``offload_folder`` with a ``device_map``.
@@ -395,12 +412,15 @@ def load_model(
         device = "cpu"
     if name in _EMBEDDED:
         return _load_cached(
-            lambda verify=False: prepare_model(name, verify=verify), name, dtype=dtype, device=device, kwargs=kwargs
+            lambda verify=False: prepare_model(name, verify=verify, progress=progress),
+            name, dtype=dtype, device=device, kwargs=kwargs,
         )
     if name in _LOADERS:
         if kwargs:
             raise TypeError(f"load_model: {name!r} takes only dtype and device, not {sorted(kwargs)}")
-        model, processor = _resolve(name)(dtype=dtype, device=device)
+        loader = _resolve(name)
+        extra = {"progress": progress} if _takes(loader, "progress") else {}
+        model, processor = loader(dtype=dtype, device=device, **extra)
         return model.eval(), processor
     path = Path(name).expanduser()
     if path.exists():
@@ -419,16 +439,16 @@ def load_model(
                     f"a folder saved by transformers, a hub id or one of {model_names()}"
                 )
             return _load_cached(
-                lambda verify=False: _prepare_gguf_file(path, verify=verify), path.name,
+                lambda verify=False: _prepare_gguf_file(path, verify=verify, progress=progress), path.name,
                 dtype=dtype, device=device, kwargs=kwargs,
             )
         extra = {"trust_remote_code": trust_remote_code}
-        return _load_folder(str(path), dtype=dtype, device=device, quiet=False, extra=extra, kwargs=kwargs)
+        return _load_folder(str(path), dtype=dtype, device=device, quiet=not progress, extra=extra, kwargs=kwargs)
     if _looks_like_path(name):
         raise ModelNotAvailableError(f"load_model: name={name!r}: no such file or folder ({path.absolute()})")
     extra = {"trust_remote_code": trust_remote_code}
     try:
-        return _load_folder(name, dtype=dtype, device=device, quiet=False, extra=extra, kwargs=kwargs)
+        return _load_folder(name, dtype=dtype, device=device, quiet=not progress, extra=extra, kwargs=kwargs)
     except OSError as err:
         close = difflib.get_close_matches(name, model_names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

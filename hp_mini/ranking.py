@@ -491,7 +491,8 @@ class RankingComparison:
     def __str__(self) -> str:
         labels = ", ".join(head_label(*h) for h in self.shared) or "none"
         return (
-            f"top {self.k}: {self.overlap} heads in common ({labels}), Jaccard {self.jaccard:.2f}; "
+            f"top {self.k}: {self.overlap} {'head' if self.overlap == 1 else 'heads'} in common ({labels}), "
+            f"Jaccard {self.jaccard:.2f}; "
             f"Spearman {self.spearman:.2f} over {self.n_heads} heads"
         )
 

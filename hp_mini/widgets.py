@@ -58,6 +58,10 @@ Head = tuple[int, int]
 # --------------------------------------------------------------------------- #
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _token(label: str) -> str:
     """A token as text that shows its spaces and escapes (``' Paris'``)."""
     return repr(label)
@@ -359,6 +363,9 @@ class EditingPlayground(_Interactive):
     max_new_tokens : int, default 24
     chat : bool, default True
         Wrap prompts in the tokenizer's chat template (instruction-tuned models).
+    stop : str or sequence of str, optional
+        End each text where one of these first appears (see :func:`hp_mini.generate`),
+        e.g. ``"\n"`` to keep one answer of a few-shot prompt.
     alpha_range : (float, float), default (-3.0, 8.0)
         The slider's range.
     """
@@ -374,6 +381,7 @@ class EditingPlayground(_Interactive):
         alpha: float = -1.0,
         max_new_tokens: int = 24,
         chat: bool = True,
+        stop: str | Sequence[str] | None = None,
         alpha_range: tuple[float, float] = (-3.0, 8.0),
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
@@ -388,6 +396,7 @@ class EditingPlayground(_Interactive):
         self.alpha = float(alpha)
         self.max_new_tokens = max_new_tokens
         self.chat = chat
+        self.stop = stop
         self.alpha_range = alpha_range
         self._cache: dict[tuple, str] = {}
         self._check()
@@ -412,7 +421,8 @@ class EditingPlayground(_Interactive):
         if todo:
             edits = dict(edit)
             with scale_heads(self.model, edits):
-                texts = generate(self.model, self.tokenizer, todo, max_new_tokens=self.max_new_tokens, chat=self.chat)
+                texts = generate(self.model, self.tokenizer, todo, max_new_tokens=self.max_new_tokens,
+                                 chat=self.chat, stop=self.stop)
             for p, t in zip(todo, texts):
                 self._cache[(p, edit)] = t
         return [self._cache[(p, edit)] for p in prompts]
@@ -558,8 +568,14 @@ class ConceptBuilder(_Interactive):
 
     def summary(self) -> str:
         d = self.dictionary
-        return (f"{len(self.words)} words give {len(d)} atoms; {len(d.missing)} words are missing "
-                f"({', '.join(d.missing) or 'none'}); {len(d.kept_first)} variants are represented by their first token.")
+        distinct = list(dict.fromkeys(self.words))
+        twice = len(self.words) - len(distinct)
+        missing = list(dict.fromkeys(d.missing))
+        first = len(set(d.kept_first))
+        typed = f" ({twice} typed twice)" if twice else ""
+        return (f"{_count(len(d), 'atom')} from {_count(len(distinct), 'distinct word')}{typed}; "
+                f"{_count(len(missing), 'word')} missing ({', '.join(missing) or 'none'}); "
+                f"{_count(first, 'variant')} represented by the first of its tokens.")
 
     def static(self):
         """The current words as a pandas table (see :meth:`frame`)."""

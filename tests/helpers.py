@@ -441,3 +441,25 @@ def check_final_norm_folding(model, arch: str) -> None:
         raw = un.softcap * torch.tanh(raw / un.softcap)
     assert rel(raw, logits) < 1e-5, f"{arch}: folded logits differ by {rel(raw, logits):.2e}"
     assert rel(un.logits(norm(x)), logits) < 1e-5
+
+
+def direct_logits_by_hook(model, tok, prompt: str, word: str) -> torch.Tensor:
+    """Each head's direct logit for ``word`` at the last position of ``prompt``, ``[layers, heads]``,
+    from the inputs of the output projections (a hook of its own, not ``record_heads``); the
+    final norm's gain applied, its 1 / rms left out."""
+    sites = hp_mini.attention_heads(model)
+    parts = hp_mini.model_parts(model)
+    z = {}
+    handles = [
+        s.module.register_forward_pre_hook(lambda m, args, layer=s.layer: z.__setitem__(layer, args[0][0, -1]))
+        for s in sites
+    ]
+    try:
+        with torch.no_grad():
+            model(**tok(prompt, return_tensors="pt"))
+    finally:
+        for h in handles:
+            h.remove()
+    token = tok.encode(word, add_special_tokens=False)[0]
+    U = parts.unembedding.weight
+    return torch.stack([(s.contributions(z[s.layer]) * parts.final_norm.gain) @ U[token] for s in sites])

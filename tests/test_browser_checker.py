@@ -53,6 +53,9 @@ def site(tmp_path: Path) -> Path:
         "<p>Raw math: \\(\\frac{a}{b}\\)</p>"
         f'<div class="cell"><div class="cell_input"><div class="highlight"><pre style="overflow: auto">'
         f"{long_line}</pre></div></div>"
+        # a static code block of the prose (not a cell), as long
+        '<div class="highlight-bash notranslate"><div class="highlight"><pre style="overflow: auto">'
+        "python -m hp_mini rank " + " ".join(f"--option-{i} value" for i in range(30)) + "</pre></div></div>"
         '<div class="cell_output"><div class="output stream"><div class="highlight"><pre>'
         "  0%|          | 0/10\nWARNING:root: No pretrained weights loaded</pre></div></div>"
         # a widget's static table in a scrolling box, wider than the page
@@ -119,6 +122,7 @@ def test_checker_in_chromium_passes_good_pages_and_fails_bad_ones(tmp_path: Path
     assert "undefined_function" in bad
     noisy = report["book/noisy.html"]["failures"]
     assert any(f.startswith("code cut off at 1280 px") and "value_0 + value_1" in f for f in noisy), noisy
+    assert any(f.startswith("code cut off at 1280 px") and "--option-0 value" in f for f in noisy), noisy
     assert any(f.startswith("raw LaTeX after load") for f in noisy), noisy
     assert any(f.startswith("progress bar in output") for f in noisy), noisy
     assert any(f.startswith("warning in output") and "No pretrained" in f for f in noisy), noisy

@@ -43,8 +43,10 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
-def test_rank_writes_the_ranking_of_rank_heads(tiny_folder, prompts, tmp_path, criterion):
+def test_rank_writes_the_ranking_of_rank_heads(tiny_folder, prompts, tmp_path, criterion, capsys):
     assert main(rank_args(tiny_folder, prompts, tmp_path, "--criterion", criterion)) == 0
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == ""  # --quiet: nothing but errors
     model, tok = hp_mini.load_model(str(tiny_folder))
     acts = hp_mini.record_heads(model, tok, concept_prompts(20), batch_size=8, progress=False)
     dic = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("countries"))

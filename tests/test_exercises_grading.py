@@ -38,13 +38,14 @@ from hp_mini.exercises import check
 """
 
 
-def exercise(short: str, title: str, learner_body: str, difficulty: str = "★☆☆ easy", minutes: int = 2) -> str:
+def exercise(short: str, title: str, learner_body: str, difficulty: str = "★☆☆ easy", minutes: int = 2,
+             tag: str = "") -> str:
     """One exercise in the book's convention; the solution is always correct."""
     return f"""
 ```{{exercise}} {title}
 :label: ex-demo-{short}
 
-**Difficulty:** {difficulty} · **Time:** about {minutes} minutes
+**Difficulty:** {difficulty} · **Time:** about {minutes} minutes{tag}
 
 Complete `add`.
 ```
@@ -84,7 +85,8 @@ def chapter(tmp_path: Path) -> Path:
     path.write_text(
         HEADER
         + exercise("right", "A right answer", "return a + b")
-        + exercise("wrong", "A wrong answer", "return a - b", difficulty="★★☆ medium", minutes=10)
+        + exercise("wrong", "A wrong answer", "return a - b", difficulty="★★☆ medium", minutes=10,
+                   tag=" · **Investigation**")
         + exercise("stub", "An untouched stub", "# YOUR CODE HERE\nraise NotImplementedError")
         + exercise("crash", "An answer that crashes", "return undefined_name"),
         encoding="utf-8",
@@ -183,6 +185,14 @@ def test_every_exercise_in_the_book_has_a_checker():
         assert ex.difficulty and ex.time, f"{ex.chapter}: exercise {ex.label} lacks its **Difficulty:** · **Time:** line"
 
 
+def test_every_chapter_with_exercises_has_an_investigation():
+    chapters: dict[str, bool] = {}
+    for ex in book_exercises(ROOT):
+        chapters[ex.chapter] = chapters.get(ex.chapter, False) or ex.investigation
+    assert len(chapters) >= 9, chapters
+    assert all(chapters.values()), [c for c, has in chapters.items() if not has]
+
+
 def test_assignment_page_is_filled_with_every_exercise():
     page = (ROOT / "book" / "assignment.md").read_text(encoding="utf-8")
     filled = fill_assignment(page, ROOT)
@@ -196,9 +206,12 @@ def test_assignment_page_is_filled_with_every_exercise():
 def test_assignment_list_of_a_chapter(chapter: Path, tmp_path: Path):
     (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: 99_demo\n")
     text = render_exercise_list(book_exercises(tmp_path))
-    assert "The book has 4 exercises in 1 chapter, about 16 minutes of work in all." in text
+    assert ("The book has 4 exercises in 1 chapter, about 16 minutes of work in all; "
+            "1 investigation, marked below.") in text
     assert "**{ref}`A demo chapter <demo-chapter>`** (`99_demo`)" in text
-    assert "| {ref}`A wrong answer <ex-demo-wrong>` | ★★☆ medium | about 10 minutes | `demo.add` |" in text
+    assert ("| {ref}`A wrong answer <ex-demo-wrong>` | **investigation** | ★★☆ medium | about 10 minutes "
+            "| `demo.add` |") in text
+    assert "| {ref}`A right answer <ex-demo-right>` | function | ★☆☆ easy | about 2 minutes | `demo.add` |" in text
 
 
 def _report(notebook: str, scores: dict[str, int]) -> GradeReport:

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from helpers import direct_logits_by_hook
+
 from hp_mini.exercises import ExerciseError, check
 
 
@@ -88,19 +90,7 @@ def test_name_mover_matches_an_independent_hook(smollm2):
 
     model, tok = smollm2
     sites = hp_mini.attention_heads(model)
-    parts = hp_mini.model_parts(model)
-    z = {}
-    handles = [
-        s.module.register_forward_pre_hook(lambda m, args, layer=s.layer: z.__setitem__(layer, args[0][0, -1]))
-        for s in sites
-    ]
-    with torch.no_grad():
-        model(**tok(NAME_MOVER_PROMPT, return_tensors="pt"))
-    for h in handles:
-        h.remove()
-    mary = tok.encode(" Mary", add_special_tokens=False)[0]
-    U = parts.unembedding.weight
-    logit = torch.stack([(s.contributions(z[s.layer]) * parts.final_norm.gain) @ U[mary] for s in sites])
+    logit = direct_logits_by_hook(model, tok, NAME_MOVER_PROMPT, " Mary")
     flat = logit.flatten().argsort(descending=True)
     best, second = (divmod(int(i), sites[0].n_heads) for i in flat[:2])
     assert check("heads.name_mover", best, quiet=True)

@@ -259,3 +259,22 @@ def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Pat
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
+
+
+def test_somp_vmax_caps_the_colour_scale_not_the_scores(rankings):
+    from hp_mini.interactive import _VIRIDIS, _colour
+
+    acts, dic, somp, lens = rankings
+    atoms = logit_lens_atoms(acts, dic)
+    top = f'fill="{_colour(_VIRIDIS, 1.0)}"'
+    plain = ranking_heatmap(somp, lens, atoms).html()
+    cap = float(somp.scores.median())
+    capped = ranking_heatmap(somp, lens, atoms, somp_vmax=cap).html()
+    above = int((somp.scores >= cap).sum())
+    # the top colour: the best head (and the colour bar's end) uncapped; every head at or above the cap capped
+    assert plain.count(top) == 2 and capped.count(top) == above + 1 and above > 1
+    assert json.loads(parse(capped).data[0]) == json.loads(parse(plain).data[0])  # the true scores
+    with pytest.raises(ValueError, match="somp_vmax must be a positive finite number"):
+        ranking_heatmap(somp, lens, atoms, somp_vmax=0.0)
+    with pytest.raises(TypeError, match="somp_vmax must be a number"):
+        ranking_heatmap(somp, lens, atoms, somp_vmax="0.5")

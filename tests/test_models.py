@@ -242,6 +242,28 @@ def test_a_model_registered_by_module_path_is_imported_only_when_loaded(tmp_path
         hp_mini.load_model("toy")
 
 
+def test_progress_reaches_a_loader_that_takes_it_and_spares_one_that_does_not(monkeypatch):
+    seen = []
+
+    def quiet_aware(dtype, device, progress=True):
+        seen.append(progress)
+        return torch.nn.Linear(2, 2), "processor"
+
+    def plain(dtype, device):  # a loader written before progress existed
+        return torch.nn.Linear(2, 2), "processor"
+
+    monkeypatch.setitem(models._LOADERS, "toy-progress", quiet_aware)
+    monkeypatch.setitem(models._LOADERS, "toy-plain", plain)
+    hp_mini.load_model("toy-progress", progress=False)
+    hp_mini.load_model("toy-progress")
+    assert seen == [False, True]
+    model, processor = hp_mini.load_model("toy-plain", progress=False)
+    assert processor == "processor" and not model.training
+    # hp_mini's own vision loaders all take it
+    for name in ("shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip"):
+        assert models._takes(models._resolve(name), "progress"), name
+
+
 @pytest.mark.parametrize(
     "name, loader, error, match",
     [

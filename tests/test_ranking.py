@@ -279,7 +279,7 @@ def test_compare_matches_scipy_and_a_hand_count():
     assert later.n_heads == len(kept)
     assert later.spearman == pytest.approx(spearmanr([a[h] for h in kept], [b[h] for h in kept]).statistic)
     assert later.top_a == [h for h in sorted(heads, key=lambda h: -a[h]) if h[0] >= 2][:3]
-    assert "heads in common" in str(later)
+    assert " in common (" in str(later)
 
 
 def test_compare_of_a_ranking_with_itself_and_its_reverse():

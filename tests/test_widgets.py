@@ -140,6 +140,21 @@ def test_playground_alpha_slider_changes_the_edited_text(setup):
     assert "a new prompt" in playground._output.value
 
 
+def test_playground_stop_ends_the_texts_as_generate_does(setup):
+    model, tok, acts, full = setup
+    ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
+    playground = EditingPlayground(model, tok, ranking, PROMPTS[:3], n_heads=2, max_new_tokens=12, chat=False,
+                                   stop=["R", "Z"])
+    table = playground.static()
+    with hp_mini.scale_heads(model, {h: -1.0 for h in ranking.heads[:2]}):
+        expected = hp_mini.generate(model, tok, PROMPTS[:3], max_new_tokens=12, stop=["R", "Z"])
+    assert table["with edit"].tolist() == expected
+    assert table["without edit"].tolist() == hp_mini.generate(model, tok, PROMPTS[:3], max_new_tokens=12,
+                                                              stop=["R", "Z"])
+    # and the stop did end some text early
+    assert table["without edit"].tolist() != hp_mini.generate(model, tok, PROMPTS[:3], max_new_tokens=12)
+
+
 def test_playground_validates_settings(setup):
     model, tok, acts, full = setup
     ranking = hp_mini.rank_heads(acts, full, method="logit_lens", progress=False)
@@ -170,16 +185,18 @@ def test_concept_builder_reports_kept_and_dropped_tokens(setup):
     twice = ConceptBuilder(model, tok, ["a", "a"]).frame()
     assert twice["status"].tolist() == ["kept", "duplicate"]
     assert "typed twice" in twice.loc[1, "dropped variants (why)"]
+    said = ConceptBuilder(model, tok, ["a", "b", "a"]).summary()
+    assert said.startswith("2 atoms from 2 distinct words (1 typed twice); 0 words missing (none); 0 variants")
 
 
 def test_concept_builder_callbacks(setup):
     model, tok, _, _ = setup
     builder = ConceptBuilder(model, tok, ["x"])
     builder.ui
-    assert "1 words give 1 atoms" in builder._output.value
+    assert "1 atom from 1 distinct word;" in builder._output.value
     builder._words.value = "x, y\nz; blue"
     assert builder.words == ["x", "y", "z", "blue"]
-    assert "4 words give 3 atoms; 1 words are missing (blue)" in builder._output.value
+    assert "3 atoms from 4 distinct words; 1 word missing (blue)" in builder._output.value
     builder._policy.value = "drop"
     assert builder.multi_token == "drop"
     assert "the policy 'drop' drops words of several tokens" in builder._output.value
@@ -188,6 +205,6 @@ def test_concept_builder_callbacks(setup):
     assert builder.words == hp_mini.concept_words("weekdays")
     assert "ValueError:</b> none of the words gave a token" in builder._output.value
     builder._words.value = "q"
-    assert "1 words give 1 atoms" in builder._output.value
+    assert "1 atom from 1 distinct word;" in builder._output.value
     bundle = builder._repr_mimebundle_()
     assert "<table" in bundle["text/html"] and WIDGET_VIEW in bundle

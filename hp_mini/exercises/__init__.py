@@ -32,6 +32,7 @@ __all__ = [
     "find_exercises",
     "grade_notebook",
     "gradebook_csv",
+    "head_answer",
     "student_notebook",
 ]
 
@@ -40,6 +41,23 @@ _CHECKERS: dict[str, Callable[[object], None]] = {}
 
 class ExerciseError(AssertionError):
     """An answer is wrong; the message says what is wrong and what to look at."""
+
+
+def head_answer(answer) -> tuple[int, int]:
+    """A learner's head, given as ``(layer, head)`` or as a label like ``"L3H5"``.
+
+    Raises :class:`ExerciseError` saying how to write it when it is neither.
+    """
+    if isinstance(answer, str):
+        from ..heads import parse_head_label
+
+        try:
+            return parse_head_label(answer)
+        except ValueError:
+            raise ExerciseError(f"write the head as (layer, head) or as a label like 'L3H5', got {answer!r}") from None
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+        raise ExerciseError(f"give the head as a pair (layer, head), got {answer!r}")
+    return int(answer[0]), int(answer[1])
 
 
 def checker(name: str) -> Callable[[Callable[[object], None]], Callable[[object], None]]:

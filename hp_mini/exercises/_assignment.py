@@ -83,20 +83,24 @@ def render_exercise_list(exercises: list[Exercise]) -> str:
     for ex in exercises:
         chapters.setdefault(ex.chapter, []).append(ex)
     total = [m for ex in exercises if (m := _minutes(ex.time)) is not None]
+    n_inv = sum(ex.investigation for ex in exercises)
     lines = [
         f"The book has {_count(len(exercises), 'exercise')} in {_count(len(chapters), 'chapter')}"
-        + (f", about {sum(total)} minutes of work in all." if len(total) == len(exercises) else "."),
+        + (f", about {sum(total)} minutes of work in all" if len(total) == len(exercises) else "")
+        + f"; {_count(n_inv, 'investigation')}, marked below.",
         "",
     ]
     for chapter, items in chapters.items():
         first = items[0]
         heading = f"{{ref}}`{_plain(first.chapter_title)} <{first.chapter_label}>`" if first.chapter_label else _plain(first.chapter_title)
         lines += [f"**{heading}** (`{chapter}`)", ""]
-        lines += ["| Exercise | Difficulty | Time | Checker |", "| --- | --- | --- | --- |"]
+        lines += ["| Exercise | Kind | Difficulty | Time | Checker |", "| --- | --- | --- | --- | --- |"]
         for ex in items:
             checks = ", ".join(f"`{c}`" for c in ex.checks) or "none"
+            kind = "**investigation**" if ex.investigation else "function"
             lines.append(
-                f"| {{ref}}`{_plain(ex.title)} <{ex.label}>` | {_plain(ex.difficulty) or '?'} | {_plain(ex.time) or '?'} | {checks} |"
+                f"| {{ref}}`{_plain(ex.title)} <{ex.label}>` | {kind} | {_plain(ex.difficulty) or '?'} "
+                f"| {_plain(ex.time) or '?'} | {checks} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -23,7 +23,11 @@ _EXERCISE = re.compile(rf"^\s*{_FENCE}\{{(?P<kind>exercise|exercise-start)\}}\s*
 _SOLUTION_START = re.compile(rf"^\s*{_FENCE}\{{solution-start\}}")
 _SOLUTION_END = re.compile(rf"^\s*{_FENCE}\{{solution-end\}}")
 _LABEL = re.compile(r"^\s*:label:\s*(\S+)\s*$")
-_DIFFICULTY = re.compile(r"\*\*Difficulty:\*\*\s*(?P<difficulty>.+?)\s*(?:·|\|)\s*\*\*Time:\*\*\s*(?P<time>.+?)\s*$", re.M)
+_DIFFICULTY = re.compile(
+    r"\*\*Difficulty:\*\*\s*(?P<difficulty>.+?)\s*(?:·|\|)\s*\*\*Time:\*\*\s*(?P<time>[^·|\n]+?)"
+    r"(?:\s*(?:·|\|)\s*\*\*(?P<investigation>Investigation)\*\*)?\s*$",
+    re.M,
+)
 _CHECK = re.compile(r"""\bcheck\(\s*(?P<q>["'])(?P<name>[\w.\-]+)(?P=q)""")
 _CHAPTER_LABEL = re.compile(r"^\((?P<label>[\w\-:.]+)\)=\s*$", re.M)
 _TITLE = re.compile(r"^#\s+(?P<title>.+?)\s*$", re.M)
@@ -40,6 +44,7 @@ class Exercise:
     difficulty: str = ""  #: e.g. "★☆☆ easy"
     time: str = ""  #: e.g. "about 5 minutes"
     checks: list[str] = field(default_factory=list)  #: checker names called in the learner's cell(s)
+    investigation: bool = False  #: tagged "· **Investigation**": a question about a model, checked
     chapter: str = ""  #: the chapter's file stem
     chapter_label: str = ""
     chapter_title: str = ""
@@ -188,6 +193,7 @@ def exercises_in(nb: nbformat.NotebookNode, *, chapter: str = "", source: str = 
                     title=m.group("title"),
                     difficulty=d.group("difficulty") if d else "",
                     time=d.group("time") if d else "",
+                    investigation=bool(d and d.group("investigation")),
                     chapter=chapter,
                     chapter_label=chapter_label,
                     chapter_title=chapter_title,

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-from . import checker
+from . import checker, head_answer
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -122,20 +122,6 @@ def _model(name: str):
 NAME_MOVER_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
-def _as_head(answer) -> tuple[int, int]:
-    if isinstance(answer, str):
-        from ..heads import parse_head_label
-
-        try:
-            return parse_head_label(answer)
-        except ValueError:
-            raise AssertionError(f"write the head as (layer, head) or as a label like 'L3H5', got {answer!r}") from None
-    assert isinstance(answer, (tuple, list)) and len(answer) == 2, (
-        f"give the head as a pair (layer, head), got {answer!r}"
-    )
-    return int(answer[0]), int(answer[1])
-
-
 @lru_cache(maxsize=1)
 def _name_mover_logits() -> tuple[torch.Tensor, torch.Tensor]:
     """Each head's direct logit for ' Mary' and ' John' on the prompt (the norm's 1/rms left out)."""
@@ -154,7 +140,7 @@ def _name_mover_logits() -> tuple[torch.Tensor, torch.Tensor]:
 
 @checker("heads.name_mover")
 def _check_name_mover(answer) -> None:
-    layer, head = _as_head(answer)
+    layer, head = head_answer(answer)
     mary, john = _name_mover_logits()
     n_layers, n_heads = mary.shape
     assert 0 <= layer < n_layers and 0 <= head < n_heads, (
@@ -201,7 +187,7 @@ def _check_post_norm_ablation(answer) -> None:
         "pass a dict with keys 'head' (layer, head), 'residual' and 'pre_norm' "
         "(the probability of ' Paris' under each edit)"
     )
-    layer, head = _as_head(answer["head"])
+    layer, head = head_answer(answer["head"])
     got = {mode: float(answer[mode]) for mode in ("residual", "pre_norm")}
     for mode, p in got.items():
         assert 0 <= p <= 1, f"the {mode!r} value {p:.3g} is not a probability: apply a softmax to the logits"

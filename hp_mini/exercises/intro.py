@@ -2,54 +2,109 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from . import checker
+from . import checker, head_answer
 
 
-@checker("intro.top_heads")
-def _check_top_heads(top_heads) -> None:
-    g = torch.Generator().manual_seed(0)
-    n_layers, n_heads, k = 5, 3, 4  # not square, so a swapped divisor shows
-    share = torch.randn(n_layers, n_heads, generator=g)
-    flat = share.flatten().topk(k).indices
-    expected = [(int(i) // n_heads, int(i) % n_heads) for i in flat]
-    got = top_heads(share, k)
-    got = [tuple(int(v) for v in pair) for pair in got]
-    assert len(got) == k, f"returned {len(got)} heads, expected k={k}"
-    swapped = [(int(i) // n_layers, int(i) % n_layers) for i in flat]
-    if got == swapped:
-        raise AssertionError(
-            "the (layer, head) pairs are computed with the number of layers: a flat index i of a "
-            "[layers, heads] tensor is layer i // n_heads, head i % n_heads"
+_VOCAB = ["a", " Paris", " the", " London", " is", "."]
+_LOGITS = [0.1, 4.0, 2.5, 1.0, 3.0, -1.0]  # probabilities 0.600, 0.221, 0.134, 0.030, 0.012, 0.004
+
+
+class _Tokenizer:
+    """Decodes ids of ``_VOCAB``, given as an int, a 0-d tensor or a sequence."""
+
+    def decode(self, ids):
+        if isinstance(ids, int) or (torch.is_tensor(ids) and ids.ndim == 0):
+            ids = [int(ids)]
+        return "".join(_VOCAB[int(i)] for i in ids)
+
+
+@checker("intro.nucleus")
+def _check_nucleus(nucleus) -> None:
+    logits = torch.tensor(_LOGITS)
+    probs = logits.softmax(-1)
+    order = probs.argsort(descending=True).tolist()
+    for p, n in ((0.5, 1), (0.8, 2), (0.9, 3), (0.99, 5)):
+        got = nucleus(logits, _Tokenizer(), p)
+        assert isinstance(got, list), f"return a list of (token, probability) pairs, got {type(got).__name__}"
+        want = [_VOCAB[i] for i in order[:n]]
+        tokens = [t for t, _ in got]
+        if tokens == want[:-1]:
+            raise AssertionError(
+                f"p = {p}: {tokens} adds up to {float(probs[order[: n - 1]].sum()):.3f}, less than p: "
+                "keep the token that takes the running total to p"
+            )
+        if sorted(tokens) == sorted(want) and tokens != want:
+            raise AssertionError(f"p = {p}: the right tokens in the wrong order: most likely first")
+        assert tokens == want, (
+            f"p = {p}: got {tokens}, expected {want}: sort the probabilities, and keep the smallest "
+            "prefix whose sum reaches p"
         )
-    if sorted(got) == sorted(expected) and got != expected:
-        raise AssertionError("the right heads, in the wrong order: list them from the largest share down")
-    assert got == expected, (
-        f"expected {expected}, got {got}: take the k largest entries of share (largest first) "
-        "and turn each flat index into (layer, head)"
+        got_p = torch.tensor([float(q) for _, q in got])
+        if torch.allclose(got_p, logits[order[:n]]):
+            raise AssertionError("these are logits, not probabilities: apply a softmax over the whole vocabulary first")
+        assert torch.allclose(got_p, probs[order[:n]], atol=1e-3), (
+            f"p = {p}: probabilities {got_p.tolist()}, expected {probs[order[:n]].tolist()}"
+        )
+
+
+#: The investigation of the introduction: does another capital have its own heads?
+PARIS_PROMPT = "The capital of France is"
+ROME_PROMPT = "The capital of Italy is"
+
+
+@lru_cache(maxsize=2)
+def _direct_logits(prompt: str, word: str) -> torch.Tensor:
+    """Each SmolLM2 head's direct logit for ``word`` at the last position of ``prompt``, ``[L, H]``.
+
+    The final norm's gain is applied; its 1 / rms, one positive number per
+    prompt, is left out: it orders no head differently.
+    """
+    from ..activations import record_heads
+    from ..architectures import model_parts
+    from ..models import load_model
+
+    model, tokenizer = load_model("smollm2-135m", progress=False)
+    parts = model_parts(model)
+    with torch.no_grad():
+        acts = record_heads(model, tokenizer, [prompt], pool="last", progress=False)
+        x = acts.contributions()[0].float() * parts.final_norm.gain.float()  # [L, H, d]
+        token = tokenizer.encode(word, add_special_tokens=False)[0]
+        return x @ parts.unembedding.weight.float()[token]
+
+
+@checker("intro.capital_head")
+def _check_capital_head(answer) -> None:
+    assert isinstance(answer, dict) and {"head", "also_paris"} <= set(answer), (
+        'return a dict with "head" (the head that pushes " Rome" most) and "also_paris" '
+        "(whether it is one of the three heads that push \" Paris\" most)"
     )
-
-
-@checker("intro.next_tokens")
-def _check_next_tokens(top_next_tokens) -> None:
-    vocab = ["a", " Paris", " the", " London", " is", "."]
-    logits = torch.tensor([0.1, 4.0, 2.5, 1.0, 3.0, -1.0])
-
-    class Tok:
-        def decode(self, ids):
-            ids = [int(ids)] if isinstance(ids, int) or (torch.is_tensor(ids) and ids.ndim == 0) else [int(i) for i in ids]
-            return "".join(vocab[i] for i in ids)
-
-    got = top_next_tokens(logits, Tok(), 3)
-    assert isinstance(got, list), f"return a list of (token, probability) pairs, got {type(got).__name__}"
-    assert len(got) == 3, f"returned {len(got)} pairs, expected 3"
-    tokens = [t for t, _ in got]
-    probs = torch.tensor([float(p) for _, p in got])
-    assert tokens == [" Paris", " is", " the"], f"tokens {tokens}: expected the 3 most likely, most likely first"
-    expected = logits.softmax(-1)[[1, 4, 2]]
-    if torch.allclose(probs, logits[[1, 4, 2]]):
-        raise AssertionError("these are logits, not probabilities: apply a softmax over the whole vocabulary first")
-    assert torch.allclose(probs, expected, atol=1e-5), (
-        f"probabilities {probs.tolist()}, expected {expected.tolist()}: softmax over all logits, then take the top k"
+    layer, head = head_answer(answer["head"])
+    rome = _direct_logits(ROME_PROMPT, " Rome")
+    paris = _direct_logits(PARIS_PROMPT, " Paris")
+    n_layers, n_heads = rome.shape
+    assert 0 <= layer < n_layers and 0 <= head < n_heads, (
+        f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}"
     )
+    best = divmod(int(rome.flatten().argmax()), n_heads)
+    if (layer, head) != best:
+        if (layer, head) == divmod(int(paris.flatten().argmax()), n_heads):
+            raise AssertionError(
+                "that is the head that pushes ' Paris' most on the France prompt: "
+                "record the heads again on the Italy prompt and read them at ' Rome'"
+            )
+        rank = int((rome.flatten() > rome[layer, head]).sum()) + 1
+        raise AssertionError(
+            f"L{layer}H{head} is number {rank} by its direct logit for ' Rome' on {ROME_PROMPT!r}: "
+            "take the head with the largest one"
+        )
+    top_paris = {divmod(int(i), n_heads) for i in paris.flatten().topk(3).indices}
+    expected = best in top_paris
+    if bool(answer["also_paris"]) != expected:
+        raise AssertionError(
+            f"the head is right, but it {'is' if expected else 'is not'} one of the three heads "
+            "that push ' Paris' most on the France prompt"
+        )

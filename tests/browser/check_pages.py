@@ -18,8 +18,9 @@ is opened in Debian's headless Chromium through chromedriver (Selenium). On each
   through first, so lazy images load).
 * **links**: every internal link (same origin) points to a file that exists under
   ``_build/html``, and its ``#anchor``, if any, is an ``id`` (or ``<a name>``) in that page.
-* **overflow**: no code cell's source or output is cut off on the right at 1280 px: every
-  ``<pre>`` of a cell, and every output block, has ``scrollWidth <= clientWidth``.
+* **overflow**: no code (a cell's source or a static block) or output is cut off on the
+  right at 1280 px: every ``<pre>`` of a cell or a code block, and every output block, has
+  ``scrollWidth <= clientWidth``.
 * **text after load** (the page's DOM once MathJax has finished, read by :func:`text_findings`):
   no raw LaTeX left outside MathJax's output (``$$``, ``\\(``, ``\\[``, ``\\frac``,
   ``\\begin{``, ...; code and preformatted text are not read), no progress bar
@@ -329,14 +330,14 @@ def text_findings(html: str) -> list[str]:
     return failures
 
 
-#: Every cell's ``<pre>`` (source and output), every output block, and every element of an output
+#: Every cell's ``<pre>`` (source and output), every static code block's, every output block, and every element of an output
 #: that scrolls or clips horizontally (a wide table in an ``overflow-x: auto`` box), measured at
 #: the window width.
 _OVERFLOW_JS = """
 const seen = new Set(), found = [];
 const scrolls = el => ['auto', 'scroll', 'hidden'].includes(getComputedStyle(el).overflowX);
 const blocks = [
-    ...document.querySelectorAll('div.cell pre, div.cell_output > div.output'),
+    ...document.querySelectorAll('div.cell pre, div.highlight pre, div.cell_output > div.output'),
     ...Array.from(document.querySelectorAll('div.cell_output *')).filter(scrolls)];
 for (const el of blocks) {
     if (seen.has(el)) continue;
