@@ -573,7 +573,8 @@ class ConceptBuilder(_Interactive):
         missing = list(dict.fromkeys(d.missing))
         first = len(set(d.kept_first))
         typed = f" ({twice} typed twice)" if twice else ""
-        return (f"{_count(len(d), 'atom')} from {_count(len(distinct), 'distinct word')}{typed}; "
+        return (f"{_count(len(d), 'atom')} from {len(distinct) - len(missing)} of "
+                f"{_count(len(distinct), 'distinct word')}{typed}; "
                 f"{_count(len(missing), 'word')} missing ({', '.join(missing) or 'none'}); "
                 f"{_count(first, 'variant')} represented by the first of its tokens.")
 

@@ -186,17 +186,17 @@ def test_concept_builder_reports_kept_and_dropped_tokens(setup):
     assert twice["status"].tolist() == ["kept", "duplicate"]
     assert "typed twice" in twice.loc[1, "dropped variants (why)"]
     said = ConceptBuilder(model, tok, ["a", "b", "a"]).summary()
-    assert said.startswith("2 atoms from 2 distinct words (1 typed twice); 0 words missing (none); 0 variants")
+    assert said.startswith("2 atoms from 2 of 2 distinct words (1 typed twice); 0 words missing (none); 0 variants")
 
 
 def test_concept_builder_callbacks(setup):
     model, tok, _, _ = setup
     builder = ConceptBuilder(model, tok, ["x"])
     builder.ui
-    assert "1 atom from 1 distinct word;" in builder._output.value
+    assert "1 atom from 1 of 1 distinct word;" in builder._output.value
     builder._words.value = "x, y\nz; blue"
     assert builder.words == ["x", "y", "z", "blue"]
-    assert "3 atoms from 4 distinct words; 1 word missing (blue)" in builder._output.value
+    assert "3 atoms from 3 of 4 distinct words; 1 word missing (blue)" in builder._output.value
     builder._policy.value = "drop"
     assert builder.multi_token == "drop"
     assert "the policy 'drop' drops words of several tokens" in builder._output.value
@@ -205,6 +205,6 @@ def test_concept_builder_callbacks(setup):
     assert builder.words == hp_mini.concept_words("weekdays")
     assert "ValueError:</b> none of the words gave a token" in builder._output.value
     builder._words.value = "q"
-    assert "1 atom from 1 distinct word;" in builder._output.value
+    assert "1 atom from 1 of 1 distinct word;" in builder._output.value
     bundle = builder._repr_mimebundle_()
     assert "<table" in bundle["text/html"] and WIDGET_VIEW in bundle
