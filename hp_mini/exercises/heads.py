@@ -115,33 +115,38 @@ def _check_post_norm_shares(head_shares) -> None:
 def _model(name: str):
     from ..models import load_model
 
-    return load_model(name)
+    return load_model(name, progress=False)
 
 
-#: The investigation of "Heads and the residual stream": who writes the indirect object?
-NAME_MOVER_PROMPT = "When Mary and John went to the store, John gave a drink to"
+@lru_cache(maxsize=8)
+def direct_head_logits(prompt: str, word: str) -> torch.Tensor:
+    """Each SmolLM2 head's direct logit for ``word`` at the last position of ``prompt``, ``[L, H]``.
 
-
-@lru_cache(maxsize=1)
-def _name_mover_logits() -> tuple[torch.Tensor, torch.Tensor]:
-    """Each head's direct logit for ' Mary' and ' John' on the prompt (the norm's 1/rms left out)."""
+    The final norm's gain is applied; its 1 / rms, one positive number per
+    prompt, is left out: it orders no head differently. The investigations'
+    checkers share it (and one loaded model).
+    """
     from ..activations import record_heads
     from ..architectures import model_parts
 
     model, tokenizer = _model("smollm2-135m")
     parts = model_parts(model)
     with torch.no_grad():
-        acts = record_heads(model, tokenizer, [NAME_MOVER_PROMPT], pool="last", progress=False)
+        acts = record_heads(model, tokenizer, [prompt], pool="last", progress=False)
         x = acts.contributions()[0].float() * parts.final_norm.gain.float()  # [L, H, d]
-        U = parts.unembedding.weight.float()
-        ids = [tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Mary", " John")]
-        return x @ U[ids[0]], x @ U[ids[1]]
+        token = tokenizer.encode(word, add_special_tokens=False)[0]
+        return x @ parts.unembedding.weight.float()[token]
+
+
+#: The investigation of "Heads and the residual stream": who writes the indirect object?
+NAME_MOVER_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 
 @checker("heads.name_mover")
 def _check_name_mover(answer) -> None:
     layer, head = head_answer(answer)
-    mary, john = _name_mover_logits()
+    mary = direct_head_logits(NAME_MOVER_PROMPT, " Mary")
+    john = direct_head_logits(NAME_MOVER_PROMPT, " John")
     n_layers, n_heads = mary.shape
     assert 0 <= layer < n_layers and 0 <= head < n_heads, (
         f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}"

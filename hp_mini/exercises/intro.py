@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from . import checker, head_answer
+from .heads import direct_head_logits
 
 
 _VOCAB = ["a", " Paris", " the", " London", " is", "."]
@@ -56,26 +55,6 @@ PARIS_PROMPT = "The capital of France is"
 ROME_PROMPT = "The capital of Italy is"
 
 
-@lru_cache(maxsize=2)
-def _direct_logits(prompt: str, word: str) -> torch.Tensor:
-    """Each SmolLM2 head's direct logit for ``word`` at the last position of ``prompt``, ``[L, H]``.
-
-    The final norm's gain is applied; its 1 / rms, one positive number per
-    prompt, is left out: it orders no head differently.
-    """
-    from ..activations import record_heads
-    from ..architectures import model_parts
-    from ..models import load_model
-
-    model, tokenizer = load_model("smollm2-135m", progress=False)
-    parts = model_parts(model)
-    with torch.no_grad():
-        acts = record_heads(model, tokenizer, [prompt], pool="last", progress=False)
-        x = acts.contributions()[0].float() * parts.final_norm.gain.float()  # [L, H, d]
-        token = tokenizer.encode(word, add_special_tokens=False)[0]
-        return x @ parts.unembedding.weight.float()[token]
-
-
 @checker("intro.capital_head")
 def _check_capital_head(answer) -> None:
     assert isinstance(answer, dict) and {"head", "also_paris"} <= set(answer), (
@@ -83,8 +62,8 @@ def _check_capital_head(answer) -> None:
         "(whether it is one of the three heads that push \" Paris\" most)"
     )
     layer, head = head_answer(answer["head"])
-    rome = _direct_logits(ROME_PROMPT, " Rome")
-    paris = _direct_logits(PARIS_PROMPT, " Paris")
+    rome = direct_head_logits(ROME_PROMPT, " Rome")
+    paris = direct_head_logits(PARIS_PROMPT, " Paris")
     n_layers, n_heads = rome.shape
     assert 0 <= layer < n_layers and 0 <= head < n_heads, (
         f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}"
