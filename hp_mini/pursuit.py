@@ -43,12 +43,25 @@ How it is computed (exactly, without approximation):
   spent on ``k x d`` vectors rather than ``v x d`` products. The L2 criterion
   needs only the ``r x r`` second moment ``M``, never the samples, so its memory
   does not grow with ``n``.
-* The L1 criterion needs the per-sample correlations ``p = Z a_j`` with
-  ``a_j = W^T (I - Q Q^T) d_j``. Its bounds are ``||p||_1 <= sqrt(n) ||p||_2``
-  (from the L2 bounds) and, once an atom's exact L1 score is known, that score
+* The L1 criterion needs the per-sample correlations ``p = Z a_j``. The
+  samples are first given orthonormal columns (``Z = U S V^T``, so ``H_c =
+  U (W V S)^T``, ``M`` is the identity and ``L`` too), and then
+  ``a_j = F_t^T d_j``. Its bounds are ``||p||_1 <= sqrt(n) ||p||_2``
+  (from the L2 bounds) and, once an atom's L1 score is known, that score
   plus ``|c_j| ||Z W^T q_t||_1`` per later step (the triangle inequality, since
-  ``a_j`` changes by ``-c_j W^T q_t``). Exact L1 scores (``n x r`` work per atom)
-  are computed only where a bound can still win.
+  ``a_j`` changes by ``-c_j W^T q_t``). Only the atoms whose bound can still
+  win are scored. In float64 they are first *screened*: the step-0 products
+  ``D W`` and every step's ``D q_t`` are kept in float32, which gives
+  ``a_j = W^T d_j - sum_s u_s (q_s . d_j)`` in ``t r`` operations instead of
+  ``d r``, and ``||Z a_j||_1`` in float32 with a certified error bound. Only
+  the atoms whose interval reaches the best lower end are scored exactly
+  (``d r + n r`` operations in float64), typically one to three per step.
+  The screen keeps ``h v (r + k)`` float32 values; above 1 GiB every
+  candidate is scored exactly instead.
+* A product of the dictionary with a few columns (one problem's ``q`` and
+  ``y``) is taken as ``D [q y]``, the form BLAS runs at the speed of memory;
+  with many columns (a whole model) as ``[q y]^T D^T``, a matrix product at
+  the speed of arithmetic.
 * The coefficients in the atoms' own basis come from back-substitution with the
   triangular factor ``R`` of ``D[S]^T = Q R``.
 
@@ -130,6 +143,12 @@ class PursuitResult:
         steps; every other atom was ruled out by a certified upper bound of its
         score. At most ``k`` times the dictionary's size; the lower, the tighter
         the bounds were. None for :func:`matching_pursuit`.
+    screened_scores : int or None
+        How many L1 scores were first computed in float32 with a certified
+        error bound (the screen of a float64 L1 pursuit, see the module
+        docstring), summed over the steps; only the atoms whose interval could
+        still win were then scored exactly. 0 when the pursuit did not screen,
+        None for :func:`matching_pursuit`.
     """
 
     atoms: torch.Tensor
@@ -142,6 +161,7 @@ class PursuitResult:
     mean: torch.Tensor | None = None
     coefficient_norms: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     exact_scores: int | None = None
+    screened_scores: int | None = None
 
     def __len__(self) -> int:
         return len(self.atoms)
@@ -366,23 +386,28 @@ def _pursue(
 
     W = torch.zeros(h, d, r, dtype=dtype, device=device)
     Lm = torch.zeros(h, r, r, dtype=dtype, device=device)  # M = L L^T
-    for i, p in enumerate(problems):
-        ri = p.W.shape[1]
-        W[i, :, :ri] = p.W.to(dtype)
-        Lm[i, :ri, :ri] = _sqrt_factor(p.M.to(dtype))
-    F = W @ Lm  # (I - Q Q^T) W L, updated every step
-    energy0 = F.square().sum((1, 2))  # ||H_c||_F^2
-
-    if l1:
-        # The samples (zero rows pad). Until an atom's exact L1 score is known,
-        # ||p||_1 <= sqrt(n) ||p||_2 bounds it.
+    if not l1:
+        for i, p in enumerate(problems):
+            ri = p.W.shape[1]
+            W[i, :, :ri] = p.W.to(dtype)
+            Lm[i, :ri, :ri] = _sqrt_factor(p.M.to(dtype))
+    else:
+        # The samples with orthonormal columns (zero rows and columns pad): with
+        # Z = U S V^T, H_c = U (W V S)^T, so W becomes W V S, and M and L the
+        # identity. Then F = (I - Q Q^T) W gives the exact L1 scores
+        # ||Z F^T d_j||_1 as well as the L2 ones. Until an atom's L1 score is
+        # known, ||p||_1 <= sqrt(n) ||p||_2 bounds it.
         n_max = max(p.n for p in problems)
         Z = torch.zeros(h, n_max, r, dtype=dtype, device=device)
         for i, p in enumerate(problems):
-            Zi = p.Z.to(dtype)  # type: ignore[union-attr]
-            Z[i, : Zi.shape[0], : Zi.shape[1]] = Zi
+            Ui, Si, Vhi = torch.linalg.svd(p.Z.to(dtype), full_matrices=False)  # type: ignore[union-attr]
+            ri = Si.shape[0]
+            Z[i, : Ui.shape[0], :ri] = Ui
+            W[i, :, :ri] = p.W.to(dtype) @ (Vhi.mT * Si)
+            Lm[i, :ri, :ri] = torch.eye(ri, dtype=dtype, device=device)
         root_n = torch.tensor([math.sqrt(p.n) for p in problems], dtype=dtype, device=device)
-        Wt = W.clone()  # (I - Q Q^T) W: exact L1 scores are ||Z Wt^T d_j||_1
+    F = W @ Lm  # (I - Q Q^T) W L, updated every step
+    energy0 = F.square().sum((1, 2))  # ||H_c||_F^2
 
     # The float32 copy for the bounds' products, and their rounding error.
     D_low = D if prepared.low is None else prepared.low
@@ -402,17 +427,32 @@ def _pursue(
     # c in float32) by gamma (2 + gamma) dmax^2 ||F||^2 plus the rounding of
     # that sum, (r + 2) unit (1 + gamma)^2 dmax^2 ||F||^2. G + M is an upper
     # bound of the squared score, M the margin accumulated so far.
-    G2 = _initial_scores(D_low, F)
+    # L1 in float64 screens its candidates first (see ``screened`` below), from
+    # the step-0 products D F_0 and every step's products D q_t, kept in float32
+    # when they fit in _SCREEN_BYTES.
+    screen = l1 and dtype == torch.float64 and h * v * (r + k) * 4 <= _SCREEN_BYTES
+    Y0 = torch.empty(h, v, r, dtype=low, device=device) if screen else None
+    G2 = _initial_scores(D_low, F, keep=Y0)
     M2 = 1.01 * (gamma * (2 + gamma) + (r + 2) * unit * (1 + gamma) ** 2) * top2
     if l1:
         B1 = torch.full((h, v), math.inf, dtype=low, device=device)  # L1 bounds once known
+    if screen:
+        Cq = torch.zeros(h, v, k, dtype=low, device=device)  # D q_t in float32, column t
+        Z32 = Z.to(low)
+        zc = Z.abs().sum(1).norm(dim=1)  # || (||Z_c||_1)_c ||_2
+        f0 = energy0.sqrt()  # ||F_0||_F
+        gamma_n = torch.tensor([p.n * unit / (1 - p.n * unit) for p in problems], dtype=dtype, device=device)
+        gamma_r = r * unit / (1 - r * unit)
+        drift = torch.zeros(h, dtype=dtype, device=device)  # sum over steps of ||u_t|| delta_c_t
+        usum = torch.zeros(h, dtype=dtype, device=device)  # sum over steps of ||u_t||
 
     taken = torch.zeros(h, v, dtype=torch.bool, device=device)
     # Work space for the v-long rows, allocated once: fresh buffers this large
     # cost a page fault per 4 KiB every time.
     work = torch.empty(h, v, dtype=low, device=device)
     P = torch.empty(2 * h, v, dtype=low, device=device)
-    Q = torch.zeros(h, d, k, dtype=dtype, device=device)
+    Pt = torch.empty(v, 2 * h, dtype=low, device=device) if 2 * h <= _NARROW else None
+    Q = torch.zeros(h, d, k, dtype=dtype, device=device)  # the orthonormal basis, one column per step
     R = torch.zeros(h, k, k, dtype=dtype, device=device)
     U = torch.zeros(h, k, r, dtype=dtype, device=device)  # rows u_t = L^T W^T q_t
     Wq = torch.zeros(h, k, r, dtype=dtype, device=device)  # rows w_t = W^T q_t
@@ -420,6 +460,7 @@ def _pursue(
     scores = torch.zeros(h, k, dtype=dtype)
     evr = torch.zeros(h, k, dtype=dtype)
     evaluated = torch.zeros(h, dtype=torch.long)
+    screens = torch.zeros(h, dtype=torch.long)
     n_done = [k] * h
     active = torch.ones(h, dtype=torch.bool)
     energy = energy0.clone()
@@ -467,10 +508,10 @@ def _pursue(
         Dk = D[idx].to(dtype)  # [b, m, d]
         at = (rows[:, None], idx)
         if l1:
-            a = Dk @ take(Wt, rows)  # [b, m, r]: W^T (I - Q Q^T) d_j
+            a = Dk @ take(F, rows)  # [b, m, r]: F^T d_j (L is the identity)
             val = (a @ take(Z, rows).mT).abs_().sum(-1)
             B1[at] = _up(val)
-            G2[at] = _up((a @ take(Lm, rows)).square().sum(-1) - take(M2, rows)[:, None])
+            G2[at] = _up(a.square().sum(-1) - take(M2, rows)[:, None])
         else:
             val = (Dk @ take(F, rows)).square().sum(-1)
             G2[at] = _up(val - take(M2, rows)[:, None])
@@ -482,6 +523,45 @@ def _pursue(
             val = val.masked_fill(chosen, -math.inf)
         evaluated[rows.cpu()] += idx.shape[1]
         return val
+
+    def screened(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """L1 scores of atoms ``idx`` ``[b, m]`` for problems ``rows``: exact (see ``exact``)
+        where a certified float32 interval of the score reaches the largest lower end
+        among them, minus infinity elsewhere (those atoms cannot win the round; their
+        bounds become the intervals' upper ends).
+
+        With L the identity, ``F_t^T d_j = F_0^T d_j - sum_s u_s (q_s . d_j)``: the kept
+        float32 products give it in ``t r`` operations per atom instead of ``d r``,
+        off by at most ``dy`` in norm (the products' errors, ``gamma dmax ||F_0||_F``
+        and ``||u_s|| delta_c_s``, and the rounding of the sum). The samples' product
+        ``p = Z y`` then errs by at most ``sqrt(n) dy`` (Z has orthonormal columns)
+        plus its own rounding, ``(u + gamma_r) (1 + u) zc ||y||``, and the float32
+        sum of ``|p|`` by ``gamma_n`` of itself.
+        """
+        at = (rows[:, None], idx)
+        y = Y0[at]  # [b, m, r]
+        if t:
+            y = torch.baddbmm(y, Cq[at][..., :t], take(U, rows)[:, :t].to(low), alpha=-1)
+        est = torch.bmm(y, take(Z32, rows).mT).abs_().sum(-1).to(dtype)
+        norm_y = torch.linalg.vector_norm(y, dim=-1).to(dtype) * (1 + (r + 2) * unit)
+        g_t = (t + 3) * unit / (1 - (t + 3) * unit)
+        dy = gamma * dmax * f0 + drift + g_t * (1 + gamma) * dmax * (f0 + usum)
+        err = (take(root_n * dy, rows) * (1 + 1e-9))[:, None] + (unit + gamma_r) * (1 + unit) * take(
+            zc, rows
+        )[:, None] * norm_y
+        err = 1.01 * (err + 1.01 * take(gamma_n, rows)[:, None] * est)
+        chosen = taken[at]
+        hi = (est + err).masked_fill(chosen, -math.inf)
+        lo = (est - err).masked_fill(chosen, -math.inf)
+        B1[at] = _up(hi)
+        screens[rows.cpu()] += idx.shape[1]
+        reach = lo.max(1).values
+        survive = hi >= (reach - 2 * slack * reach.abs())[:, None]
+        order = torch.argsort(hi, dim=1, descending=True)[:, : int(survive.sum(1).max())]
+        val = torch.full_like(hi, -math.inf)
+        return val.scatter_(1, order, exact(rows, idx.gather(1, order)))
+
+    score = screened if screen else exact
 
     def winner(idx: torch.Tensor, val: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The argmax of exact scores ``val`` of atoms ``idx`` (``[b, m]``), the lowest index
@@ -498,9 +578,9 @@ def _pursue(
         # 1. choose one atom per problem: exact scores for the atoms with the
         #    largest bounds, then for any other atom whose bound can still win
         #    (for L2 the tight bounds usually leave one: start from the largest)
-        m = min(candidates or (16 if l1 else 1), v)
+        m = min(candidates or ((256 if screen else 16) if l1 else 1), v)
         idx, rest = first(live, m)
-        val = exact(live, idx)
+        val = score(live, idx)
         best_val = val.max(1).values
         threshold = best_val - slack * best_val.abs()
         pick, top = winner(idx, val)
@@ -515,7 +595,7 @@ def _pursue(
         while len(more):
             size = min(max(4 * size, 16), v)
             idx_more, rest = first(more, size)
-            val_more = exact(more, idx_more)
+            val_more = score(more, idx_more)
             best_more = val_more.max(1).values
             thr = best_more - slack * best_more.abs()
             pick, top = winner(idx_more, val_more)
@@ -561,7 +641,7 @@ def _pursue(
             B1[chosen_at] = -math.inf
 
         # 3. the rank-one update of F: F_t = F_{t-1} - q_t u_t^T with u_t = F_{t-1}^T q_t
-        u, y, w = _rank_one(F, W, q, Wt if l1 else None)  # y = F_{t-1} F_{t-1}^T q_t, w = W^T q_t
+        u, y, w = _rank_one(F, W, q)  # y = F_{t-1} F_{t-1}^T q_t, w = W^T q_t
         Wq[:, t], U[:, t] = w, u
         energy = (energy - u.square().sum(1)).clamp_min(0)  # ||F_t||^2 = ||F_{t-1}||^2 - ||u_t||^2
         evr[active, t] = (1 - energy / energy0.clamp_min(tiny))[act].cpu()
@@ -570,9 +650,14 @@ def _pursue(
         # 4. every squared score changes by c_j (c_j ||u||^2 - 2 e_j), c = D q and
         #    e = D y; both products in float32, their error added to the margin
         if t + 1 < k:
-            torch.matmul(torch.cat(cols).to(low), D_low.T, out=P)  # [2h, v]: one product for all problems
+            _dictionary_product(D_low, torch.cat(cols).to(low), P, Pt)  # [2h, v]: one product for all problems
             c = P[:h]
             delta_c = gamma * dmax * q.norm(dim=1)
+            if screen:
+                Cq[:, :, t] = c
+                norm_u = u.norm(dim=1)
+                drift += norm_u * delta_c
+                usum += norm_u
             _add_score_change(G2, c, P[h : 2 * h], u, work)
             M2 = M2 + _margin(u, y, delta_c, gamma, dmax, unit)
             M2 = M2 + 1.01 * unit * (top2 + 2 * M2)  # the float32 addition into G
@@ -593,18 +678,20 @@ def _pursue(
                 "evr": evr[i, :kk].clone(),
                 "R": R[i, :kk, :kk].clone(),
                 "U": U[i, :kk, : p.W.shape[1]].clone(),
-                "QW": Wq[i, :kk, : p.W.shape[1]].clone(),
+                # Q^T W for the caller's W (for L1 the engine's W is W V S)
+                "QW": Q[i, :, :kk].mT @ p.W.to(dtype) if l1 else Wq[i, :kk, : p.W.shape[1]].clone(),
                 "evaluated": int(evaluated[i]),
+                "screened": int(screens[i]),
             }
         )
     return out
 
 
-def _rank_one(F: torch.Tensor, W: torch.Tensor, q: torch.Tensor, Wt: torch.Tensor | None):
+def _rank_one(F: torch.Tensor, W: torch.Tensor, q: torch.Tensor):
     """One step's updates of the ``[h, d, r]`` factors, in place, a few problems at a time.
 
     Returns ``u = F^T q``, ``y = F u`` (before the update) and ``w = W^T q``, and
-    sets ``F -= q u^T`` (and ``Wt -= q (Wt^T q)^T`` when given). The problems are
+    sets ``F -= q u^T``. The problems are
     taken in groups of at least two whose factors fit in a cache, so each
     factor is read from memory once per step; every group gives bit for bit
     what the whole batch gives.
@@ -624,11 +711,19 @@ def _rank_one(F: torch.Tensor, W: torch.Tensor, q: torch.Tensor, Wt: torch.Tenso
         y[start:end] = torch.einsum("hdr,hr->hd", Fg, ug)
         Fg.sub_(torch.mul(qg[:, :, None], ug[:, None, :], out=b))
         w[start:end] = torch.einsum("hdr,hd->hr", W[start:end], qg)
-        if Wt is not None:
-            Wg = Wt[start:end]
-            Wg.sub_(torch.mul(qg[:, :, None], torch.einsum("hdr,hd->hr", Wg, qg)[:, None, :], out=b))
         start = end
     return u, y, w
+
+
+def _dictionary_product(D: torch.Tensor, cols: torch.Tensor, out: torch.Tensor, space: torch.Tensor | None) -> None:
+    """``out = cols D^T`` (``[c, v]``). For a few columns (``space``, ``[v, c]``, given)
+    the product is taken as ``D cols^T`` and transposed into ``out``: BLAS runs that
+    form at the speed of memory, the other several times slower."""
+    if space is None:
+        torch.matmul(cols, D.T, out=out)
+    else:
+        torch.matmul(D, cols.T, out=space)
+        out.copy_(space.T)
 
 
 def _add_score_change(G: torch.Tensor, c: torch.Tensor, e: torch.Tensor, u: torch.Tensor, work: torch.Tensor) -> None:
@@ -656,11 +751,12 @@ def _margin(u, y, delta_c, gamma: float, dmax: float, unit: float) -> torch.Tens
     return products + arithmetic
 
 
-def _initial_scores(D_low: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+def _initial_scores(D_low: torch.Tensor, F: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """``||F_i^T d_j||^2`` for every problem ``i`` and atom ``j``, ``[h, v]``, in blocks.
 
     The products, their squares and sums are taken in ``D_low``'s precision
-    (float32); :func:`_pursue` bounds the error.
+    (float32); :func:`_pursue` bounds the error. ``keep`` (``[h, v, r]``), when
+    given, receives the products ``F_i^T d_j`` themselves.
     """
     v, d = D_low.shape
     h, _, r = F.shape
@@ -670,15 +766,33 @@ def _initial_scores(D_low: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
     for start in range(0, h, per_block):
         block = F[start : start + per_block]  # [b, d, r]
         b = block.shape[0]
-        prod = space[: v * b * r].view(v, b * r)
-        torch.matmul(D_low, block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype), out=prod)
-        s[start : start + b] = prod.square_().view(v, b, r).sum(-1).T
+        if b * r < 64:
+            # few columns: BLAS is faster with the dictionary on the right
+            prod = space[: v * b * r].view(b, r, v)
+            torch.matmul(block.mT.reshape(b * r, d).to(D_low.dtype), D_low.T, out=prod.view(b * r, v))
+            if keep is not None:
+                keep[start : start + b] = prod.mT
+            torch.sum(prod.square_(), 1, out=s[start : start + b])
+        else:
+            prod = space[: v * b * r].view(v, b * r)
+            torch.matmul(D_low, block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype), out=prod)
+            if keep is not None:
+                keep[start : start + b] = prod.view(v, b, r).permute(1, 0, 2)
+            s[start : start + b] = prod.square_().view(v, b, r).sum(-1).T
     return s
 
 
 # Raises a float32 value computed by a few correctly rounded operations above
 # the exact result (each rounds by at most 2^-24 relative).
 _UP = 1 + 2.0**-20
+
+# The most memory the L1 screen may keep (its float32 products, ``h v (r + k)``
+# values); above it, L1 computes every candidate's score exactly.
+_SCREEN_BYTES = 1 << 30
+
+# Up to this many columns, a product with the dictionary is taken as D x^T
+# (see _dictionary_product).
+_NARROW = 8
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -727,6 +841,7 @@ def _finish(
         mean=None if mean is None else mean.to(out_dtype),
         coefficient_norms=norms.to(out_dtype),
         exact_scores=raw["evaluated"],
+        screened_scores=raw["screened"],
     )
 
 

@@ -111,6 +111,8 @@ def test_float32_bounds_never_skip_a_near_tie(criterion, seed):
     Z, W = _factor(Xc)
     raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=90)], n_atoms=12, criterion=criterion, candidates=1)[0]
     assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion=criterion)[0]
+    if criterion == "l1":  # the float32 screen of L1 meets the twins too, and must defer to float64
+        assert raw["screened"] > 0
 
 
 def test_reconstruction_and_order():
@@ -523,6 +525,37 @@ def test_smollm2_heads_concept_dictionary_match_reference(smollm2, smollm2_heads
         atoms, evr, _, _ = reference_somp(smollm2_heads.head(*head), countries.atoms, 20, criterion=criterion)
         assert results[head].atoms.tolist() == atoms, head
         torch.testing.assert_close(results[head].evr.double(), evr, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
+    """The float32 screen of L1 (on by default in float64) against scoring every
+    candidate exactly (the screen's memory limit set to zero), and the reference:
+    same atoms, EVR and coefficients, with far fewer exact scores. Heavy-tailed
+    samples, so that the L1 and L2 rankings disagree; one set has fewer samples
+    than its rank."""
+    import hp_mini.pursuit as pursuit
+
+    D = random_dictionary(3000, 40, 90 + seed)
+    g = torch.Generator().manual_seed(95 + seed)
+    sets = [
+        hp_mini.FactoredSignals(
+            torch.randn(40, r, generator=g, dtype=torch.float64),
+            torch.randn(n, r, generator=g, dtype=torch.float64) * torch.rand(n, 1, generator=g, dtype=torch.float64) ** 4,
+            name=f"set {i}",
+        )
+        for i, (n, r) in enumerate([(120, 16), (7, 12)])
+    ]
+    screened = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
+    monkeypatch.setattr(pursuit, "_SCREEN_BYTES", 0)
+    exact = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
+    for s, a, b in zip(sets, screened, exact):
+        want = reference_somp(s.Z @ s.W.T, D, 10, criterion="l1")
+        assert a.atoms.tolist() == b.atoms.tolist() == want.atoms
+        torch.testing.assert_close(a.evr, want.evr, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(a.coefficients, want.coefficients, rtol=1e-7, atol=1e-8)
+        assert a.screened_scores > 0 and b.screened_scores == 0
+        assert a.exact_scores < b.exact_scores
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
