@@ -56,8 +56,8 @@ How it is computed (exactly, without approximation):
   ``d r``, and ``||Z a_j||_1`` in float32 with a certified error bound. Only
   the atoms whose interval reaches the best lower end are scored exactly
   (``d r + n r`` operations in float64), typically one to three per step.
-  The screen keeps ``h v (r + k)`` float32 values; above 1 GiB every
-  candidate is scored exactly instead.
+  The screen keeps ``h v (r + k)`` float32 values; when they pass 1 GiB the
+  problems are pursued in groups that fit, each group with its own products.
 * A product of the dictionary with a few columns (one problem's ``q`` and
   ``y``) is taken as ``D [q y]``, the form BLAS runs at the speed of memory;
   with many columns (a whole model) as ``[q y]^T D^T``, a matrix product at
@@ -382,6 +382,18 @@ def _pursue(
     r = max(p.W.shape[1] for p in problems)
     k = n_atoms
     l1 = criterion == "l1"
+    if l1 and dtype == torch.float64 and h > 1 and h * v * (r + k) * 4 > _SCREEN_BYTES:
+        # L1's screen would keep more than _SCREEN_BYTES: the problems go in groups
+        # that fit, each with its own products (still many columns per product)
+        size = max(1, _SCREEN_BYTES // (v * (r + k) * 4))
+        return [
+            raw
+            for start in range(0, h, size)
+            for raw in _pursue(
+                D, problems[start : start + size], n_atoms=n_atoms, criterion=criterion, candidates=candidates,
+                on_warning=on_warning, dtype=dtype, prepared=prepared,
+            )
+        ]
     tiny = torch.finfo(dtype).tiny
 
     W = torch.zeros(h, d, r, dtype=dtype, device=device)
@@ -787,7 +799,8 @@ def _initial_scores(D_low: torch.Tensor, F: torch.Tensor, keep: torch.Tensor | N
 _UP = 1 + 2.0**-20
 
 # The most memory the L1 screen may keep (its float32 products, ``h v (r + k)``
-# values); above it, L1 computes every candidate's score exactly.
+# values); above it, the problems are pursued in groups that fit (one problem
+# alone that does not fit is scored without the screen).
 _SCREEN_BYTES = 1 << 30
 
 # Up to this many columns, a product with the dictionary is taken as D x^T

@@ -529,8 +529,9 @@ def test_smollm2_heads_concept_dictionary_match_reference(smollm2, smollm2_heads
 
 @pytest.mark.parametrize("seed", range(3))
 def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
-    """The float32 screen of L1 (on by default in float64) against scoring every
-    candidate exactly (the screen's memory limit set to zero), and the reference:
+    """The float32 screen of L1 (on by default in float64), with the sets in one batch
+    or one at a time (a memory limit that holds one set's screen), against scoring
+    every candidate exactly (the limit set to zero), and the reference:
     same atoms, EVR and coefficients, with far fewer exact scores. Heavy-tailed
     samples, so that the L1 and L2 rankings disagree; one set has fewer samples
     than its rank."""
@@ -547,11 +548,16 @@ def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
         for i, (n, r) in enumerate([(120, 16), (7, 12)])
     ]
     screened = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
+    # room for one set's screen only: the sets are pursued one after the other
+    monkeypatch.setattr(pursuit, "_SCREEN_BYTES", 3000 * (16 + 10) * 4)
+    grouped = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
     monkeypatch.setattr(pursuit, "_SCREEN_BYTES", 0)
     exact = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
-    for s, a, b in zip(sets, screened, exact):
+    for s, a, c, b in zip(sets, screened, grouped, exact):
         want = reference_somp(s.Z @ s.W.T, D, 10, criterion="l1")
         assert a.atoms.tolist() == b.atoms.tolist() == want.atoms
+        assert c.atoms.tolist() == want.atoms and c.screened_scores > 0
+        torch.testing.assert_close(c.coefficients, a.coefficients, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(a.evr, want.evr, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(a.coefficients, want.coefficients, rtol=1e-7, atol=1e-8)
         assert a.screened_scores > 0 and b.screened_scores == 0
