@@ -564,6 +564,18 @@ def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
         assert a.exact_scores < b.exact_scores
 
 
+def test_l1_in_float32_scores_without_the_screen():
+    """In float32 working precision the screen has nothing to save: every candidate
+    is scored in float32, and the atoms are still the reference's."""
+    D = random_dictionary(800, 24, 5)
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(60, 6, generator=g, dtype=torch.float64) @ D[[3, 50, 77, 400, 512, 640]] * 3
+    X = X + 0.05 * low_rank_data(60, 24, 24, 7)
+    got = hp_mini.somp(X.float(), D.float(), n_atoms=6, criterion="l1", dtype=torch.float32)
+    assert got.atoms.tolist() == reference_somp(X, D, 6, criterion="l1").atoms
+    assert got.screened_scores == 0 and got.exact_scores >= 6
+
+
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
 def test_exact_scores_counts_what_the_bounds_left(criterion):
     # Head-like data with a planted support: the bounds rule out most atoms at
