@@ -590,7 +590,7 @@ def _pursue(
         # 1. choose one atom per problem: exact scores for the atoms with the
         #    largest bounds, then for any other atom whose bound can still win
         #    (for L2 the tight bounds usually leave one: start from the largest)
-        m = min(candidates or ((256 if screen else 16) if l1 else 1), v)
+        m = min(candidates or ((64 if screen else 16) if l1 else 1), v)
         idx, rest = first(live, m)
         val = score(live, idx)
         best_val = val.max(1).values
