@@ -351,7 +351,8 @@ def _pursue(
     ``dtype`` (default ``D.dtype``), and the rows of ``D`` the search needs
     exactly are cast to it. Returns, per problem, a dict with ``atoms``,
     ``scores``, ``evr``, ``U`` (``Q^T W L``), ``R`` (triangular factor), ``QW``
-    (``Q^T W``) and ``evaluated`` (exact scores computed, summed over steps).
+    (``Q^T W``), ``evaluated`` (exact scores computed, summed over steps) and
+    ``screened`` (L1 scores screened in float32, summed over steps).
 
     Every atom carries an *upper bound* of its score, and the exact score (in
     ``D.dtype``) is computed only for atoms whose bound can still beat the best
