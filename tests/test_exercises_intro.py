@@ -68,5 +68,8 @@ def test_capital_head_matches_an_independent_hook(smollm2):
     if paris_best != best:
         with pytest.raises(ExerciseError, match="pushes ' Paris' most"):
             check("intro.capital_head", {"head": paris_best, "also_paris": True}, quiet=True)
+    for missing in ((rome.shape[0], 0), f"L0H{n_heads}"):  # as a pair and as a label
+        with pytest.raises(ExerciseError, match="does not exist"):
+            check("intro.capital_head", {"head": missing, "also_paris": False}, quiet=True)
     with pytest.raises(ExerciseError, match="a dict"):
         check("intro.capital_head", best, quiet=True)

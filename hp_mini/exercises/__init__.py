@@ -43,21 +43,28 @@ class ExerciseError(AssertionError):
     """An answer is wrong; the message says what is wrong and what to look at."""
 
 
-def head_answer(answer) -> tuple[int, int]:
+def head_answer(answer, grid: tuple[int, int] | None = None) -> tuple[int, int]:
     """A learner's head, given as ``(layer, head)`` or as a label like ``"L3H5"``.
 
-    Raises :class:`ExerciseError` saying how to write it when it is neither.
+    Raises :class:`ExerciseError` saying how to write it when it is neither, or,
+    with ``grid = (n_layers, n_heads)`` of SmolLM2, when no such head exists.
     """
     if isinstance(answer, str):
         from ..heads import parse_head_label
 
         try:
-            return parse_head_label(answer)
+            layer, head = parse_head_label(answer)
         except ValueError:
             raise ExerciseError(f"write the head as (layer, head) or as a label like 'L3H5', got {answer!r}") from None
-    if not (isinstance(answer, (tuple, list)) and len(answer) == 2):
+    elif isinstance(answer, (tuple, list)) and len(answer) == 2:
+        layer, head = int(answer[0]), int(answer[1])
+    else:
         raise ExerciseError(f"give the head as a pair (layer, head), got {answer!r}")
-    return int(answer[0]), int(answer[1])
+    if grid is not None and not (0 <= layer < grid[0] and 0 <= head < grid[1]):
+        raise ExerciseError(
+            f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{grid[0] - 1} and heads 0..{grid[1] - 1}"
+        )
+    return layer, head
 
 
 def checker(name: str) -> Callable[[Callable[[object], None]], Callable[[object], None]]:

@@ -144,13 +144,10 @@ NAME_MOVER_PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 @checker("heads.name_mover")
 def _check_name_mover(answer) -> None:
-    layer, head = head_answer(answer)
     mary = direct_head_logits(NAME_MOVER_PROMPT, " Mary")
     john = direct_head_logits(NAME_MOVER_PROMPT, " John")
-    n_layers, n_heads = mary.shape
-    assert 0 <= layer < n_layers and 0 <= head < n_heads, (
-        f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}"
-    )
+    n_heads = mary.shape[1]
+    layer, head = head_answer(answer, mary.shape)
 
     best = divmod(int(mary.flatten().argmax()), n_heads)
     if (layer, head) == best:

@@ -61,13 +61,10 @@ def _check_capital_head(answer) -> None:
         'return a dict with "head" (the head that pushes " Rome" most) and "also_paris" '
         "(whether it is one of the three heads that push \" Paris\" most)"
     )
-    layer, head = head_answer(answer["head"])
     rome = direct_head_logits(ROME_PROMPT, " Rome")
     paris = direct_head_logits(PARIS_PROMPT, " Paris")
-    n_layers, n_heads = rome.shape
-    assert 0 <= layer < n_layers and 0 <= head < n_heads, (
-        f"L{layer}H{head} does not exist: SmolLM2 has layers 0..{n_layers - 1} and heads 0..{n_heads - 1}"
-    )
+    n_heads = rome.shape[1]
+    layer, head = head_answer(answer["head"], rome.shape)
     best = divmod(int(rome.flatten().argmax()), n_heads)
     if (layer, head) != best:
         if (layer, head) == divmod(int(paris.flatten().argmax()), n_heads):
