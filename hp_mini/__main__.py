@@ -1,8 +1,12 @@
 """Command line: ``python -m hp_mini prepare [NAME ...] [--verify]``.
 
 ``prepare`` converts the embedded models' GGUF files once and caches them
-(all of them unless names are given). ``--verify`` hashes every cached file
-against the manifest written with it and rebuilds what is damaged.
+(all of them unless names are given). ``--verify`` checks every file in each
+cached folder against the manifest written with it (a file it does not list
+is damage, too), hashing them all, and rebuilds what is damaged. A cache
+folder hp_mini did not make, a cache that is not writable, or another
+``prepare`` that holds the lock and has stopped is reported with what to do;
+see :mod:`hp_mini.cache`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare = sub.add_parser("prepare", help="convert and cache the embedded models (GGUF -> safetensors)")
     prepare.add_argument("names", nargs="*", metavar="NAME",
                          help=f"models to prepare; default all: {', '.join(EMBEDDED_MODELS)}")
-    prepare.add_argument("--verify", action="store_true", help="hash every cached file and rebuild what is damaged")
+    prepare.add_argument("--verify", action="store_true",
+                         help="check every file of the cache against its manifest (hashing them all) "
+                              "and rebuild what is damaged")
     from .cli import add_commands, dispatch
 
     add_commands(sub)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .architectures import ModelParts, model_parts
+from .checks import check_count, check_weights_loaded
 from .heads import LayerHeads, attention_heads, check_heads_of, head_label
 from .hooks import Trace
 from .inputs import encode, model_device
@@ -460,7 +461,8 @@ def record_heads(
         maps the padded ``(input_ids, attention_mask)`` to a ``[B, T]`` mask.
         Padding is never pooled.
     batch_size : int
-        Prompts per forward pass.
+        Prompts per forward pass (an integer of at least 1; NumPy integers
+        are accepted, floats and bools are not).
     layers : list of int, optional
         Record only these layers (default: all).
     store : {"samples", "moments"}
@@ -485,10 +487,14 @@ def record_heads(
 
     Raises
     ------
+    TypeError
+        For a prompt that is not a string, or a ``batch_size`` that is not an
+        integer.
     ValueError
-        For an empty prompt (named by its index), an empty ``layers``,
-        a pooling that selects no token of a prompt, token ids beyond the
-        model's embedding (a tokenizer of another model), prompts longer than
+        For a ``batch_size`` below 1, a model whose parameters are on the
+        meta device (no values), an empty prompt (named by its index), an
+        empty ``layers``, a pooling that selects no token of a prompt, token
+        ids beyond the model's embedding (a tokenizer of another model), prompts longer than
         a model with learned absolute positions allows (longer than a rotary
         model's context only warns), or images given to a text model.
     """
@@ -504,10 +510,10 @@ def record_heads(
             raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
     if images is not None and len(images) != len(texts):
         raise ValueError(f"got {len(images)} images for {len(texts)} prompts; give one image per prompt")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_count(batch_size, "batch_size")
     if store not in ("samples", "moments"):
         raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
+    check_weights_loaded(model, "record_heads")
     prompt_masks = None
     if not (isinstance(pool, str) or callable(pool)):
         prompt_masks = list(pool)

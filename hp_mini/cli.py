@@ -18,11 +18,31 @@ Both run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
 launch``: the prompts are shared out for recording and the heads for SOMP
 (:mod:`hp_mini.distributed`); rank 0 writes the outputs.
 
+Outputs
+    ``--out`` is a new folder, an empty one, or the folder of an earlier run,
+    which is replaced as a whole only with ``--overwrite``; a folder holding
+    other files is refused. The results are written into a temporary folder
+    beside ``--out`` (``NAME.incomplete-XXXXXXXX``) and renamed into place when
+    complete, ``run.json`` included: an interrupted or failed run leaves the
+    earlier results as they were. ``--out`` is checked to be writable before
+    any work, on every process. ``edit`` never writes into a folder that holds
+    a ``rank`` run.
+
 Prompt files
     ``.txt``: one prompt per line (blank lines are skipped). ``.jsonl``: one
     JSON object per line with a string field ``"prompt"`` or ``"text"``.
-    ``--dataset NAME:SPLIT:COLUMN`` streams a column of a ``datasets`` dataset
-    (a local folder or file, or a dataset already in the cache when offline).
+    ``--prompts -`` reads standard input, one prompt per line; a named pipe
+    is read once, as ``.jsonl`` when its name ends so, else one prompt per
+    line (standard input and pipes need a single process: under ``torchrun``
+    every process reads the prompts). ``--dataset NAME:SPLIT:COLUMN`` streams
+    a column of a ``datasets`` dataset (a local folder or file, or a dataset
+    already in the cache when offline).
+
+Text files
+    Prompts, word lists, ``--qa``, ``--keywords``, ``--eval-prompts`` and
+    ``--ranking`` files are read as UTF-8, with or without a byte-order mark;
+    any other encoding is refused with the offending byte and an ``iconv``
+    command that converts the file.
 
 Memory
     ``--criterion l2`` keeps only per-head moments: memory does not grow with
@@ -36,16 +56,24 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
+import secrets
+import shutil
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from .checks import check_device
+from .textfiles import STDIN, TextFileError, iter_lines, read_text
 
 __all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command"]
 
@@ -54,6 +82,8 @@ COMMANDS = ("rank", "edit")
 PROMPT_FIELDS = ("prompt", "text")
 QUESTION_FIELDS = ("prompt", "question")
 ANSWER_FIELDS = ("answers", "answer")
+RANK_OUTPUTS = ("ranking.csv", "heatmap.png", "run.json")
+EDIT_OUTPUTS = ("edits.csv", "summary.csv", "run.json")
 
 _MEMORY_NOTE = (
     "L1 keeps every prompt's pooled head outputs, 4 x prompts x layers x d_model bytes "
@@ -88,7 +118,8 @@ def _add_source(p: argparse.ArgumentParser) -> None:
                          help="a word list: one word per line, '#' lines skipped")
     prompts = p.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompts", metavar="FILE", type=Path,
-                         help="prompts: .txt (one per line) or .jsonl (a 'prompt' or 'text' field per line)")
+                         help="prompts: .txt (one per line) or .jsonl (a 'prompt' or 'text' field per line); "
+                              "'-' reads standard input, one prompt per line")
     prompts.add_argument("--dataset", metavar="NAME:SPLIT:COLUMN",
                          help="stream a column of a datasets dataset (a local folder or file, or one in the "
                               "cache when offline)")
@@ -113,7 +144,11 @@ def _add_model(p: argparse.ArgumentParser) -> None:
                    help="load through accelerate's device_map over every visible GPU, offloading to CPU "
                         "and then to --offload-folder")
     p.add_argument("--offload-folder", type=Path, default=None, help="where --device-map offloads to disk")
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output folder: new, empty, or an earlier run's (with --overwrite); written whole or "
+                        "not at all")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out, as a whole")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only errors")
 
 
@@ -159,22 +194,22 @@ def _check(args: argparse.Namespace) -> None:
     if args.concept is not None and args.concept not in hp_mini.concept_names():
         raise CommandError(f"--concept: unknown concept {args.concept!r}; choose one of "
                            f"{', '.join(hp_mini.concept_names())}, or give a word list with --words FILE")
-    files = [("--words", args.words), ("--prompts", args.prompts)]
-    if args.command == "edit":
-        files += [("--ranking", args.ranking), ("--qa", args.qa), ("--keywords", args.keywords),
-                  ("--eval-prompts", args.eval_prompts)]
-    for flag, path in files:
-        if path is not None and not path.is_file():
-            raise CommandError(f"{flag}: no such file: {path}")
-    if args.prompts is not None and args.prompts.suffix.lower() not in (".txt", ".jsonl"):
+    for flag, path in _input_files(args):
+        _input_kind(flag, path)
+    if (args.prompts is not None and _input_kind("--prompts", args.prompts) == "file"
+            and args.prompts.suffix.lower() not in (".txt", ".jsonl")):
         raise CommandError(f"--prompts: {args.prompts} is neither .txt (one prompt per line) nor .jsonl "
                            f"(a {' or '.join(repr(f) for f in PROMPT_FIELDS)} field per line)")
     if args.dataset is not None:
         _dataset_spec(args.dataset)
     if args.device_map is not None and args.device is not None:
         raise CommandError("--device and --device-map exclude each other: --device-map places the layers itself")
-    if args.out.exists() and not args.out.is_dir():
-        raise CommandError(f"--out: {args.out} exists and is not a folder")
+    if args.device is not None:
+        _check_device(args.device)
+    if args.offload_folder is not None and args.device_map is None:
+        raise CommandError("--offload-folder goes with --device-map auto, which offloads layers to it; "
+                           "without --device-map the model is not offloaded: drop --offload-folder or add "
+                           "--device-map auto")
     if args.command == "edit":
         if args.keywords is not None and args.eval_prompts is None:
             raise CommandError("--keywords needs --eval-prompts FILE: the prompts whose continuations are counted")
@@ -182,6 +217,132 @@ def _check(args: argparse.Namespace) -> None:
             raise CommandError("--eval-prompts goes with --keywords; --qa files hold their own prompts")
         if args.n_random < 0:
             raise CommandError(f"--n-random must be 0 or more, got {args.n_random}")
+    _check_out(args)
+
+
+def _input_files(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """The input files given, with their flags."""
+    files = [("--words", args.words), ("--prompts", args.prompts)]
+    if args.command == "edit":
+        files += [("--ranking", args.ranking), ("--qa", args.qa), ("--keywords", args.keywords),
+                  ("--eval-prompts", args.eval_prompts)]
+    return [(flag, path) for flag, path in files if path is not None]
+
+
+def _input_kind(flag: str, path: Path) -> str:
+    """``"stdin"``, ``"file"`` (a regular file) or ``"stream"`` (a named pipe or a character device)."""
+    if str(path) == STDIN:
+        if flag != "--prompts":
+            raise CommandError(f"{flag}: '-' (standard input) is read only by --prompts; give a file")
+        return "stdin"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CommandError(f"{flag}: no such file: {path}") from None
+    except OSError as err:
+        raise CommandError(f"{flag}: cannot read {path}: {err.strerror or err}") from None
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+        return "stream"
+    if stat.S_ISDIR(mode):
+        raise CommandError(f"{flag}: {path} is a folder; give a file")
+    raise CommandError(f"{flag}: {path} is neither a file nor a named pipe")
+
+
+def _check_single_reader(args: argparse.Namespace, ctx) -> None:
+    """Standard input and named pipes can be read once, by one process; under torchrun every rank reads."""
+    if ctx.world_size == 1:
+        return
+    for flag, path in _input_files(args):
+        if _input_kind(flag, path) != "file":
+            raise CommandError(
+                f"{flag}: {'standard input' if str(path) == STDIN else f'{path} (a named pipe)'} can be read "
+                f"once, by one process, but each of the {ctx.world_size} processes of this run reads it: "
+                "save it to a file first"
+            )
+
+
+def _check_device(spec: str) -> None:
+    """``--device`` names a device that this machine has (before anything is loaded)."""
+    try:
+        check_device(spec, "--device")
+    except ValueError as err:
+        raise CommandError(f"{err}, or leave --device out (this process's GPU if there is one, else cpu)") from None
+
+
+def _results_in(folder: Path) -> tuple[list[str], list[str]]:
+    """The entries of ``folder`` that ``rank`` or ``edit`` write, and the others."""
+    names = sorted(p.name for p in folder.iterdir())
+    ours = set(RANK_OUTPUTS) | set(EDIT_OUTPUTS)
+    return [n for n in names if n in ours], [n for n in names if n not in ours]
+
+
+def _holds_rank_run(folder: Path) -> bool:
+    """Whether ``folder`` holds the outputs of a ``rank`` run."""
+    if (folder / "ranking.csv").exists() or (folder / "heatmap.png").exists():
+        return True
+    try:
+        return json.loads((folder / "run.json").read_text(encoding="utf-8")).get("command") == "rank"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _probe(folder: Path, out: Path) -> None:
+    """Create and remove a file in ``folder``, or raise a CommandError about ``--out``."""
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".hp_mini-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as err:
+        raise CommandError(f"--out: cannot write in {folder} ({err.strerror or err}), so {out} cannot be "
+                           "written; choose a folder you can write to") from None
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` can be written (a probe file in its parent) and replacing it loses nothing.
+
+    Every process of a run checks, before any work: an unwritable ``--out`` is
+    reported at once, not after the ranking. ``edit`` never writes into a
+    folder that holds a ``rank`` run (its ``run.json`` is the provenance of its
+    ``ranking.csv``); an earlier run's results are replaced only with
+    ``--overwrite``, and a folder holding other files is never replaced.
+    """
+    out = args.out
+    target = Path(os.path.realpath(out))
+    if target.exists() and not target.is_dir():
+        raise CommandError(f"--out: {out} exists and is not a folder")
+    if target.parent == target:
+        raise CommandError(f"--out: {out} is the root of a file system; give a folder inside it")
+    cwd = Path(os.path.realpath(os.getcwd()))
+    if target == cwd or target in cwd.parents:
+        raise CommandError(f"--out: {out} holds the current folder; give a new folder for the results")
+    parent = target.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CommandError(f"--out: {out} cannot be created: {parent} is a file, not a folder")
+    _probe(parent, out)
+    if not target.is_dir():
+        return
+    if args.command == "edit":
+        ranking_dir = None if args.ranking is None else Path(os.path.realpath(args.ranking)).parent
+        if target == ranking_dir or _holds_rank_run(target):
+            what = "the --ranking file" if target == ranking_dir else "the outputs of a rank run"
+            raise CommandError(
+                f"--out: {out} holds {what}; edit never writes into a rank run's folder, whose run.json "
+                f"records how its ranking.csv was made: give another folder, e.g. {out / 'edit'}"
+            )
+    ours, others = _results_in(target)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise CommandError(f"--out: {out} holds files that {args.command} does not write ({shown}); results "
+                           "replace their folder as a whole, so give a new or empty folder")
+    if ours and not args.overwrite:
+        raise CommandError(f"--out: {out} holds the results of an earlier run ({', '.join(ours)}); give "
+                           "--overwrite to replace them as a whole, or another folder")
+    if ours:
+        _probe(target, out)
 
 
 # --------------------------------------------------------------------------- #
@@ -196,18 +357,17 @@ def _dataset_spec(spec: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CommandError(f"{path}, line {i}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise CommandError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
-            yield i, row
+def _jsonl_rows(path: Path, what: str | None = None) -> Iterator[tuple[int, dict]]:
+    for i, line in iter_lines(path, what=what):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CommandError(f"{path}, line {i}: not valid JSON ({err.msg})") from None
+        if not isinstance(row, dict):
+            raise CommandError(f"{path}, line {i}: expected a JSON object, got {type(row).__name__}")
+        yield i, row
 
 
 def _field(path: Path, i: int, row: dict, names: tuple[str, ...]):
@@ -218,22 +378,36 @@ def _field(path: Path, i: int, row: dict, names: tuple[str, ...]):
                        f"(fields: {', '.join(map(repr, row)) or 'none'})")
 
 
-def read_prompts(path: Path) -> Iterator[str]:
+def read_prompts(path: Path, *, what: str | None = None) -> Iterator[str]:
     """Stream the prompts of a ``.txt`` file (one per line, blank lines skipped) or a ``.jsonl`` file
-    (a string field ``"prompt"`` or ``"text"`` per line)."""
+    (a string field ``"prompt"`` or ``"text"`` per line).
+
+    Parameters
+    ----------
+    path : Path
+        The file, read once as UTF-8 (with or without a byte-order mark): a regular file, a named pipe, or
+        ``"-"`` for standard input (one prompt per line). A name ending in ``.jsonl`` is read as JSON lines.
+    what : str, optional
+        The file's flag, for error messages.
+
+    Raises
+    ------
+    CommandError
+        A ``.jsonl`` line that is not a JSON object with a non-empty prompt.
+    hp_mini.textfiles.TextFileError
+        The file cannot be read or is not UTF-8.
+    """
     path = Path(path)
     if path.suffix.lower() == ".jsonl":
-        for i, row in _jsonl_rows(path):
+        for i, row in _jsonl_rows(path, what):
             text = _field(path, i, row, PROMPT_FIELDS)
             if not isinstance(text, str) or not text.strip():
                 raise CommandError(f"{path}, line {i}: the prompt must be a non-empty string, got {text!r}")
             yield text
     else:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield line
+        for _, line in iter_lines(path, what=what):
+            if line.strip():
+                yield line
 
 
 def _dataset_prompts(spec: str) -> Iterator[str]:
@@ -276,12 +450,13 @@ def _limited(it: Iterator[str], limit: int | None) -> Iterator[str]:
 
 
 def _prompt_stream(args: argparse.Namespace) -> Iterator[str]:
-    source = read_prompts(args.prompts) if args.prompts is not None else _dataset_prompts(args.dataset)
+    source = (read_prompts(args.prompts, what="--prompts") if args.prompts is not None
+              else _dataset_prompts(args.dataset))
     return _limited(source, args.limit)
 
 
-def _read_words(path: Path) -> list[str]:
-    words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
+def _read_words(path: Path, what: str) -> list[str]:
+    words = [w.strip() for _, w in iter_lines(path, what=what)]
     words = [w for w in words if w and not w.startswith("#")]
     if not words:
         raise CommandError(f"{path} holds no words: give one word per line")
@@ -291,7 +466,7 @@ def _read_words(path: Path) -> list[str]:
 def _words(args: argparse.Namespace) -> list[str]:
     import hp_mini
 
-    return hp_mini.concept_words(args.concept) if args.concept is not None else _read_words(args.words)
+    return hp_mini.concept_words(args.concept) if args.concept is not None else _read_words(args.words, "--words")
 
 
 def _load(args: argparse.Namespace, ctx):
@@ -350,17 +525,48 @@ def write_ranking_csv(ranking, path: Path, *, n_labels: int = 5) -> None:
 
 
 def read_ranking_csv(path: Path) -> list[tuple[int, int]]:
-    """The heads of a ``ranking.csv``, best first."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"rank", "layer", "head"} <= set(rows[0]):
+    """The heads of a ``ranking.csv``, best first.
+
+    Parameters
+    ----------
+    path : Path
+        A ``ranking.csv`` written by ``rank`` (UTF-8, with or without a byte-order mark).
+
+    Returns
+    -------
+    list of (layer, head)
+
+    Raises
+    ------
+    CommandError
+        No ``rank``, ``layer`` and ``head`` columns, a value that is not an integer, or a head listed twice.
+    hp_mini.textfiles.TextFileError
+        The file cannot be read or is not UTF-8.
+    """
+    import hp_mini
+
+    reader = csv.DictReader(io.StringIO(read_text(path, what="--ranking"), newline=""))
+    rows = []
+    for row in reader:
+        rows.append((reader.line_num, row))
+    if not rows or not {"rank", "layer", "head"} <= set(rows[0][1]):
         raise CommandError(f"--ranking: {path} is not a ranking.csv written by 'rank' "
                            "(it needs rank, layer and head columns)")
     try:
-        rows.sort(key=lambda r: int(r["rank"]))
-        return [(int(r["layer"]), int(r["head"])) for r in rows]
-    except ValueError:
+        rows.sort(key=lambda r: int(r[1]["rank"]))
+        heads = [((int(r["layer"]), int(r["head"])), line) for line, r in rows]
+    except (ValueError, TypeError):
         raise CommandError(f"--ranking: {path} has a rank, layer or head that is not an integer") from None
+    lines: dict[tuple[int, int], list[int]] = {}
+    for head, line in heads:
+        lines.setdefault(head, []).append(line)
+    twice = {head: found for head, found in lines.items() if len(found) > 1}
+    if twice:
+        listed = "; ".join(f"{hp_mini.head_label(*head)} (layer {head[0]}, head {head[1]}) on lines "
+                           f"{', '.join(map(str, sorted(found)))}" for head, found in list(twice.items())[:5])
+        raise CommandError(f"--ranking: {path} lists a head more than once: {listed}. A ranking holds each "
+                           "head once; write it again with 'rank'")
+    return [head for head, _ in heads]
 
 
 def write_heatmap(ranking, acts, path: Path, title: str) -> None:
@@ -386,19 +592,93 @@ def write_heatmap(ranking, acts, path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _new_folder(target: Path, marker: str) -> Path:
+    """A new folder ``NAME.MARKER-XXXXXXXX`` beside ``target``."""
+    while True:
+        folder = target.with_name(f"{target.name}.{marker}-{secrets.token_hex(4)}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Rename the complete ``staging`` folder to ``target``, replacing an earlier run's folder as a whole."""
+    if not target.is_dir():
+        os.rename(staging, target)
+        return
+    if not any(target.iterdir()):
+        target.rmdir()
+        os.rename(staging, target)
+        return
+    old = _new_folder(target, "replaced")
+    old.rmdir()
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_outputs(args: argparse.Namespace, ctx, result: dict) -> None:
+    """Write the results and ``run.json`` into a temporary folder beside ``--out``, then rename it into place.
+
+    An interrupted or failed write removes the temporary folder and leaves ``--out`` as it was.
+    """
+    write = result.pop("write")
+    timings = result["timings"]
+    target = Path(os.path.realpath(args.out))
+    start = time.perf_counter()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = _new_folder(target, "incomplete")
+    except OSError as err:
+        raise CommandError(f"--out: cannot write beside {args.out} ({err.strerror or err})") from None
+    placed = False
+    try:
+        write(staging)
+        timings["write_s"] = time.perf_counter() - start
+        timings["total_s"] += timings["write_s"]
+        run = {"command": args.command, "argv": sys.argv, "arguments": _jsonable(args),
+               "versions": _versions(),
+               "processes": {"world_size": ctx.world_size, "backend": ctx.backend,
+                             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                             "torch_threads": torch.get_num_threads()},
+               **result}
+        (staging / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        try:
+            _check_out(args)  # --out may have changed during the run
+        except CommandError as err:
+            kept = _new_folder(target, "unplaced")
+            kept.rmdir()
+            os.rename(staging, kept)
+            placed = True
+            raise CommandError(f"{err}. The complete results of this run are in {kept}") from None
+        _publish(staging, target)
+        placed = True
+    except OSError as err:
+        raise CommandError(f"--out: writing the results failed ({err.strerror or err}); {args.out} is as "
+                           "it was") from None
+    finally:
+        if not placed:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- #
 # Commands
 # --------------------------------------------------------------------------- #
 
 
-def _record_and_rank(args, model, tokenizer, ctx, timings: dict, *, rank: bool = True):
+def _record_and_rank(args, model, tokenizer, ctx, timings: dict, words: list[str], *, rank: bool = True):
     import hp_mini
     from hp_mini.distributed import rank_heads_distributed, record_stream
     from hp_mini.ranking import check_ranking_inputs
 
     progress = not args.quiet
     start = time.perf_counter()
-    words = _words(args)
     try:
         dictionary = hp_mini.unembedding_dictionary(model, tokenizer, words)
     except ValueError as err:
@@ -411,37 +691,40 @@ def _record_and_rank(args, model, tokenizer, ctx, timings: dict, *, rank: bool =
     acts = record_stream(model, tokenizer, _prompt_stream(args), pool=args.pool, batch_size=args.batch_size,
                          store=store, chunk_batches=args.chunk_batches, ctx=ctx, progress=progress)
     timings["record_s"] = time.perf_counter() - start
-    try:
-        check_ranking_inputs(acts, dictionary)
+    try:  # n_atoms is capped at the dictionary's size, with a warning
+        _, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=args.n_atoms if rank else None)
     except ValueError as err:
         raise CommandError(str(err)) from None
     ranking = None
     if rank:
         start = time.perf_counter()
-        ranking = rank_heads_distributed(acts, dictionary, n_atoms=args.n_atoms, criterion=args.criterion,
+        ranking = rank_heads_distributed(acts, dictionary, n_atoms=n_atoms, criterion=args.criterion,
                                          ctx=ctx, progress=progress)
         timings["pursuit_s"] = time.perf_counter() - start
-    return acts, dictionary, ranking
+    return acts, dictionary, ranking, n_atoms
 
 
 def _run_rank(args, ctx) -> dict:
+    """Rank the heads; the result's ``"write"`` writes the outputs into a folder (on rank 0)."""
+    _check_single_reader(args, ctx)
+    words = _words(args)  # read before any work
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model, tokenizer = _load(args, ctx)
     timings["load_s"] = time.perf_counter() - start
-    acts, dictionary, ranking = _record_and_rank(args, model, tokenizer, ctx, timings)
+    acts, dictionary, ranking, n_atoms = _record_and_rank(args, model, tokenizer, ctx, timings, words)
     info = {"n_prompts": acts.n_prompts, "n_atoms_in_dictionary": len(dictionary),
+            "n_atoms_asked": args.n_atoms, "n_atoms_used": n_atoms,
             "missing_words": list(dictionary.missing), "heads": len(ranking)}
-    if ctx.is_main:
-        start = time.perf_counter()
-        args.out.mkdir(parents=True, exist_ok=True)
-        write_ranking_csv(ranking, args.out / "ranking.csv")
-        concept = args.concept or args.words.name
-        write_heatmap(ranking, acts, args.out / "heatmap.png",
-                      f"{type(model).__name__}: {concept}\nSOMP {args.criterion}, {args.n_atoms} atoms, "
-                      f"{acts.n_prompts} prompts")
-        timings["write_s"] = time.perf_counter() - start
-    return {"info": info, "timings": timings}
+    concept = args.concept or args.words.name
+    title = (f"{type(model).__name__}: {concept}\nSOMP {args.criterion}, {n_atoms} atoms"
+             f"{'' if n_atoms == args.n_atoms else f' ({args.n_atoms} asked)'}, {acts.n_prompts} prompts")
+
+    def write(folder: Path) -> None:
+        write_ranking_csv(ranking, folder / "ranking.csv")
+        write_heatmap(ranking, acts, folder / "heatmap.png", title)
+
+    return {"info": info, "timings": timings, "write": write}
 
 
 def _sharded_evaluator(evaluate_shard, n_total: int, ctx):
@@ -459,13 +742,12 @@ def _sharded_evaluator(evaluate_shard, n_total: int, ctx):
     return evaluate
 
 
-def _edit_evaluator(args, model, tokenizer, ctx):
-    from hp_mini import generate
-    from hp_mini.evaluation import lexical_rate, qa_evaluator
-
+def _eval_inputs(args) -> tuple[list[str], list]:
+    """The evaluation's prompts, and their answers (``--qa``) or the keywords (``--keywords``), read before
+    any work."""
     if args.qa is not None:
         prompts, answers = [], []
-        for i, row in _jsonl_rows(args.qa):
+        for i, row in _jsonl_rows(args.qa, "--qa"):
             prompt = _field(args.qa, i, row, QUESTION_FIELDS)
             answer = _field(args.qa, i, row, ANSWER_FIELDS)
             answer = [answer] if isinstance(answer, str) else answer
@@ -477,6 +759,20 @@ def _edit_evaluator(args, model, tokenizer, ctx):
             answers.append(answer)
         if not prompts:
             raise CommandError(f"--qa: {args.qa} holds no questions")
+        return prompts, answers
+    words = _read_words(args.keywords, "--keywords")
+    prompts = list(read_prompts(args.eval_prompts, what="--eval-prompts"))
+    if not prompts:
+        raise CommandError(f"--eval-prompts: {args.eval_prompts} holds no prompts")
+    return prompts, words
+
+
+def _edit_evaluator(args, model, tokenizer, ctx, prompts: list[str], answers_or_words: list):
+    from hp_mini import generate
+    from hp_mini.evaluation import lexical_rate, qa_evaluator
+
+    if args.qa is not None:
+        answers = answers_or_words
         mine = list(range(ctx.rank, len(prompts), ctx.world_size))
         shard = qa_evaluator(model, tokenizer, [prompts[i] for i in mine], [answers[i] for i in mine],
                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size) if mine else None
@@ -486,10 +782,7 @@ def _edit_evaluator(args, model, tokenizer, ctx):
 
         return _sharded_evaluator(local, len(prompts), ctx), len(prompts)
 
-    words = _read_words(args.keywords)
-    prompts = list(read_prompts(args.eval_prompts))
-    if not prompts:
-        raise CommandError(f"--eval-prompts: {args.eval_prompts} holds no prompts")
+    words = answers_or_words
     mine = [prompts[i] for i in range(ctx.rank, len(prompts), ctx.world_size)]
 
     def local():
@@ -505,13 +798,17 @@ def _run_edit(args, ctx) -> dict:
     import hp_mini
     from hp_mini.evaluation import edit_table, evaluate_head_edits
 
+    _check_single_reader(args, ctx)
+    words = _words(args)  # the small input files are read before any work
+    somp_heads = read_ranking_csv(args.ranking) if args.ranking is not None else None
+    eval_inputs = _eval_inputs(args)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     model, tokenizer = _load(args, ctx)
     timings["load_s"] = time.perf_counter() - start
-    acts, dictionary, ranking = _record_and_rank(args, model, tokenizer, ctx, timings, rank=args.ranking is None)
-    if args.ranking is not None:
-        somp_heads = read_ranking_csv(args.ranking)
+    acts, dictionary, ranking, n_atoms = _record_and_rank(args, model, tokenizer, ctx, timings, words,
+                                                          rank=args.ranking is None)
+    if somp_heads is not None:
         unknown = sorted(set(somp_heads) - set(acts.heads))
         if unknown:
             raise CommandError(f"--ranking: heads {unknown[:5]} are not heads of {args.model} "
@@ -521,24 +818,27 @@ def _run_edit(args, ctx) -> dict:
     if max(args.k) > len(somp_heads):
         raise CommandError(f"--k: {max(args.k)} heads asked for, but the ranking has {len(somp_heads)}")
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
-    evaluate, n_eval = _edit_evaluator(args, model, tokenizer, ctx)
+    evaluate, n_eval = _edit_evaluator(args, model, tokenizer, ctx, *eval_inputs)
     start = time.perf_counter()
     table = evaluate_head_edits(model, evaluate, {"SOMP": somp_heads, "logit lens": lens.heads}, ks=args.k,
                                 alpha=args.alpha, pool=acts.heads, n_random=args.n_random, seed=args.seed,
                                 progress=not args.quiet and ctx.is_main)
     timings["edits_s"] = time.perf_counter() - start
-    if ctx.is_main:
-        args.out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out / "edits.csv", index=False)
-        edit_table(table).to_csv(args.out / "summary.csv")
     info = {"n_prompts": acts.n_prompts, "n_eval": n_eval, "somp_top": [list(h) for h in somp_heads[:max(args.k)]],
             "logit_lens_top": [list(h) for h in lens.heads[:max(args.k)]]}
-    return {"info": info, "timings": timings}
+    if ranking is not None:
+        info.update(n_atoms_asked=args.n_atoms, n_atoms_used=n_atoms)
+
+    def write(folder: Path) -> None:
+        table.to_csv(folder / "edits.csv", index=False)
+        edit_table(table).to_csv(folder / "summary.csv")
+
+    return {"info": info, "timings": timings, "write": write}
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run a parsed ``rank`` or ``edit`` command; rank 0 writes ``run.json`` beside its outputs."""
-    from hp_mini.distributed import barrier, init_distributed, shutdown_distributed
+    """Run a parsed ``rank`` or ``edit`` command; rank 0 writes its outputs and ``run.json``, whole or not at all."""
+    from hp_mini.distributed import DistributedError, barrier, init_distributed, shutdown_distributed
 
     _check(args)
     ctx = init_distributed()
@@ -547,19 +847,18 @@ def run_command(args: argparse.Namespace) -> int:
         result = (_run_rank if args.command == "rank" else _run_edit)(args, ctx)
         result["timings"]["total_s"] = time.perf_counter() - started
         if ctx.is_main:
-            run = {"command": args.command, "argv": sys.argv, "arguments": _jsonable(args),
-                   "versions": _versions(),
-                   "processes": {"world_size": ctx.world_size, "backend": ctx.backend,
-                                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                                 "torch_threads": torch.get_num_threads()},
-                   **result}
-            (args.out / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+            _write_outputs(args, ctx, result)
             if not args.quiet:
                 print(f"hp_mini {args.command}: wrote {args.out} ({result['timings']['total_s']:.1f} s, "
                       f"{ctx.world_size} process{'es' if ctx.world_size > 1 else ''})", file=sys.stderr)
         barrier(ctx)  # the outputs are written when any rank returns
-    finally:
-        shutdown_distributed(ctx)
+    except DistributedError as err:  # another rank failed, or the ranks read different prompts
+        shutdown_distributed(ctx, failed=True)
+        raise CommandError(str(err)) from None
+    except BaseException:
+        shutdown_distributed(ctx, failed=True)  # no barrier: the other ranks may wait elsewhere, or be gone
+        raise
+    shutdown_distributed(ctx)
     return 0
 
 
@@ -579,7 +878,7 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     sub = f"{parser.prog} {args.command}"
     try:
         return run_command(args)
-    except CommandError as err:
+    except (CommandError, TextFileError) as err:
         print(f"{sub}: error: {err}", file=sys.stderr)
         return 2
     except ModelNotAvailableError as err:

@@ -19,6 +19,28 @@ collective is skipped.
   a contiguous block of heads on each rank and gathers the results, so that
   every rank holds the full ranking.
 
+Failures
+--------
+A rank that fails never leaves the others waiting. Before the ranks combine
+anything, :func:`exchange_status` tells every rank whether another one failed
+(a bad line in its prompt file, a prompt its model refuses) and whether all
+read the same prompts (their count and a SHA-256 of their text): the rank that
+failed raises its own error, the others a :class:`DistributedError` naming it
+and its message, and all stop within seconds. As a last resort every
+collective gives up after ``HP_MINI_DIST_TIMEOUT_S`` seconds (default 600, see
+:func:`collective_timeout`): raise it when one rank may legitimately wait
+longer for the others (a much slower model load on one machine).
+
+Security
+--------
+The ranks exchange Python objects by pickle (``all_gather_object``), and
+unpickling runs code: the rendezvous (``MASTER_ADDR:MASTER_PORT``) and the
+connections between the ranks must not be reachable by anyone else. On one
+machine use ``MASTER_ADDR=127.0.0.1`` (and ``GLOO_SOCKET_IFNAME=lo`` for
+gloo); between machines, a private network. torch's store listens on every
+interface of rank 0's machine whatever ``MASTER_ADDR`` says, so a firewall
+must keep ``MASTER_PORT`` closed to other hosts.
+
 Memory
 ------
 ``store="moments"`` (enough for ``criterion="l2"``) keeps
@@ -43,11 +65,12 @@ Example
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import hashlib
 import itertools
 import math
-import operator
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,14 +78,19 @@ import torch
 import torch.distributed as dist
 
 from .activations import HeadActivations, HeadMoments, record_heads
+from .checks import check_count, check_weights_loaded
 from .dictionary import Dictionary
 from .pursuit import PursuitResult
 from .ranking import HeadRanking, check_ranking_inputs, pursue_heads
 
 __all__ = [
     "DistContext",
+    "DistributedError",
+    "TIMEOUT_ENV",
     "all_reduce_sum",
     "barrier",
+    "collective_timeout",
+    "exchange_status",
     "init_distributed",
     "interleave_batches",
     "record_stream",
@@ -72,6 +100,13 @@ __all__ = [
 ]
 
 Head = tuple[int, int]
+
+TIMEOUT_ENV = "HP_MINI_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedError(RuntimeError):
+    """Another rank failed, or the ranks disagree on what they read; raised on every rank concerned."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +157,38 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"the environment variable {name}={value!r} is not an integer") from None
 
 
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits for the others at a collective before it gives up.
+
+    ``HP_MINI_DIST_TIMEOUT_S`` seconds (default 600), read when the process
+    group starts. A failing rank tells the others at once
+    (:func:`exchange_status`); the timeout ends a run whose rank hangs or
+    vanishes without a word.
+
+    Raises
+    ------
+    ValueError
+        When ``HP_MINI_DIST_TIMEOUT_S`` is not a positive number of seconds.
+    """
+    value = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not value:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"the environment variable {TIMEOUT_ENV}={value!r} must be a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
 def init_distributed(backend: Literal["gloo", "nccl"] | None = None) -> DistContext:
     """Join the process group described by the launcher's environment variables.
+
+    Collectives time out after :func:`collective_timeout` (``HP_MINI_DIST_TIMEOUT_S``
+    seconds, default 600). The ranks exchange Python objects by pickle: keep
+    ``MASTER_ADDR:MASTER_PORT`` out of others' reach (see the module's
+    Security section).
 
     Parameters
     ----------
@@ -140,7 +205,8 @@ def init_distributed(backend: Literal["gloo", "nccl"] | None = None) -> DistCont
     ------
     ValueError
         When ``WORLD_SIZE`` is above 1 but ``RANK``, ``MASTER_ADDR`` or
-        ``MASTER_PORT`` is missing, or nccl is asked for without CUDA.
+        ``MASTER_PORT`` is missing, nccl is asked for without CUDA, or
+        ``HP_MINI_DIST_TIMEOUT_S`` is not a positive number.
     """
     world = _env_int("WORLD_SIZE") or 1
     if world < 1:
@@ -163,11 +229,12 @@ def init_distributed(backend: Literal["gloo", "nccl"] | None = None) -> DistCont
         backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    timeout = collective_timeout()
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise ValueError("backend='nccl' needs CUDA; use backend='gloo' on CPU")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
     return DistContext(rank, world, local_rank, backend, True)
 
 
@@ -177,11 +244,70 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown_distributed(ctx: DistContext) -> None:
-    """End the process group if :func:`init_distributed` started it."""
+def shutdown_distributed(ctx: DistContext, *, failed: bool = False) -> None:
+    """End the process group if :func:`init_distributed` started it.
+
+    Parameters
+    ----------
+    ctx : DistContext
+    failed : bool, default False
+        The run stopped on an error: end the group without waiting for the
+        other ranks, which may be waiting at another collective (or gone).
+        Otherwise every rank waits for the others first.
+    """
     if ctx.started_here and dist.is_initialized():
-        dist.barrier()
+        if not failed:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def exchange_status(
+    ctx: DistContext, error: BaseException | None = None, *, same: Mapping[str, object] | None = None
+) -> None:
+    """Tell every rank whether this one failed, and check that all hold the same ``same``.
+
+    A collective: every rank calls it at the same point of the run, the ranks
+    that failed included, so that none is left waiting for one that stopped.
+
+    Parameters
+    ----------
+    ctx : DistContext
+    error : exception, optional
+        What stopped this rank, if anything.
+    same : mapping ``{description: value}``, optional
+        Small picklable values that must be equal on every rank (the number
+        of prompts read and their hash).
+
+    Raises
+    ------
+    Exception
+        ``error`` itself, on the rank that failed.
+    DistributedError
+        On the other ranks when any rank failed (naming it and its message),
+        and on every rank when a value of ``same`` differs between ranks.
+    """
+    mine = (None if error is None else _describe(error), dict(same or {}))
+    statuses = _all_gather_object(mine, ctx)
+    if error is not None:
+        raise error
+    failed = [(r, message) for r, (message, _) in enumerate(statuses) if message is not None]
+    if failed:
+        raise DistributedError(
+            "; ".join(f"rank {r} of {ctx.world_size} failed ({message})" for r, message in failed)
+            + "; this rank stops too"
+        )
+    for key, value in mine[1].items():
+        values = [s.get(key) for _, s in statuses]
+        if any(v != value for v in values):
+            raise DistributedError(
+                f"the ranks differ in {key} (" + "; ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+                + "); they must be the same on every rank"
+            )
 
 
 # --------------------------------------------------------------------------- #
@@ -244,6 +370,26 @@ def _batches(prompts: Iterable[str], batch_size: int) -> Iterator[list[str]]:
         yield batch
 
 
+class _Digest:
+    """Iterates over ``prompts``, counting them and hashing their text (SHA-256)."""
+
+    def __init__(self, prompts: Iterable[str]):
+        self.prompts, self.count, self.sha = prompts, 0, hashlib.sha256()
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.prompts:
+            if not isinstance(text, str):
+                raise TypeError(f"prompt {self.count} of the stream is a {type(text).__name__}, not a string")
+            data = text.encode("utf-8", "surrogatepass")
+            self.sha.update(len(data).to_bytes(8, "little"))
+            self.sha.update(data)
+            self.count += 1
+            yield text
+
+    def summary(self) -> str:
+        return f"{self.count} prompts, SHA-256 {self.sha.hexdigest()[:16]}"
+
+
 def _own_chunks(prompts: Iterable[str], batch_size: int, chunk_batches: int, ctx: DistContext):
     """This rank's batches (``b % world_size == rank``), ``chunk_batches`` at a time."""
     chunk: list[str] = []
@@ -281,7 +427,9 @@ def record_stream(
         As for :func:`hp_mini.record_heads`.
     prompts : iterable of str
         Read once, lazily (a file's lines, a ``datasets`` stream, a list).
-        Every rank reads the whole stream and records its own batches.
+        Every rank reads the whole stream and records its own batches; the
+        ranks' streams must be the same, which is checked (their count and a
+        SHA-256 of their text) before anything is combined.
     pool : {"mean", "last"}, default "mean"
         As for :func:`hp_mini.record_heads`.
     batch_size : int, default 16
@@ -309,19 +457,22 @@ def record_stream(
         ``record_heads(model, tokenizer, list(prompts), batch_size=batch_size)``
         exactly; with ``store="moments"`` the moments equal its moments up to
         the order of float64 additions.
+
+    Raises
+    ------
+    DistributedError
+        On every rank when the ranks read different prompts, and on the other
+        ranks when one fails while reading or recording (that one raises its
+        own error); see :func:`exchange_status`.
     """
     ctx = ctx or DistContext()
     if store not in ("samples", "moments"):
         raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
-    for name, value in (("batch_size", batch_size), ("chunk_batches", chunk_batches)):
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer, got {value!r}") from None
-        if value < 1:
-            raise ValueError(f"{name} must be at least 1, got {value}")
+    batch_size = check_count(batch_size, "batch_size")
+    chunk_batches = check_count(chunk_batches, "chunk_batches")
     if isinstance(prompts, str):
         raise TypeError("prompts must be an iterable of prompts, not one string")
+    check_weights_loaded(model, "record_stream")
 
     bar = None
     if progress and ctx.is_main:
@@ -333,8 +484,10 @@ def record_stream(
 
     own: HeadActivations | None = None  # this rank's prompts so far (moments: merged as they come)
     parts: list[HeadActivations] = []
+    stream = _Digest(prompts)
+    error: Exception | None = None
     try:
-        for chunk in _own_chunks(prompts, batch_size, chunk_batches, ctx):
+        for chunk in _own_chunks(stream, batch_size, chunk_batches, ctx):
             acts = record_heads(model, tokenizer, chunk, pool=pool, batch_size=batch_size, layers=layers,
                                 store=store, progress=False)
             acts.texts = []  # the prompts are not kept
@@ -344,18 +497,20 @@ def record_stream(
                 parts.append(acts)
             if bar is not None:
                 bar.update(math.ceil(len(chunk) / batch_size) * ctx.world_size)
+    except Exception as err:  # told to the other ranks below, then raised here
+        error = err
     finally:
         if bar is not None:
             bar.close()
+    exchange_status(ctx, error, same={"the prompts they read": stream.summary()})
+    if stream.count == 0:
+        raise ValueError("the prompt stream is empty; give at least one prompt")
     if parts:
         own = HeadActivations.concatenate(parts)
 
     # Rank 0 always holds batch 0, so its projections are the reference ones.
     frame = None if own is None else (own.W_O, own.bias, list(own.layers), own.bias_factor is not None)
-    frame = _broadcast_object(frame, ctx)
-    if frame is None:
-        raise ValueError("the prompt stream is empty; give at least one prompt")
-    W_O, bias, recorded, folded = frame
+    W_O, bias, recorded, folded = _broadcast_object(frame, ctx)
     width = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
 
     if store == "moments":
@@ -453,12 +608,23 @@ def rank_heads_distributed(
     -------
     HeadRanking
         With float64 ``scores``, identical on every rank.
+
+    Raises
+    ------
+    DistributedError
+        On the other ranks when one fails during its pursuit (that one raises
+        its own error); see :func:`exchange_status`.
     """
     ctx = ctx or DistContext()
     dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms)
-    found = pursue_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, center=center,
-                         heads=shard_heads(acts.heads, ctx), batch_heads=batch_heads, dtype=torch.float64,
-                         out_dtype=torch.float64, progress=progress and ctx.is_main)
+    error: Exception | None = None
+    try:
+        found = pursue_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, center=center,
+                             heads=shard_heads(acts.heads, ctx), batch_heads=batch_heads, dtype=torch.float64,
+                             out_dtype=torch.float64, progress=progress and ctx.is_main)
+    except Exception as err:  # told to the other ranks, then raised here
+        error = err
+    exchange_status(ctx, error)
     if not keep_coefficients:
         found = {h: dataclasses.replace(r, coefficients=None) for h, r in found.items()}
     results: dict[Head, PursuitResult] = {}

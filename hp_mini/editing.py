@@ -8,6 +8,10 @@ the change too: ``alpha = -1`` inverts a head (the paper's suppression),
 exact residual write (:meth:`hp_mini.LayerHeads.contributions`), on pre-norm,
 post-norm and scaled-residual layers alike.
 
+An edit applies only to the forward passes of the thread that entered the
+block (see :class:`hp_mini.hooks.Trace`): threads sharing one model each get
+their own edits, and a thread outside any block gets the unedited model.
+
 Example
 -------
 >>> import torch, hp_mini
@@ -33,6 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .checks import check_weights_loaded
 from .heads import LayerHeads, attention_heads, check_heads_of, head_label
 from .hooks import Trace
 
@@ -74,9 +79,10 @@ def _validate(edits, sites: list[LayerHeads]) -> dict[int, dict[int, float]]:
 class HeadScaling:
     """The edit made by :func:`scale_heads`; active only inside a ``with`` block.
 
-    Entering installs the hooks and exiting removes them. An object that is
-    never entered warns when it is garbage-collected and refuses to be used
-    as a flag; entering one that is already active raises.
+    Entering installs the hooks and exiting removes them. The hooks act only
+    in the thread that entered the block. An object that is never entered
+    warns when it is garbage-collected and refuses to be used as a flag;
+    entering one that is already active raises.
     """
 
     def __init__(self, model: nn.Module, by_layer: dict[int, dict[int, float]], sites: list[LayerHeads], mode: str):
@@ -175,12 +181,27 @@ def scale_heads(
     HeadScaling
         A context manager; nothing happens until it is entered.
 
+    Raises
+    ------
+    ValueError
+        For a model whose parameters are on the meta device (no values), a
+        non-finite alpha or an unknown ``mode``.
+    TypeError, IndexError
+        For edits that are not ``{(layer, head): alpha}`` with heads of the
+        model.
+
     Notes
     -----
     The hooks are removed when the block exits, also when it raises. Nested
     blocks that scale the same head multiply on pre-norm layers (and in
     ``"pre_norm"`` mode); on post-norm layers in ``"residual"`` mode their
     changes ``(alpha - 1) x_h`` add.
+
+    The edit applies only in the thread that entered the block. Other threads
+    running the same model meanwhile see it unedited, or with the edits of
+    their own blocks: two threads each in their own block get each their own
+    edit, never both. Run the model (``generate`` included) in the thread
+    that enters the block.
 
     Examples
     --------
@@ -189,6 +210,7 @@ def scale_heads(
     """
     if mode not in ("residual", "pre_norm"):
         raise ValueError(f"mode must be 'residual' or 'pre_norm', got {mode!r}")
+    check_weights_loaded(model, "scale_heads")
     if heads is not None:
         sites = check_heads_of(model, heads)
     else:

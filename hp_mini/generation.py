@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .checks import check_count, check_weights_loaded
 from .inputs import _tokenizer_of, encode, ensure_pad_token, model_device
 
 __all__ = ["generate"]
@@ -77,7 +78,8 @@ def generate(
     images : list of images, optional
         One image per prompt, for vision-language models.
     max_new_tokens : int
-        Length limit of each continuation.
+        Length limit of each continuation (an integer of at least 1; NumPy
+        integers are accepted, floats and bools are not).
     batch_size : int
         Prompts per batch (left-padded; with ``share_prefixes``, prompts per
         prefix tree, whose attention mask grows with the square of its
@@ -108,13 +110,16 @@ def generate(
     Raises
     ------
     ValueError
-        A prompt with no tokens (its index is named), a number of images other
-        than one per prompt, or a prompt given with an image that does not hold
-        the processor's image placeholder exactly once (build such prompts with
+        ``max_new_tokens`` or ``batch_size`` below 1, a model whose parameters
+        are on the meta device (no values), a prompt with no tokens (its index
+        is named), a number of images other than one per prompt, or a prompt
+        given with an image that does not hold the processor's image
+        placeholder exactly once (build such prompts with
         :func:`hp_mini.vision.question_prompt`).
     TypeError
-        A prompt that is not a string, or images given with a tokenizer rather
-        than a processor.
+        ``max_new_tokens`` or ``batch_size`` that is not an integer, a prompt
+        that is not a string, or images given with a tokenizer rather than a
+        processor.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -126,10 +131,9 @@ def generate(
         images = list(images)
         if len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
+    batch_size = check_count(batch_size, "batch_size")
+    check_weights_loaded(model, "generate")
     tok = _tokenizer_of(tokenizer_or_processor)
     if chat:
         prompts = [

@@ -84,8 +84,10 @@ def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike) -> Path:
     if not is_gguf(gguf):
         raise ValueError(f"load_model: {str(gguf)!r} is not a GGUF file (it does not start with {GGUF_MAGIC!r})")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # trust_remote_code explicit: never ask on standard input, never run a folder's own code
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                                                     trust_remote_code=False)
     except (ValueError, KeyError, IndexError, OSError) as err:
         raise ValueError(
             f"load_model: transformers could not read the GGUF file {str(gguf)!r} ({err.__class__.__name__}: "

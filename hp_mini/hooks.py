@@ -5,6 +5,10 @@ its input and output if asked, optionally replaces them, and always removes
 what it added, also when the block raises (after baukit's ``Trace``).
 Recording, editing, tests and chapters all use it.
 
+A Trace acts only on the forward passes of the thread that entered it: another
+thread running the same module at the same time is neither recorded nor
+edited, so recordings and edits made in different threads do not mix.
+
 Example
 -------
 >>> import torch
@@ -18,6 +22,7 @@ Example
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import torch
@@ -45,6 +50,13 @@ class Trace:
     Attributes
     ----------
     input, output : Tensor or None
+
+    Notes
+    -----
+    The hooks act only in the thread that entered the block: forward passes
+    that other threads run meanwhile are left as they are, and are not
+    retained. Run the model in the thread that enters the block (a forward
+    pass that a library runs in a thread of its own is not seen).
     """
 
     def __init__(
@@ -64,8 +76,11 @@ class Trace:
         self.input: torch.Tensor | None = None
         self.output = None
         self._handles: list = []
+        self._thread: int | None = None
 
     def _pre(self, module, args):
+        if threading.get_ident() != self._thread:
+            return None
         if not args:
             if self.edit_input is not None:
                 raise RuntimeError(
@@ -84,6 +99,8 @@ class Trace:
         return args if self.edit_input is not None else None
 
     def _post(self, module, args, output):
+        if threading.get_ident() != self._thread:
+            return None
         if self.edit_output is not None:
             new = self.edit_output(output, args[0] if args else None)
             if new is not None:
@@ -95,6 +112,7 @@ class Trace:
     def __enter__(self) -> Trace:
         if self._handles:
             raise RuntimeError("this Trace is already active; create a new one to hook the module again")
+        self._thread = threading.get_ident()
         if self.retain_input or self.edit_input is not None:
             self._handles.append(self.module.register_forward_pre_hook(self._pre))
         if self.retain_output or self.edit_output is not None:

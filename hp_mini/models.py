@@ -12,7 +12,14 @@ The first load dequantises the GGUF with transformers (about a minute) and cache
 float32 safetensors under ``$HP_MINI_CACHE`` (default ``~/.cache/hp_mini``); later
 loads take seconds. The cache is written atomically with a manifest
 (:mod:`hp_mini.cache`), so a damaged cache is found and rebuilt, and checked
-in full by ``python -m hp_mini prepare --verify``.
+in full by ``python -m hp_mini prepare --verify``. hp_mini never replaces a
+folder there that it did not make, and never runs code from a model folder
+(``trust_remote_code`` is passed to transformers explicitly, ``False`` unless
+you ask for it, and always ``False`` for the cache).
+
+``device`` is checked before anything is loaded: a name torch does not know,
+a device this machine does not have, or ``"meta"`` is a ``ValueError``, never
+taken for a damaged cache.
 
 hp_mini's toy vision models, ``"shapes-vlm"`` and ``"shapes-clip"``, are trained on
 first use; they are registered by name and imported only when loaded
@@ -47,7 +54,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .cache import DamagedCacheError, cache_dir, ensure_cached, find_damage
+from .cache import CacheError, cache_dir, ensure_cached, load_cached
+from .checks import check_device
 from .gguf import convert_gguf, find_gguf, gguf_cache_name, is_gguf
 
 __all__ = [
@@ -206,8 +214,10 @@ def _resolve(name: str) -> Callable[..., tuple[nn.Module, object]]:
         raise ModelNotAvailableError(f"{name!r} is registered as {loader!r}, but {module} has no {attr!r}") from err
 
 
-def _prepare(final: Path, gguf: Callable[[Path], Path], *, what: str, verify: bool, progress: bool,
-             notice: str | None = None) -> Path:
+def _cache_spec(final: Path, gguf: Callable[[Path], Path], *, what: str, progress: bool,
+                notice: str | None = None) -> dict:
+    """What :func:`hp_mini.cache.ensure_cached` needs to build the conversion of ``gguf`` in ``final``."""
+
     def fill(tmp: Path) -> None:
         path = gguf(tmp)
         with _quiet_loading(not progress):
@@ -217,17 +227,18 @@ def _prepare(final: Path, gguf: Callable[[Path], Path], *, what: str, verify: bo
         if notice is not None:
             (tmp / "NOTICE").write_text(notice + "\n")
 
-    try:
-        return ensure_cached(
-            final,
-            fill,
-            source=lambda: gguf(None),
-            full=verify,
-            what=what,
-            announce=(lambda msg: print(msg, flush=True)) if progress else None,
-        )
-    except DamagedCacheError as err:
-        raise ModelNotAvailableError(str(err)) from err
+    return dict(final=final, fill=fill, source=lambda: gguf(None), what=what,
+                announce=(lambda msg: print(msg, flush=True)) if progress else None)
+
+
+def _embedded_spec(name: str, progress: bool) -> dict:
+    spec = _EMBEDDED[name]
+    return _cache_spec(cache_dir() / spec.cache, spec.gguf, what=f"{name} ({spec.title})", progress=progress,
+                       notice=spec.notice)
+
+
+def _gguf_file_spec(path: Path, progress: bool) -> dict:
+    return _cache_spec(cache_dir() / gguf_cache_name(path), lambda workdir: path, what=path.name, progress=progress)
 
 
 def prepare_model(name: str = DEFAULT_MODEL, *, verify: bool = False, progress: bool = True) -> Path:
@@ -251,21 +262,18 @@ def prepare_model(name: str = DEFAULT_MODEL, *, verify: bool = False, progress: 
     Raises
     ------
     ModelNotAvailableError
-        When the package is missing (the message gives the pip command), or the
-        cache is damaged and cannot be rebuilt (it gives the folder to remove).
+        When the package is missing (the message gives the pip command), the
+        cache is damaged and cannot be rebuilt (it gives the folder to remove),
+        or the cache cannot be used (a folder hp_mini did not make in the way,
+        a cache folder that is not writable, a lock held by a silent process;
+        see :mod:`hp_mini.cache`).
     """
     if name not in _EMBEDDED:
         raise ValueError(f"prepare_model: name={name!r} is not an embedded model; choose one of {list(_EMBEDDED)}")
-    spec = _EMBEDDED[name]
-    return _prepare(
-        cache_dir() / spec.cache, spec.gguf, what=f"{name} ({spec.title})", verify=verify, progress=progress,
-        notice=spec.notice,
-    )
-
-
-def _prepare_gguf_file(path: Path, *, verify: bool = False, progress: bool = True) -> Path:
-    final = cache_dir() / gguf_cache_name(path)
-    return _prepare(final, lambda workdir: path, what=path.name, verify=verify, progress=progress)
+    try:
+        return ensure_cached(**_embedded_spec(name, progress), full=verify)
+    except CacheError as err:
+        raise ModelNotAvailableError(str(err)) from err
 
 
 @contextlib.contextmanager
@@ -283,7 +291,8 @@ def _quiet_loading(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
-def _load_folder(path: str, *, dtype, device, quiet: bool, extra: dict, kwargs: dict):
+def _load_folder(path: str, *, dtype, quiet: bool, trust_remote_code: bool, kwargs: dict):
+    """Read a transformers folder (or hub id) with the auto classes; placing it on a device is the caller's."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -292,14 +301,21 @@ def _load_folder(path: str, *, dtype, device, quiet: bool, extra: dict, kwargs: 
         AutoTokenizer,
     )
 
+    # Always explicit: with None, transformers asks on standard input whether to run a folder's own code.
+    trust = bool(trust_remote_code)
     with _quiet_loading(quiet):
-        config = AutoConfig.from_pretrained(path, **extra)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
         if getattr(config, "vision_config", None) is not None:
-            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, **extra, **kwargs)
-            processor = AutoProcessor.from_pretrained(path, **extra)
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **kwargs)
+            processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra, **kwargs)
-            processor = AutoTokenizer.from_pretrained(path, **extra)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust, **kwargs)
+            processor = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    return model.eval(), processor
+
+
+def _placed(loaded: tuple, device) -> tuple:
+    model, processor = loaded
     if device is not None:  # None: placed by from_pretrained's device_map
         model = model.to(device)
     return model.eval(), processor
@@ -313,23 +329,41 @@ def _all_finite(model: nn.Module) -> bool:
         return all(math.isfinite(float(p.float().sum())) for p in model.parameters() if p.device.type != "meta")
 
 
-def _load_cached(prepare: Callable[..., Path], name: str, *, dtype, device, kwargs: dict):
+def _load_cached(spec: dict, *, dtype, device, kwargs: dict):
     """Load a cached conversion; when it cannot be read or holds NaN/inf, check every byte and rebuild."""
-    folder = prepare()
-    try:
-        model, processor = _load_folder(str(folder), dtype=dtype, device=device, quiet=True, extra={}, kwargs=kwargs)
-        failure = None if _all_finite(model) else "it has NaN or infinite weights"
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        failure, model, processor = f"it could not be read ({err.__class__.__name__}: {err})", None, None
-    if failure is None:
+
+    def load(folder: Path):
+        model, processor = _load_folder(str(folder), dtype=dtype, quiet=True, trust_remote_code=False,
+                                        kwargs=kwargs)
+        if not _all_finite(model):
+            raise ValueError("it has NaN or infinite weights")
         return model, processor
-    if find_damage(folder, full=True) is None:
-        raise ModelNotAvailableError(
-            f"the cached {name} at {folder} is as it was written, yet {failure}: what it was converted "
-            f"from is broken. Remove it with: rm -rf '{folder}'"
-        )
-    folder = prepare(verify=True)  # rebuilds, with a warning that says what was wrong
-    return _load_folder(str(folder), dtype=dtype, device=device, quiet=True, extra={}, kwargs=kwargs)
+
+    try:
+        loaded = load_cached(load=load, **spec)
+    except CacheError as err:
+        raise ModelNotAvailableError(str(err)) from err
+    return _placed(loaded, device)
+
+
+def _check_device(device, label: str = "device") -> None:
+    """Refuse a device torch does not know, one this machine lacks, and ``meta``, before anything is loaded."""
+    check_device(device, f"load_model: {label}")
+
+
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map) -> None:
+    """Check the devices a ``device_map`` names (``"disk"`` and accelerate's strategies aside)."""
+    if isinstance(device_map, str):
+        if device_map not in _DEVICE_MAP_STRATEGIES:
+            _check_device(device_map, "device_map")
+        return
+    if isinstance(device_map, dict):
+        for module, where in device_map.items():
+            if where != "disk":
+                _check_device(where, f"device_map[{module!r}]")
 
 
 def _looks_like_path(name: str) -> bool:
@@ -393,7 +427,10 @@ def load_model(
         When the path does not exist, the model is neither local nor reachable,
         a package is missing, or a cache is damaged and cannot be rebuilt.
     ValueError
-        When both ``device`` and ``device_map`` are given.
+        When both ``device`` and ``device_map`` are given, or ``device`` (or a
+        device that ``device_map`` names) is not a device torch knows, is not
+        on this machine, or is ``"meta"`` (checked first, before any cache is
+        read).
     """
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
@@ -407,20 +444,23 @@ def load_model(
             )
         if name in _LOADERS:
             raise TypeError(f"load_model: {name!r} takes only dtype and device, not device_map")
+        _check_device_map(device_map)
         kwargs["device_map"] = device_map
     elif device is None:
         device = "cpu"
+    if device is not None:
+        _check_device(device)
     if name in _EMBEDDED:
-        return _load_cached(
-            lambda verify=False: prepare_model(name, verify=verify, progress=progress),
-            name, dtype=dtype, device=device, kwargs=kwargs,
-        )
+        return _load_cached(_embedded_spec(name, progress), dtype=dtype, device=device, kwargs=kwargs)
     if name in _LOADERS:
         if kwargs:
             raise TypeError(f"load_model: {name!r} takes only dtype and device, not {sorted(kwargs)}")
         loader = _resolve(name)
         extra = {"progress": progress} if _takes(loader, "progress") else {}
-        model, processor = loader(dtype=dtype, device=device, **extra)
+        try:
+            model, processor = loader(dtype=dtype, device=device, **extra)
+        except CacheError as err:  # hp_mini's trained models are cached too
+            raise ModelNotAvailableError(str(err)) from err
         return model.eval(), processor
     path = Path(name).expanduser()
     if path.exists():
@@ -438,17 +478,15 @@ def load_model(
                     f"load_model: name={name!r} is a file but not a GGUF file; pass a GGUF file, "
                     f"a folder saved by transformers, a hub id or one of {model_names()}"
                 )
-            return _load_cached(
-                lambda verify=False: _prepare_gguf_file(path, verify=verify, progress=progress), path.name,
-                dtype=dtype, device=device, kwargs=kwargs,
-            )
-        extra = {"trust_remote_code": trust_remote_code}
-        return _load_folder(str(path), dtype=dtype, device=device, quiet=not progress, extra=extra, kwargs=kwargs)
+            return _load_cached(_gguf_file_spec(path, progress), dtype=dtype, device=device, kwargs=kwargs)
+        loaded = _load_folder(str(path), dtype=dtype, quiet=not progress, trust_remote_code=trust_remote_code,
+                              kwargs=kwargs)
+        return _placed(loaded, device)
     if _looks_like_path(name):
         raise ModelNotAvailableError(f"load_model: name={name!r}: no such file or folder ({path.absolute()})")
-    extra = {"trust_remote_code": trust_remote_code}
     try:
-        return _load_folder(name, dtype=dtype, device=device, quiet=not progress, extra=extra, kwargs=kwargs)
+        loaded = _load_folder(name, dtype=dtype, quiet=not progress, trust_remote_code=trust_remote_code,
+                              kwargs=kwargs)
     except OSError as err:
         close = difflib.get_close_matches(name, model_names(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -458,3 +496,4 @@ def load_model(
             f"not be reached ({err.__class__.__name__}).{hint} On a machine without network, use an "
             f"embedded model: hp_mini.load_model({DEFAULT_MODEL!r})."
         ) from err
+    return _placed(loaded, device)

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import DamagedCacheError, cache_dir, ensure_cached
+from .cache import CacheError, cache_dir, ensure_cached, load_cached
 from .models import ModelNotAvailableError
 
 __all__ = [
@@ -346,19 +346,43 @@ def prepare_toxicity_classifier(*, verify: bool = False, progress: bool = False)
     ------
     ModelNotAvailableError
         When the folder is not cached yet and the package (or ``h5py``) is not
-        installed; the message gives the pip command.
+        installed (the message gives the pip command), or the cache cannot be
+        used (see :mod:`hp_mini.cache`).
     """
-    final = cache_dir() / _CACHE_NAME
     try:
-        return ensure_cached(
-            final,
-            lambda tmp: _convert(_package_folder(), tmp),
-            source=_package_folder,
-            full=verify,
-            what=f"{_PACKAGE} {_VERSION}",
-            announce=(lambda msg: print(msg, flush=True)) if progress else None,
-        )
-    except DamagedCacheError as err:
+        return ensure_cached(**_cache_spec(progress), full=verify)
+    except CacheError as err:
+        raise ModelNotAvailableError(str(err)) from err
+
+
+def _cache_spec(progress: bool) -> dict:
+    """What :func:`hp_mini.cache.ensure_cached` needs to build the cached conversion."""
+    return dict(
+        final=cache_dir() / _CACHE_NAME,
+        fill=lambda tmp: _convert(_package_folder(), tmp),
+        source=_package_folder,
+        what=f"{_PACKAGE} {_VERSION}",
+        announce=(lambda msg: print(msg, flush=True)) if progress else None,
+    )
+
+
+def _read_cached(folder: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The tokenizer settings and the weights of the cached conversion; raises when they do not fit."""
+    from safetensors.numpy import load_file
+
+    config = json.loads((folder / _TOKENIZER).read_text(encoding="utf-8"))
+    settings = {key: config[key] for key in ("max_length", "lower", "split", "filters", "words")}
+    weights = load_file(str(folder / _WEIGHTS))
+    _check_shapes(weights, folder / _WEIGHTS)
+    if len(settings["words"]) > weights["embedding"].shape[0]:
+        raise ValueError(f"{folder / _TOKENIZER} has more words than {folder / _WEIGHTS} has embedding rows")
+    return settings, weights
+
+
+def _load_cached_classifier(verify: bool) -> tuple[dict, dict[str, np.ndarray]]:
+    try:
+        return load_cached(load=_read_cached, full=verify, **_cache_spec(progress=False))
+    except CacheError as err:
         raise ModelNotAvailableError(str(err)) from err
 
 
@@ -446,10 +470,7 @@ class ToxicityClassifier:
     labels: tuple[str, ...] = LABELS
 
     def __init__(self, *, device: str | torch.device = "cpu", verify: bool = False):
-        from safetensors.numpy import load_file
-
-        folder = prepare_toxicity_classifier(verify=verify)
-        config = json.loads((folder / _TOKENIZER).read_text(encoding="utf-8"))
+        config, weights = _load_cached_classifier(verify)
         self._max_length = int(config["max_length"])
         self._lower = bool(config["lower"])
         self._split = config["split"]
@@ -457,7 +478,7 @@ class ToxicityClassifier:
         self._vocab = {w: i for i, w in enumerate(config["words"]) if i > 0}
         self.num_words = len(config["words"])
         self.device = torch.device(device)
-        self._net = _BiLSTMClassifier(load_file(str(folder / _WEIGHTS))).to(self.device)
+        self._net = _BiLSTMClassifier(weights).to(self.device)
 
     def words(self, text: str) -> list[str]:
         """The words of ``text`` as the Keras tokenizer splits it (before the vocabulary is applied)."""

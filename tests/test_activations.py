@@ -233,3 +233,29 @@ def test_heads_of_another_model_are_refused():
     model, other = tiny_model("llama"), tiny_model("llama", seed=1)
     with pytest.raises(ValueError, match="heads= holds the heads of another model"):
         hp_mini.record_heads(model, CharTokenizer(), TEXTS, heads=hp_mini.attention_heads(other), progress=False)
+
+
+@pytest.mark.parametrize("value, error, message", [
+    (2.5, TypeError, r"batch_size must be an integer, got 2\.5 \(float\)"),
+    ("2", TypeError, r"batch_size must be an integer, got '2' \(str\)"),
+    (False, TypeError, r"batch_size must be an integer, got False \(bool\)"),
+    (0, ValueError, r"batch_size must be at least 1, got 0"),
+])
+def test_record_heads_refuses_a_batch_size_that_is_not_a_positive_integer(value, error, message):
+    with pytest.raises(error, match=message):
+        hp_mini.record_heads(tiny_model("llama"), CharTokenizer(), TEXTS, batch_size=value, progress=False)
+
+
+def test_record_heads_takes_a_numpy_integer_batch_size():
+    import numpy as np
+
+    model, tok = tiny_model("llama"), CharTokenizer()
+    want = hp_mini.record_heads(model, tok, TEXTS, batch_size=3, progress=False)
+    got = hp_mini.record_heads(model, tok, TEXTS, batch_size=np.int64(3), progress=False)
+    assert torch.equal(got.z, want.z)
+
+
+def test_record_heads_refuses_a_model_on_the_meta_device():
+    model = tiny_model("llama").to("meta")
+    with pytest.raises(ValueError, match=r"record_heads: LlamaForCausalLM's parameter .* is on the meta device"):
+        hp_mini.record_heads(model, CharTokenizer(), TEXTS, progress=False)

@@ -8,11 +8,13 @@ with a plain one-process run of the same command.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from helpers import concept_prompts, save_tiny_llama
 from hp_mini.activations import HeadActivations
 from hp_mini.distributed import (
     DistContext,
+    exchange_status,
     init_distributed,
     interleave_batches,
     rank_heads_distributed,
@@ -227,6 +230,8 @@ def test_bad_recording_arguments(tiny):
         record_stream(model, tok, iter([]), progress=False)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         record_stream(model, tok, ["a b"], batch_size=0, progress=False)
+    with pytest.raises(TypeError, match=r"chunk_batches must be an integer, got True \(bool\)"):
+        record_stream(model, tok, ["a b"], chunk_batches=True, progress=False)
     with pytest.raises(TypeError, match="not one string"):
         record_stream(model, tok, "the capital", progress=False)
     with pytest.raises(ValueError, match="store must be"):
@@ -344,3 +349,96 @@ def test_merging_shards_of_other_heads_or_stores_is_an_error(tiny):
         moments.moments + layer0.moments
     with pytest.raises(ValueError, match="non-empty sequence"):
         HeadActivations.concatenate([])
+
+
+# --------------------------------------------------------------------------- #
+# A rank that fails, or ranks that read different prompts, stop every rank
+# --------------------------------------------------------------------------- #
+
+
+def _run_ranks(tmp_path: Path, commands: list[list[str]], timeout: float = 120) -> list[tuple[int, str, float]]:
+    """``python -m hp_mini`` once per rank (``commands[r]``), without a launcher that would stop the
+    others when one fails; each rank's exit status, stderr and exit time (s after the start)."""
+    port = _free_port()
+    procs, logs = [], []
+    start = time.monotonic()
+    for rank, command in enumerate(commands):
+        env = dict(_env(), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(len(commands)),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        logs.append(tmp_path / f"rank{rank}.stderr")
+        with open(logs[-1], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, "-m", "hp_mini", *command], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    ended: list[float | None] = [None] * len(procs)
+    try:
+        while None in ended and time.monotonic() - start < timeout:
+            for r, p in enumerate(procs):
+                if ended[r] is None and p.poll() is not None:
+                    ended[r] = time.monotonic() - start
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    running = [r for r, t in enumerate(ended) if t is None]
+    assert not running, f"ranks {running} still ran {timeout:.0f} s after the start:\n" + "\n".join(
+        f"rank {r}: {log.read_text()[-1500:]}" for r, log in enumerate(logs))
+    return [(p.returncode, log.read_text(), t) for p, log, t in zip(procs, logs, ended)]
+
+
+def _rank_command(tiny_folder: Path, prompts: Path, out: Path) -> list[str]:
+    return ["rank", "--model", str(tiny_folder), "--concept", "countries", "--prompts", str(prompts),
+            "--n-atoms", "4", "--batch-size", "2", "--criterion", "l2", "--quiet", "--out", str(out)]
+
+
+def test_a_rank_that_fails_on_a_bad_prompt_line_stops_every_rank_with_its_message(tiny_folder, tmp_path):
+    lines = [json.dumps({"prompt": text}) for text in concept_prompts(12)]
+    (tmp_path / "good.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines[2] = '{"prompt": oops'
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ranks = _run_ranks(tmp_path, [_rank_command(tiny_folder, tmp_path / name, tmp_path / "out")
+                                  for name in ("good.jsonl", "bad.jsonl")])
+    (rc0, err0, end0), (rc1, err1, end1) = ranks
+    assert rc0 != 0 and rc1 != 0
+    assert abs(end0 - end1) < 20, (end0, end1)  # the other rank stops within seconds of the failing one
+    assert "bad.jsonl, line 3: not valid JSON" in err1  # the failing rank says why
+    assert "rank 1 of 2 failed" in err0 and "bad.jsonl, line 3: not valid JSON" in err0
+    assert not (tmp_path / "out" / "run.json").exists()
+
+
+def test_ranks_that_read_different_prompts_stop_before_writing_anything(tiny_folder, tmp_path):
+    texts = concept_prompts(24)
+    (tmp_path / "a.txt").write_text("\n".join(texts[:12]) + "\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("\n".join(texts[12:]) + "\n", encoding="utf-8")  # as many prompts
+    ranks = _run_ranks(tmp_path, [_rank_command(tiny_folder, tmp_path / name, tmp_path / "out")
+                                  for name in ("a.txt", "b.txt")])
+    for rc, err, _ in ranks:
+        assert rc != 0
+        assert "the ranks differ in the prompts they read (rank 0: 12 prompts" in err, err[-2000:]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_one_process_raises_its_own_error_at_the_status_exchange():
+    with pytest.raises(KeyError, match="mine"):
+        exchange_status(DistContext(), KeyError("mine"))
+    exchange_status(DistContext(), None, same={"the prompts they read": "3 prompts"})
+
+
+def test_the_process_group_times_out_after_HP_MINI_DIST_TIMEOUT_S(monkeypatch):
+    started = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **kw: started.append(kw["timeout"]))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    for var, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("HP_MINI_DIST_TIMEOUT_S", raising=False)
+    init_distributed("gloo")
+    monkeypatch.setenv("HP_MINI_DIST_TIMEOUT_S", "7.5")
+    ctx = init_distributed("gloo")
+    assert started == [datetime.timedelta(seconds=600), datetime.timedelta(seconds=7.5)]
+    assert (ctx.rank, ctx.world_size, ctx.started_here) == (1, 2, True)
+    for bad in ("soon", "0", "-3", "inf"):
+        monkeypatch.setenv("HP_MINI_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match=f"HP_MINI_DIST_TIMEOUT_S='{bad}' must be a positive number of seconds"):
+            init_distributed("gloo")
+    assert len(started) == 2

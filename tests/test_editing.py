@@ -6,6 +6,7 @@ Exactness against a hand edit of the residual stream on every family is in the
 from __future__ import annotations
 
 import gc
+import threading
 import warnings
 
 import pytest
@@ -196,3 +197,88 @@ def test_nested_residual_edits_on_a_post_norm_layer_add_their_changes():
         with hp_mini.scale_heads(model, {(1, 1): -2.0}), hp_mini.scale_heads(model, {(1, 1): 1.5}):
             nested = _logits(model)
     torch.testing.assert_close(nested, expected, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- #
+# Threads: an edit applies only in the thread that entered it
+# --------------------------------------------------------------------------- #
+
+
+def _in_threads(*targets):
+    """Run each target in a thread of its own, all at once; their results, in order."""
+    results, errors = [None] * len(targets), []
+
+    def run(i, target):
+        try:
+            results[i] = target()
+        except BaseException as err:  # noqa: BLE001 - raised again in the test's thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(targets)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_an_edit_in_one_thread_leaves_another_threads_forward_unedited(arch):
+    model = tiny_model(arch)
+    plain = _logits(model)
+    with hp_mini.scale_heads(model, {(1, 2): -1.0}):
+        edited_alone = _logits(model)
+    entered, done = threading.Barrier(2, timeout=30), threading.Event()
+
+    def editing():
+        with hp_mini.scale_heads(model, {(1, 2): -1.0}):
+            entered.wait()  # the other thread runs the model while this edit is active
+            out = _logits(model)
+            assert done.wait(30)
+        return out
+
+    def unedited():
+        entered.wait()
+        out = _logits(model)
+        done.set()
+        return out
+
+    edited, other = _in_threads(editing, unedited)
+    assert (edited_alone - plain).abs().max() > 1e-2  # the edit changes the logits
+    torch.testing.assert_close(other, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(edited, edited_alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+def test_two_threads_each_in_their_own_edit_get_only_their_own(arch):
+    model = tiny_model(arch)
+    want = {}
+    for alpha in (-1.0, 5.0):
+        with hp_mini.scale_heads(model, {(1, 2): alpha}):
+            want[alpha] = _logits(model)
+    both_in, both_ran = threading.Barrier(2, timeout=30), threading.Barrier(2, timeout=30)
+
+    def edit(alpha):
+        def run():
+            with hp_mini.scale_heads(model, {(1, 2): alpha}):
+                both_in.wait()  # both edits are active before either thread runs the model
+                out = _logits(model)
+                both_ran.wait()
+            return out
+
+        return run
+
+    minus_one, five = _in_threads(edit(-1.0), edit(5.0))
+    assert (want[-1.0] - want[5.0]).abs().max() > 1e-2
+    torch.testing.assert_close(minus_one, want[-1.0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(five, want[5.0], rtol=1e-5, atol=1e-5)
+    assert all(not s.module._forward_pre_hooks and not s.module._forward_hooks
+               for s in hp_mini.attention_heads(model))
+
+
+def test_scale_heads_refuses_a_model_on_the_meta_device():
+    model = tiny_model("llama").to("meta")
+    with pytest.raises(ValueError, match=r"scale_heads: LlamaForCausalLM's parameter .* is on the meta device"):
+        hp_mini.scale_heads(model, {(1, 2): -1.0})

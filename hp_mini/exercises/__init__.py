@@ -18,14 +18,15 @@ Example
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import pkgutil
 from collections.abc import Callable
 
 __all__ = [
+    "GRADING_ENV",
     "ExerciseError",
     "GradeReport",
+    "GradingError",
     "check",
     "checker",
     "exercises",
@@ -33,6 +34,7 @@ __all__ = [
     "grade_notebook",
     "gradebook_csv",
     "head_answer",
+    "run_checker",
     "student_notebook",
 ]
 
@@ -95,24 +97,43 @@ def exercises() -> list[str]:
     return sorted(_CHECKERS)
 
 
+#: Set in the kernel that runs a student's notebook for grading: there :func:`check` hands
+#: the answer to the grader, which judges it in its own process (``python -m hp_mini.exercises grade``).
+GRADING_ENV = "HP_MINI_GRADING_KERNEL"
+
+
 def check(name: str, answer: object, *, quiet: bool = False) -> bool:
     """Check a learner's ``answer`` to exercise ``name``.
 
     Returns True and prints a confirmation when it is right; raises
-    :class:`ExerciseError` with an explanation when it is wrong.
+    :class:`ExerciseError` with an explanation when it is wrong. In a grading
+    kernel (:data:`GRADING_ENV` set) it judges nothing: it hands the answer to
+    the grader and returns True.
     """
-    try:
-        _check(name, answer)
-    except Exception as err:
-        _record(name, False, str(err) if isinstance(err, ExerciseError) else f"{type(err).__name__}: {err}")
-        raise
-    _record(name, True, "")
+    if os.environ.get(GRADING_ENV):
+        from ._exchange import hand_in
+
+        hand_in(name, answer)
+        if not quiet:
+            print(f"{name}: handed in to the grader")
+        return True
+    run_checker(name, answer)
     if not quiet:
         print(f"✔ {name}: correct")
     return True
 
 
-def _check(name: str, answer: object) -> None:
+def run_checker(name: str, answer: object) -> None:
+    """Run the checker of exercise ``name`` on ``answer`` in this process.
+
+    Raises
+    ------
+    ExerciseError
+        When the answer is wrong (an ``AssertionError`` of the checker), or still the stub
+        (``NotImplementedError``).
+    KeyError
+        If no exercise is called ``name``.
+    """
     if name not in _CHECKERS:
         module = name.split(".")[0]
         try:
@@ -129,21 +150,9 @@ def _check(name: str, answer: object) -> None:
         raise ExerciseError(f"{name}: {err}") from None
 
 
-#: Where :func:`check` records each call while a notebook is graded (``python -m hp_mini.exercises grade``).
-GRADING_LOG_ENV = "HP_MINI_GRADING_LOG"
-
-
-def _record(name: str, passed: bool, message: str) -> None:
-    path = os.environ.get(GRADING_LOG_ENV)
-    if not path:
-        return
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps({"name": name, "passed": passed, "message": message}) + "\n")
-
-
 def __getattr__(name: str):
     # The notebook tools need nbformat/jupytext/nbclient: import them only when asked for.
-    if name in {"grade_notebook", "gradebook_csv", "GradeReport"}:
+    if name in {"grade_notebook", "gradebook_csv", "GradeReport", "GradingError"}:
         from . import _grading
 
         return getattr(_grading, name)

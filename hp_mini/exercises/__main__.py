@@ -1,7 +1,7 @@
 """Exercises on the command line, for instructors.
 
     python -m hp_mini.exercises student book/03_pursuing_heads.md -o 03_pursuing_heads.ipynb
-    python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--json] [--csv SCORES.csv] [--timeout 600]
+    python -m hp_mini.exercises grade STUDENT.ipynb [MORE.ipynb ...] [--source book/CHAPTER.md] [--json] [--csv SCORES.csv] [--timeout 600]
     python -m hp_mini.exercises assignment           # every exercise of the book, by chapter
     python -m hp_mini.exercises list                 # every exercise and its checker
 """
@@ -36,10 +36,16 @@ def _student(args) -> int:
 
 
 def _grade(args) -> int:
-    from ._grading import gradebook_csv, grade_notebook
+    from ._grading import GradingError, gradebook_csv, grade_notebook
 
-    reports = [grade_notebook(p, timeout=args.timeout, kernel_name=args.kernel) for p in args.notebooks]
-    if args.csv:
+    reports, failed = [], 0
+    for path in args.notebooks:
+        try:
+            reports.append(grade_notebook(path, source=args.source, timeout=args.timeout))
+        except GradingError as err:
+            failed += 1
+            print(f"cannot grade {path}: {err}", file=sys.stderr)
+    if args.csv and reports:
         Path(args.csv).write_text(gradebook_csv(reports), encoding="utf-8")
         print(f"scores of {len(reports)} notebook(s) written to {args.csv}", file=sys.stderr)
     if args.json:
@@ -49,7 +55,9 @@ def _grade(args) -> int:
             print(r)
             for err in r.errors:
                 print(f"  note: {err}")
-    return 0
+    if failed:
+        print(f"{failed} of {len(args.notebooks)} notebook(s) could not be graded (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _assignment(args) -> int:
@@ -79,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("grade", help="run students' notebooks without solutions and score each exercise")
     p.add_argument("notebooks", nargs="+")
-    p.add_argument("--timeout", type=int, default=600, help="seconds one cell may run (default 600)")
-    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
+    p.add_argument("--source", default="book",
+                   help="the instructor's chapter the notebooks answer (book/CHAPTER.md), or a folder of chapters "
+                        "in which to find each notebook's (default: book)")
+    p.add_argument("--timeout", type=int, default=600,
+                   help="seconds one cell, or one call of a student's function, may run (default 600)")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     p.add_argument("--csv", metavar="PATH", help="also write a gradebook CSV: one row per student (file name)")
     p.set_defaults(run=_grade)

