@@ -14,7 +14,7 @@ product with them), and the top ``k`` are inverted (``alpha=-1``); zero-shot
 accuracy is divided by the unedited accuracy. Random controls: same number of
 heads per layer, disjoint from the SOMP set, median and IQR over the draws. The
 table shows the paper's MNIST row beside ours
-(``hp_mini.vision.classification_edits``); a second table removes the same heads
+(``hp_mini.experiments.classification``); a second table removes the same heads
 (``alpha=0``) instead of inverting them.
 """
 
@@ -26,9 +26,10 @@ import time
 import torch
 
 import hp_mini
-from hp_mini.evaluation import evaluate_head_edits
-from hp_mini.vision import classification_edits, digits, digits_clip
-from hp_mini.vision.image_heads import record_image_heads
+from hp_mini.experiments.driver import evaluate_head_edits
+from hp_mini.experiments import classification as classification_edits
+from hp_mini.vision import digits, digits_clip
+from hp_mini.record.images import record_image_heads
 from hp_mini.vision.zero_shot import text_dictionary
 
 

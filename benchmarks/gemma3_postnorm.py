@@ -29,9 +29,9 @@ import torch
 from _prompts import prompts as benchmark_prompts
 
 import hp_mini
-from hp_mini.activations import HeadActivations
-from hp_mini.dictionary import concept_words, unembedding_dictionary
-from hp_mini.ranking import rank_heads
+from hp_mini.record.activations import HeadActivations
+from hp_mini.read.dictionary import concept_words, unembedding_dictionary
+from hp_mini.rank.ranking import rank_heads
 
 
 def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:

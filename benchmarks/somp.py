@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hp_mini  # noqa: E402
 from _prompts import prompts  # noqa: E402
-from hp_mini.activations import HeadActivations, HeadMoments  # noqa: E402
+from hp_mini.record.activations import HeadActivations, HeadMoments
 
 DEFAULT_PROMPTS = {"smollm2-135m": 1000, "gemma3-270m": 500}
 # Issue 14's targets: the largest ratio pursuit / float32 floor allowed per criterion.

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hp_mini  # noqa: E402
 from hp_mini.pursuit import FactoredSignals, somp_factored  # noqa: E402
-from hp_mini.ranking import head_signals  # noqa: E402
+from hp_mini.rank.ranking import head_signals
 from somp import activations, recorded  # noqa: E402
 
 

@@ -6,7 +6,7 @@ of prompts ``n`` and each criterion this times, at the same thread count and in
 the same run:
 
 * ``hp_mini.somp(acts.head(layer, head), full_vocabulary, n_atoms=steps)``;
-* :func:`hp_mini.reference.reference_somp` on the same data (the full ``v x n``
+* :func:`hp_mini.pursuit.reference.reference_somp` on the same data (the full ``v x n``
   correlations and a least-squares refit every step, in float64),
 
 asserts that both choose identical atoms, and prints the speed-up. It also times
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hp_mini  # noqa: E402
 from _prompts import prompts  # noqa: E402
-from hp_mini.reference import reference_somp  # noqa: E402
+from hp_mini.pursuit.reference import reference_somp
 
 
 def recorded(model, tok, layer: int, n: int, cache: Path) -> hp_mini.HeadActivations:

@@ -1,33 +1,29 @@
 """hp_mini: Head Pursuit in miniature.
 
-The pipeline, one module a step::
+The package is laid out by pipeline step, one subpackage a step::
 
-    models       load_model, prepare_model       a model and its tokenizer; the embedded models
-    architectures model_parts, register_architecture  one declaration per model family
-    hooks        Trace                           read or edit a module inside a with block
-    heads        attention_heads                 where each layer's heads are
-    activations  record_heads -> HeadActivations what each head writes, pooled per prompt
-    dictionary   unembedding_dictionary          directions that decode to tokens; concept word lists
-    pursuit      somp, omp, matching_pursuit     sparse codes of signals in a dictionary
-    ranking      rank_heads, random_heads_like   heads ranked for a concept, and random controls
-    editing      scale_heads                     scale chosen heads during forward passes
-    generation   generate                        greedy text, with or without edits
+    model/        load_model, attention_heads, Trace   a model, its families, its heads, hooks, the cache
+    record/       record_heads -> HeadActivations      what each head writes into the residual stream
+    read/         unembedding_dictionary, logit lens   what a write means in the vocabulary
+    pursuit/      somp, omp, matching_pursuit          sparse codes of signals in a dictionary
+    rank/         rank_heads, random_heads_like        heads ranked for a concept, and controls
+    edit/         scale_heads, generate                scale chosen heads; generate with the edits
+    experiments/  evaluate_head_edits, QA, toxicity    the paper's experiments, data and tables
+    viz/          widgets, heatmaps                    seeing the results
+    vision/       scenes, digits, CLIP and LLaVA       the image data sets and the trained vision models
+    exercises/    checkers and the grader              the book's exercises
+
+Every name below is importable from ``hp_mini`` itself.
 """
 
 from __future__ import annotations
 
-import os as _os
-
-import torch as _torch
-
-from .activations import HeadActivations, HeadMoments, record_heads
-from .architectures import ModelParts, model_parts
-from .hooks import Trace
-from .dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
-from .editing import scale_heads
-from .generation import generate
-from .heads import LayerHeads, attention_heads, head_label, parse_head_label, register_architecture
-from .models import (
+from hp_mini.edit.generation import generate
+from hp_mini.edit.scaling import scale_heads
+from hp_mini.model.architectures import ModelParts, model_parts, register_architecture
+from hp_mini.model.heads import attention_heads
+from hp_mini.model.hooks import Trace
+from hp_mini.model.loading import (
     DEFAULT_MODEL,
     GEMMA_TERMS_NOTICE,
     ModelNotAvailableError,
@@ -37,13 +33,12 @@ from .models import (
     prepare_model,
     register_model,
 )
-from .pursuit import FactoredSignals, PursuitResult, matching_pursuit, omp, somp, somp_factored
-from .ranking import HeadRanking, pursue_heads, random_heads_like, rank_heads
-
-# A small CPU box gets its cores' worth of threads, not more (set OMP_NUM_THREADS to override).
-if "OMP_NUM_THREADS" not in _os.environ:
-    _cores = len(_os.sched_getaffinity(0)) if hasattr(_os, "sched_getaffinity") else (_os.cpu_count() or 1)
-    _torch.set_num_threads(max(1, min(_torch.get_num_threads(), _cores)))
+from hp_mini.model.sites import Head, LayerHeads, head_label, parse_head_label
+from hp_mini.pursuit import FactoredSignals, PursuitResult, matching_pursuit, omp, somp, somp_factored
+from hp_mini.rank.controls import random_heads_like
+from hp_mini.rank.ranking import HeadRanking, pursue_heads, rank_heads
+from hp_mini.read.dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
+from hp_mini.record.activations import HeadActivations, HeadMoments, record_heads
 
 __version__ = "0.1.0"
 
@@ -51,13 +46,14 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # The scene generator lives in hp_mini.vision, imported only when asked for.
     if name == "shapes_dataset":
-        from .vision.shapes import shapes_dataset
+        from hp_mini.vision.shapes import shapes_dataset
 
         return shapes_dataset
     raise AttributeError(f"module 'hp_mini' has no attribute {name!r}")
 
 __all__ = [
     "shapes_dataset",
+    "Head",
     "DEFAULT_MODEL",
     "Dictionary",
     "HeadActivations",

@@ -6,7 +6,7 @@ cached folder against the manifest written with it (a file it does not list
 is damage, too), hashing them all, and rebuilds what is damaged. A cache
 folder hp_mini did not make, a cache that is not writable, or another
 ``prepare`` that holds the lock and has stopped is reported with what to do;
-see :mod:`hp_mini.cache`.
+see :mod:`hp_mini.model.cache`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,12 @@ import time
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import EMBEDDED_MODELS, GEMMA_TERMS_NOTICE, ModelNotAvailableError, prepare_model
+    from hp_mini.model.loading import (
+        EMBEDDED_MODELS,
+        GEMMA_TERMS_NOTICE,
+        ModelNotAvailableError,
+        prepare_model,
+    )
 
     parser = argparse.ArgumentParser(prog="python -m hp_mini", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--verify", action="store_true",
                          help="check every file of the cache against its manifest (hashing them all) "
                               "and rebuild what is damaged")
-    from .cli import add_commands, dispatch
+    from hp_mini.cli import add_commands, dispatch
 
     add_commands(sub)
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ QA F1 (``--qa``) or a keyword count (``--keywords`` with ``--eval-prompts``)::
 
 Both run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
 launch``: the prompts are shared out for recording and the heads for SOMP
-(:mod:`hp_mini.distributed`); rank 0 writes the outputs.
+(:mod:`hp_mini.parallel`); rank 0 writes the outputs.
 
 Outputs
     ``--out`` is a new folder, an empty one, or the folder of an earlier run,
@@ -72,8 +72,8 @@ from pathlib import Path
 
 import torch
 
-from .checks import check_device
-from .textfiles import STDIN, TextFileError, iter_lines, read_text
+from hp_mini.checks import check_device
+from hp_mini.textfiles import STDIN, TextFileError, iter_lines, read_text
 
 __all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command"]
 
@@ -674,8 +674,9 @@ def _write_outputs(args: argparse.Namespace, ctx, result: dict) -> None:
 
 def _record_and_rank(args, model, tokenizer, ctx, timings: dict, words: list[str], *, rank: bool = True):
     import hp_mini
-    from hp_mini.distributed import rank_heads_distributed, record_stream
-    from hp_mini.ranking import check_ranking_inputs
+    from hp_mini.rank.distributed import rank_heads_distributed
+    from hp_mini.record.stream import record_stream
+    from hp_mini.rank.ranking import check_ranking_inputs
 
     progress = not args.quiet
     start = time.perf_counter()
@@ -729,7 +730,7 @@ def _run_rank(args, ctx) -> dict:
 
 def _sharded_evaluator(evaluate_shard, n_total: int, ctx):
     """An evaluator of the whole set from one that scores this rank's share (means, weighted by size)."""
-    from hp_mini.distributed import all_reduce_sum
+    from hp_mini.parallel import all_reduce_sum
 
     def evaluate() -> dict[str, float]:
         local = evaluate_shard()  # (dict of means, count)
@@ -769,7 +770,8 @@ def _eval_inputs(args) -> tuple[list[str], list]:
 
 def _edit_evaluator(args, model, tokenizer, ctx, prompts: list[str], answers_or_words: list):
     from hp_mini import generate
-    from hp_mini.evaluation import lexical_rate, qa_evaluator
+    from hp_mini.experiments.words import lexical_rate
+    from hp_mini.experiments.evaluators import qa_evaluator
 
     if args.qa is not None:
         answers = answers_or_words
@@ -796,7 +798,8 @@ def _edit_evaluator(args, model, tokenizer, ctx, prompts: list[str], answers_or_
 
 def _run_edit(args, ctx) -> dict:
     import hp_mini
-    from hp_mini.evaluation import edit_table, evaluate_head_edits
+    from hp_mini.experiments.tables import edit_table
+    from hp_mini.experiments.driver import evaluate_head_edits
 
     _check_single_reader(args, ctx)
     words = _words(args)  # the small input files are read before any work
@@ -838,7 +841,7 @@ def _run_edit(args, ctx) -> dict:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed ``rank`` or ``edit`` command; rank 0 writes its outputs and ``run.json``, whole or not at all."""
-    from hp_mini.distributed import DistributedError, barrier, init_distributed, shutdown_distributed
+    from hp_mini.parallel import DistributedError, barrier, init_distributed, shutdown_distributed
 
     _check(args)
     ctx = init_distributed()
@@ -873,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``args`` and turn a :class:`CommandError` into an argparse error (exit status 2)."""
-    from hp_mini.models import ModelNotAvailableError
+    from hp_mini.model.loading import ModelNotAvailableError
 
     sub = f"{parser.prog} {args.command}"
     try:

@@ -9,7 +9,7 @@ import hp_mini
 from helpers import rel
 
 open_clip = pytest.importorskip("open_clip")
-from hp_mini.vision.open_clip_heads import split_heads  # noqa: E402
+from hp_mini.model.open_clip import split_heads
 
 IMAGES = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
@@ -95,7 +95,7 @@ def test_scale_heads_equals_a_hand_edit_of_the_residual(clip, alpha):
 
 
 def test_final_norm_description_equals_the_model_norm(clip):
-    from hp_mini.architectures import Norm
+    from hp_mini.model.architectures import Norm
 
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
     norm = Norm.of(clip.visual.ln_post)
@@ -105,7 +105,7 @@ def test_final_norm_description_equals_the_model_norm(clip):
 
 
 def test_heads_sum_to_the_residual_write_through_layer_scale():
-    from hp_mini.vision.open_clip_heads import head_split_error
+    from hp_mini.model.open_clip import head_split_error
 
     torch.manual_seed(1)
     model = open_clip.model.CLIP(

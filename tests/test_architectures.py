@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import hp_mini
-from hp_mini.architectures import Norm
+from hp_mini.model.architectures import Norm
 from helpers import CharTokenizer, tiny_model
 
 

@@ -211,7 +211,7 @@ def test_downloaded_notebooks_install_what_their_chapter_imports():
     needs = {  # what a chapter's code uses -> the extra that installs it
         "toxicity_evaluator": "book",
         "hp_mini.vision": "vision",
-        "hp_mini.widgets": "widgets",
+        "hp_mini.viz.widgets": "widgets",
     }
     for chapter in sorted((ROOT / "book").glob("*.md")):
         docname = f"book/{chapter.stem}"
@@ -306,7 +306,7 @@ def test_intro_has_the_pipeline_figure_and_explains_labels():
 def test_widget_tables_keep_line_breaks_and_whole_words():
     import pandas as pd
 
-    from hp_mini.widgets import _table_html
+    from hp_mini.viz.widgets import _table_html
 
     table = _table_html(pd.DataFrame({"with edit": ["Paris.\nB: <b>", "x"], "n": [1, 2]}))
     assert "Paris.<br>B: &lt;b&gt;" in table  # a real line break, the text still escaped

@@ -235,7 +235,7 @@ def test_math_renders_offline_with_the_mathjax_served_by_the_book(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- #
-# Interactive heatmaps (hp_mini.interactive): pointing at a head shows it
+# Interactive heatmaps (hp_mini.viz.interactive): pointing at a head shows it
 # --------------------------------------------------------------------------- #
 
 
@@ -258,12 +258,12 @@ def test_scripts_inside_outputs_are_not_read_as_output_text():
 
 
 def heatmap_html() -> str:
-    """A real heatmap of tiny random heads, as hp_mini.interactive draws it."""
+    """A real heatmap of tiny random heads, as hp_mini.viz.interactive draws it."""
     import torch
 
     import hp_mini
-    from hp_mini.activations import HeadActivations
-    from hp_mini.interactive import logit_lens_atoms, ranking_heatmap
+    from hp_mini.record.activations import HeadActivations
+    from hp_mini.viz.interactive import logit_lens_atoms, ranking_heatmap
 
     g = torch.Generator().manual_seed(0)
     acts = HeadActivations(torch.randn(20, 3, 4, 4, generator=g), torch.randn(3, 4, 12, 4, generator=g),

@@ -22,11 +22,11 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini import cache, models
+from hp_mini.model import cache, loading as models
 from hp_mini.__main__ import main as cli
 
 REPO = Path(__file__).resolve().parents[1]
-WRITER = ".hp_mini-writer.json"  # the file that marks a temporary folder (see hp_mini.cache)
+WRITER = ".hp_mini-writer.json"  # the file that marks a temporary folder (see hp_mini.model.cache)
 
 # --------------------------------------------------------------------------- #
 # Helpers
@@ -272,7 +272,7 @@ def test_a_damaged_cache_without_its_source_names_the_folder_and_the_command(tmp
 _KILLED_WRITER = """
 import os, sys
 from pathlib import Path
-from hp_mini.cache import write_atomically
+from hp_mini.model.cache import write_atomically
 def fill(tmp):
     (tmp / "model.safetensors").write_bytes(b"x" * 1000)
     os._exit(9)  # killed half-way: no cleanup runs
@@ -618,7 +618,7 @@ def test_every_from_pretrained_in_hp_mini_passes_trust_remote_code():
 _STOPPED_HOLDER = """
 import os, signal, sys
 from pathlib import Path
-from hp_mini.cache import ensure_cached
+from hp_mini.model.cache import ensure_cached
 def fill(tmp):
     os.kill(os.getpid(), signal.SIGSTOP)  # Ctrl-Z while building
 ensure_cached(Path(sys.argv[1]) / "m", fill)

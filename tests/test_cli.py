@@ -139,7 +139,7 @@ def test_edit_scores_the_top_heads_against_controls(tiny_folder, prompts, tmp_pa
                        ("random", "1"), ("random", "2")}
     assert (tmp_path / "edit" / "summary.csv").is_file()
     # The SOMP k=2 value by hand: edit the ranking's top 2 heads and count the keywords.
-    from hp_mini.evaluation import lexical_rate
+    from hp_mini.experiments.words import lexical_rate
 
     model, tok = hp_mini.load_model(str(tiny_folder))
     top = [(int(r["layer"]), int(r["head"])) for r in rows(tmp_path / "rank" / "ranking.csv")[:2]]
@@ -160,7 +160,7 @@ def test_edit_with_qa_f1(tiny_folder, prompts, tmp_path):
     args = ["edit", "--model", str(tiny_folder), "--concept", "countries", "--prompts", str(prompts),
             "--n-atoms", "3", "--qa", str(qa), "--k", "1", "--n-random", "1", "--quiet", "--out", str(tmp_path / "out")]
     assert main(args) == 0
-    from hp_mini.evaluation import qa_evaluator
+    from hp_mini.experiments.evaluators import qa_evaluator
 
     model, tok = hp_mini.load_model(str(tiny_folder))
     want = qa_evaluator(model, tok, ["Q: the capital of France?\nA:", "Q: a month?\nA:"], [["Paris"], ["May"]],

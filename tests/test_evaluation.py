@@ -6,18 +6,10 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini.evaluation import (
-    count_words,
-    edit_table,
-    evaluate_head_edits,
-    exact_match,
-    first_answer,
-    lexical_rate,
-    normalize_answer,
-    profanity_probability,
-    summarize_edits,
-    token_f1,
-)
+from hp_mini.experiments.words import count_words, lexical_rate, profanity_probability
+from hp_mini.experiments.tables import edit_table, summarize_edits
+from hp_mini.experiments.driver import evaluate_head_edits
+from hp_mini.experiments.qa import exact_match, first_answer, normalize_answer, token_f1
 
 
 def test_squad_normalisation_and_f1():
@@ -153,7 +145,7 @@ def test_known_baseline_is_not_recomputed(tiny):
 
 
 def test_toxicity_evaluator_reports_counts_behind_the_lexical_rate(monkeypatch):
-    import hp_mini.evaluation as ev
+    import hp_mini.experiments.evaluators as ev
 
     texts = [" you clown", " a clown and a pig", " nice"]
     monkeypatch.setattr(ev, "generate", lambda *a, **k: list(texts))
@@ -187,7 +179,7 @@ def _bootstrap_oracle(a, b, n_boot, level, seed):
 
 
 def test_bootstrap_ratio_matches_a_loop_and_covers_the_ratio():
-    from hp_mini.evaluation import bootstrap_ratio
+    from hp_mini.experiments.statistics import bootstrap_ratio
 
     rng = np.random.default_rng(3)
     unedited = rng.random(60)
@@ -210,14 +202,14 @@ def test_bootstrap_ratio_matches_a_loop_and_covers_the_ratio():
     ],
 )
 def test_bootstrap_ratio_rejects_bad_input(edited, unedited, kwargs, message):
-    from hp_mini.evaluation import bootstrap_ratio
+    from hp_mini.experiments.statistics import bootstrap_ratio
 
     with pytest.raises(ValueError, match=message):
         bootstrap_ratio(edited, unedited, **kwargs)
 
 
 def test_head_counts_are_the_papers_fractions_and_distinct():
-    from hp_mini.evaluation import head_counts
+    from hp_mini.experiments.driver import head_counts
 
     assert head_counts(270) == [3, 5, 11]
     assert head_counts(1024) == [10, 20, 41]
@@ -231,7 +223,8 @@ def test_head_counts_are_the_papers_fractions_and_distinct():
 
 
 def test_intervals_come_from_the_per_prompt_values(tiny):
-    from hp_mini.evaluation import add_intervals, bootstrap_ratio, edit_table
+    from hp_mini.experiments.statistics import add_intervals, bootstrap_ratio
+    from hp_mini.experiments.tables import edit_table
 
     values = {"unedited": np.array([1.0, 1.0, 0.0, 1.0]), "edit": np.array([0.0, 1.0, 0.0, 0.0])}
     state = {"now": "unedited"}
@@ -255,7 +248,7 @@ def test_intervals_come_from_the_per_prompt_values(tiny):
 
 
 def test_random_controls_fill_from_the_nearest_layers_when_a_layer_is_full():
-    from hp_mini.ranking import heads_moved, random_heads_like
+    from hp_mini.rank.controls import heads_moved, random_heads_like
 
     pool = [(layer, head) for layer in range(4) for head in range(4)]
     selected = [(2, 0), (2, 1), (2, 2), (1, 0)]  # layer 2 keeps only one other head
@@ -274,7 +267,7 @@ def test_random_controls_fill_from_the_nearest_layers_when_a_layer_is_full():
 
 
 def test_edit_differences_pairs_the_single_edits_of_two_runs():
-    from hp_mini.evaluation import edit_differences
+    from hp_mini.experiments.tables import edit_differences
 
     cols = ["method", "k", "draw", "heads", "metric", "value"]
     a = pd.DataFrame([("unedited", 0, 0, "", "m", 1.0), ("SOMP", 3, 0, "L1H1", "m", 0.5),

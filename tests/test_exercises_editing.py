@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 import torch
 
-from hp_mini.evaluation import token_f1
+from hp_mini.experiments.qa import token_f1
 from hp_mini.exercises import ExerciseError, check
 
 
@@ -37,7 +37,7 @@ def test_scale_z():
 def test_bootstrap():
     import numpy as np
 
-    from hp_mini.evaluation import bootstrap_ratio
+    from hp_mini.experiments.statistics import bootstrap_ratio
 
     def good(edited, unedited, n_boot, seed):
         return bootstrap_ratio(edited, unedited, n_boot=n_boot, seed=seed)
@@ -80,8 +80,8 @@ def test_hardest_category_against_an_independent_computation():
     import numpy as np
 
     from hp_mini.exercises.editing import category_drops
-    from hp_mini.recorded import load_edit_results
-    from hp_mini.textdata import load_text_dataset
+    from hp_mini.experiments.recorded import load_edit_results
+    from hp_mini.experiments.textdata import load_text_dataset
 
     run = load_edit_results("smollm2-135m")
     p = run.prompts.query("experiment == 'qa' and alpha == -1")

@@ -14,10 +14,10 @@ import pytest
 
 from hp_mini.exercises import GRADING_ENV, ExerciseError, check, exercises
 from hp_mini.exercises.__main__ import main
-from hp_mini.exercises._assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list, toc_files
-from hp_mini.exercises._exchange import take_handed_in
-from hp_mini.exercises._grading import ExerciseGrade, GradeReport, GradingError, gradebook_csv, grade_notebook
-from hp_mini.exercises._notebooks import (
+from hp_mini.exercises.assignment import BEGIN, END, book_exercises, fill_assignment, render_exercise_list, toc_files
+from hp_mini.exercises.exchange import take_handed_in
+from hp_mini.exercises.grading import ExerciseGrade, GradeReport, GradingError, gradebook_csv, grade_notebook
+from hp_mini.exercises.notebooks import (
     exercise_cells,
     find_exercises,
     read_notebook,

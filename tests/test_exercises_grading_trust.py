@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-from hp_mini.activations import HeadActivations
-from hp_mini.cache import cache_dir
+from hp_mini.record.activations import HeadActivations
+from hp_mini.model.cache import cache_dir
 from hp_mini.exercises import checker
-from hp_mini.exercises._exchange import AnswerFormatError, decode, encode
-from hp_mini.exercises._grading import PASSED_ON, grade_notebook, kernel_environment
-from hp_mini.exercises._notebooks import exercise_cells, student_notebook
+from hp_mini.exercises.exchange import AnswerFormatError, decode, encode
+from hp_mini.exercises.grading import PASSED_ON, grade_notebook, kernel_environment
+from hp_mini.exercises.notebooks import exercise_cells, student_notebook
 from hp_mini.pursuit import omp
-from hp_mini.ranking import HeadRanking
+from hp_mini.rank.ranking import HeadRanking
 
 SEEN: dict[str, object] = {}  # what the student's code reported, as the grader read it back
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hp_mini.exercises import ExerciseError, check
-from hp_mini.reference import reference_somp
+from hp_mini.pursuit.reference import reference_somp
 
 
 def test_mp_step_accepts_correct_and_rejects_signed_argmax():
@@ -76,7 +76,7 @@ def test_effective_rank_rejects_singular_values_and_uncentred():
 
 
 def test_lowest_rank_layer_is_checked_against_the_activations():
-    from hp_mini.activations import HeadActivations
+    from hp_mini.record.activations import HeadActivations
 
     g = torch.Generator().manual_seed(0)
     n, d_head, d_model = 40, 4, 10

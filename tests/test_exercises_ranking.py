@@ -7,7 +7,7 @@ from hp_mini.exercises import ExerciseError, check
 
 
 def test_missed_by_lens():
-    from hp_mini.ranking import HeadRanking
+    from hp_mini.rank.ranking import HeadRanking
 
     heads = [(layer, head) for layer in range(3) for head in range(4)]
     somp_scores = {h: float(12 - i) for i, h in enumerate(heads)}  # (0, 0) best ... (2, 3) worst

@@ -97,7 +97,7 @@ def test_form_head_is_checked_against_the_model(monkeypatch):
 def test_half_k_needs_the_smallest_k_below_half(monkeypatch):
     import contextlib
 
-    import hp_mini.editing
+    import hp_mini.edit.scaling
     import hp_mini.exercises.vlm as ex
     from hp_mini.vision import digits_vlm
 
@@ -124,7 +124,7 @@ def test_half_k_needs_the_smallest_k_below_half(monkeypatch):
     test = {"image": [None] * 4, "label": [0, 1, 2, 3]}
     monkeypatch.setattr(ex, "_digits_vlm", lambda: (None, None, None, test))
     monkeypatch.setattr(ex, "_digits_vlm_somp", lambda: ranking)
-    monkeypatch.setattr(hp_mini.editing, "scale_heads", fake_scale_heads)
+    monkeypatch.setattr(hp_mini.edit.scaling, "scale_heads", fake_scale_heads)
     monkeypatch.setattr(digits_vlm, "evaluator", fake_evaluator)
 
     assert check("vlm.half_k", 4, quiet=True)  # 0.2 / 0.8 < 0.5; k = 3 leaves 0.7

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini import models
+from hp_mini.model import loading as models
 
 pytestmark = pytest.mark.slow
 

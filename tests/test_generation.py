@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import hp_mini
-import hp_mini.generation as generation
+import hp_mini.edit.generation as generation
 from helpers import TEXT_ARCHITECTURES, CharTokenizer, tiny_model
-from hp_mini.generation import _prefix_tree, _tree_ready, _tree_support
+from hp_mini.edit.generation import _prefix_tree, _tree_ready, _tree_support
 
 
 class Tokenizer(CharTokenizer):
@@ -260,7 +260,7 @@ def test_edits_apply_on_the_shared_prefix_path(arch):
     ids = torch.tensor([tok._ids(PROMPTS[0])])
     with hp_mini.scale_heads(model, edits), torch.no_grad():
         want = model(ids).logits[0, -1]
-        from hp_mini.generation import _generate_tree
+        from hp_mini.edit.generation import _generate_tree
 
         seen = {}
         orig = model.forward
@@ -298,7 +298,7 @@ def test_stop_ends_each_continuation_at_its_first_line(share):
 
 
 def test_smollm2_fewshot_answers_match_the_ordinary_path_under_an_edit(smollm2):
-    from hp_mini.textdata import QA_FEWSHOT, qa_prompt
+    from hp_mini.experiments.textdata import QA_FEWSHOT, qa_prompt
 
     model, tok = smollm2
     questions = ["In which country is the Colosseum?", "What colour is the sky on a clear day?",

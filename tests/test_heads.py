@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import hp_mini
+import hp_mini.read.copying
 from helpers import FAMILIES, KNOWN, TEXT_ARCHITECTURES, at, tiny_model
 
 
@@ -174,12 +175,12 @@ def test_copy_scores_match_a_by_hand_computation():
     tokenizer = CharTokenizer()
     U = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
     texts = ["abcab", "hello there", "xyz"]
-    got = hp_mini.heads.copy_scores(model, tokenizer, texts, U, batch_size=2)
+    got = hp_mini.read.copying.copy_scores(model, tokenizer, texts, U, batch_size=2)
     expected = _copy_oracle(model, tokenizer, texts, U)
     torch.testing.assert_close(got.scores, expected, rtol=1e-6, atol=1e-8)
     assert got.n_tokens == sum(len(t) - 1 for t in texts)
     # The baseline reads random tokens: reproducible by seed, and not the copy score.
-    again = hp_mini.heads.copy_scores(model, tokenizer, texts, U, batch_size=3)
+    again = hp_mini.read.copying.copy_scores(model, tokenizer, texts, U, batch_size=3)
     torch.testing.assert_close(again.baseline, got.baseline)
     assert not torch.allclose(got.baseline, got.scores)
     best = got.top(2)
@@ -203,7 +204,7 @@ def test_copy_scores_find_a_planted_copying_head():
         emb = model.model.embed_tokens.weight
         emb[:, d_head:] = 0.0  # tokens live in head 0's subspace
     U = model.model.embed_tokens.weight.detach().clone()
-    scores = hp_mini.heads.copy_scores(model, CharTokenizer(), ["abcdefg", "mnopqrs"], U)
+    scores = hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["abcdefg", "mnopqrs"], U)
     assert scores.top(1) == [(0, 0)]
     assert scores.scores[0, 0] > 0.5 > scores.baseline[0, 0].abs()
 
@@ -214,18 +215,18 @@ def test_copy_scores_restore_the_attention_and_check_inputs():
     model = tiny_model("llama")
     model.set_attn_implementation("sdpa")
     U = torch.randn(model.config.vocab_size, model.config.hidden_size)
-    hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U)
+    hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["abc"], U)
     assert model.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="wide"):
-        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U[:, :3])
+        hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["abc"], U[:, :3])
     with pytest.raises(TypeError, match="2-D tensor"):
-        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc"], U.numpy())
+        hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["abc"], U.numpy())
     with pytest.raises(ValueError, match="at least 2"):
-        hp_mini.heads.copy_scores(model, CharTokenizer(), ["abc", "a"], U)
+        hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["abc", "a"], U)
     with pytest.raises(ValueError, match="no row"):
-        hp_mini.heads.copy_scores(model, CharTokenizer(), ["xyz"], U[:20])
+        hp_mini.read.copying.copy_scores(model, CharTokenizer(), ["xyz"], U[:20])
     with pytest.raises(ValueError, match="at least one prompt"):
-        hp_mini.heads.copy_scores(model, CharTokenizer(), [], U)
+        hp_mini.read.copying.copy_scores(model, CharTokenizer(), [], U)
 
 
 def test_parse_head_label_inverts_head_label():

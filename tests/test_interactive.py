@@ -1,4 +1,4 @@
-"""hp_mini.interactive: the embedded data equals the rankings, tokens are escaped, bad input is
+"""hp_mini.viz.interactive: the embedded data equals the rankings, tokens are escaped, bad input is
 refused, and in headless Chromium hovering or clicking a head shows it in the panel."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini.activations import HeadActivations, HeadMoments
-from hp_mini.dictionary import Dictionary
-from hp_mini.interactive import RankingHeatmap, logit_lens_atoms, ranking_heatmap
+from hp_mini.record.activations import HeadActivations, HeadMoments
+from hp_mini.read.dictionary import Dictionary
+from hp_mini.viz.interactive import RankingHeatmap, logit_lens_atoms, ranking_heatmap
 
 #: Token strings a page must show as text, never as markup.
 NASTY = ['</script><script>alert(1)</script>', 'a & b', '"quoted"', "it's", "new\nline", "<!--", "\u2028"]
@@ -262,7 +262,7 @@ def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Pat
 
 
 def test_somp_vmax_caps_the_colour_scale_not_the_scores(rankings):
-    from hp_mini.interactive import _VIRIDIS, _colour
+    from hp_mini.viz.interactive import _VIRIDIS, _colour
 
     acts, dic, somp, lens = rankings
     atoms = logit_lens_atoms(acts, dic)

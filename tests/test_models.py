@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini import models
+from hp_mini.model import loading as models
 from hp_mini.__main__ import main as cli
 
 # --------------------------------------------------------------------------- #
@@ -19,7 +19,7 @@ from hp_mini.__main__ import main as cli
 
 
 def test_importing_models_does_not_import_the_vision_package():
-    code = "import sys, hp_mini.models; print(sorted(m for m in sys.modules if m.startswith('hp_mini.vision')))"
+    code = "import sys, hp_mini.model.loading; print(sorted(m for m in sys.modules if m.startswith('hp_mini.vision')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
     code = "import sys, hp_mini.vision; print('hp_mini.vision.shapes_clip' in sys.modules)"

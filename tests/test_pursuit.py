@@ -1,9 +1,10 @@
 """Matching pursuit, OMP and SOMP against independent oracles.
 
-The oracle for SOMP is :func:`hp_mini.reference.reference_somp`: PAPER.md §3
+The oracle for SOMP is :func:`hp_mini.pursuit.reference.reference_somp`: SOMP
+as Head Pursuit states it (Basile et al., NeurIPS 2025, arXiv:2510.21518),
 written out literally, with the full ``v x n`` correlation matrix and a
-least-squares solve at every step. The fast path in ``hp_mini.pursuit`` shares
-no code with it.
+least-squares solve at every step. The engine of ``hp_mini.pursuit`` shares no
+code with it; tests reach the engine through :mod:`hp_mini.pursuit.engine`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini.pursuit import PursuitResult
-from hp_mini.reference import reference_somp
+from hp_mini.pursuit import PursuitResult, engine
+from hp_mini.pursuit.engine import L1Criterion, Problem, factor, pursue
+from hp_mini.pursuit.reference import reference_somp
 
 
 def random_dictionary(v, d, seed):
@@ -82,16 +84,14 @@ def test_l1_and_l2_can_disagree():
 @pytest.mark.parametrize("seed", range(4))
 def test_l1_pruning_bound_never_skips_the_winner(seed):
     """The exact L1 search starting from a single candidate still finds the reference's atoms."""
-    from hp_mini.pursuit import _factor, _Head, _pursue
-
     D = random_dictionary(1500, 16, 40 + seed)
     g = torch.Generator().manual_seed(60 + seed)
     # Heavy-tailed samples: the L2 and L1 rankings of the atoms disagree.
     X = torch.randn(80, 16, generator=g, dtype=torch.float64) * torch.rand(80, 1, generator=g, dtype=torch.float64) ** 6
     Xc = X - X.mean(0)
-    Z, W = _factor(Xc)
-    raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=80)], n_atoms=12, criterion="l1", candidates=1)[0]
-    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion="l1")[0]
+    Z, W = factor(Xc)
+    raw = pursue(D, [Problem(W=W, M=Z.T @ Z, Z=Z, n=80)], n_atoms=12, criterion="l1", candidates=1)[0]
+    assert raw.atoms.tolist() == reference_somp(X, D, 12, criterion="l1")[0]
 
 
 @pytest.mark.parametrize("seed", [70, 80, 90])
@@ -100,19 +100,17 @@ def test_float32_bounds_never_skip_a_near_tie(criterion, seed):
     """Atoms that differ below float32 resolution: the bounds' float32 products cannot
     order them, so only a valid rounding margin lets the search find the float64 winner
     (searching from a single candidate per step)."""
-    from hp_mini.pursuit import _factor, _Head, _pursue
-
     base = random_dictionary(150, 48, seed)
     g = torch.Generator().manual_seed(seed + 1)
     twins = torch.nn.functional.normalize(base + 2e-9 * torch.randn(base.shape, generator=g, dtype=torch.float64), dim=1)
     D = torch.cat([base, twins])[torch.randperm(300, generator=g)]
     X = low_rank_data(90, 48, 12, seed + 2)
     Xc = X - X.mean(0)
-    Z, W = _factor(Xc)
-    raw = _pursue(D, [_Head(W=W, M=Z.T @ Z, Z=Z, n=90)], n_atoms=12, criterion=criterion, candidates=1)[0]
-    assert raw["atoms"].tolist() == reference_somp(X, D, 12, criterion=criterion)[0]
+    Z, W = factor(Xc)
+    raw = pursue(D, [Problem(W=W, M=Z.T @ Z, Z=Z, n=90)], n_atoms=12, criterion=criterion, candidates=1)[0]
+    assert raw.atoms.tolist() == reference_somp(X, D, 12, criterion=criterion)[0]
     if criterion == "l1":  # the float32 screen of L1 meets the twins too, and must defer to float64
-        assert raw["screened"] > 0
+        assert raw.screened > 0
 
 
 def test_reconstruction_and_order():
@@ -384,15 +382,13 @@ def test_dictionary_preparation_is_kept_and_redone_after_an_in_place_change():
     rescaling) is seen, and the preparation goes when the atoms are freed."""
     import gc
 
-    from hp_mini import pursuit
-
     atoms = random_dictionary(200, 16, 41).float()
     dic = hp_mini.Dictionary(atoms, [str(i) for i in range(200)])
     X = low_rank_data(30, 16, 16, 42).float()
     first = hp_mini.somp(X, dic, n_atoms=4)
-    prepared = pursuit._PREPARED[id(atoms)]
+    prepared = engine.PREPARED[id(atoms)]
     assert hp_mini.somp(X, dic, n_atoms=4).atoms.tolist() == first.atoms.tolist()
-    assert pursuit._PREPARED[id(atoms)] is prepared
+    assert engine.PREPARED[id(atoms)] is prepared
     atoms[7, 3] = float("nan")
     with pytest.raises(ValueError, match="the dictionary contains 1 NaN"):
         hp_mini.somp(X, dic, n_atoms=4)
@@ -400,11 +396,11 @@ def test_dictionary_preparation_is_kept_and_redone_after_an_in_place_change():
     atoms[:100] *= 3  # longer atoms: other winners, and a larger bound on their norms
     got = hp_mini.somp(X, dic, n_atoms=6, criterion="l2")
     assert got.atoms.tolist() == reference_somp(X, atoms, 6, criterion="l2").atoms
-    assert pursuit._PREPARED[id(atoms)].dmax >= float(atoms.double().norm(dim=1).max())
+    assert engine.PREPARED[id(atoms)].dmax >= float(atoms.double().norm(dim=1).max())
     key = id(atoms)
     del dic, atoms
     gc.collect()
-    assert key not in pursuit._PREPARED
+    assert key not in engine.PREPARED
     # inference-mode tensors keep no version counter: prepared on every call, never stale
     with torch.inference_mode():
         frozen = random_dictionary(200, 16, 41).float()
@@ -428,11 +424,9 @@ def test_float32_head_data_keep_their_rank():
         want = reference_somp(X, D, 12, criterion=criterion)
         assert got.atoms.tolist() == want.atoms
         torch.testing.assert_close(got.evr.double(), want.evr, rtol=1e-6, atol=1e-7)
-    from hp_mini.pursuit import _factor
-
     Xc = X.double() - X.double().mean(0)
-    assert _factor(Xc)[0].shape[1] > 16  # the rounding alone gives it full rank
-    assert _factor(Xc, torch.finfo(torch.float32).eps)[0].shape[1] == 16
+    assert factor(Xc)[0].shape[1] > 16  # the rounding alone gives it full rank
+    assert factor(Xc, torch.finfo(torch.float32).eps)[0].shape[1] == 16
 
 
 # --------------------------------------------------------------------------- #
@@ -535,8 +529,6 @@ def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
     same atoms, EVR and coefficients, with far fewer exact scores. Heavy-tailed
     samples, so that the L1 and L2 rankings disagree; one set has fewer samples
     than its rank."""
-    import hp_mini.pursuit as pursuit
-
     D = random_dictionary(3000, 40, 90 + seed)
     g = torch.Generator().manual_seed(95 + seed)
     sets = [
@@ -549,9 +541,9 @@ def test_l1_screen_chooses_what_exact_scoring_chooses(monkeypatch, seed):
     ]
     screened = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
     # room for one set's screen only: the sets are pursued one after the other
-    monkeypatch.setattr(pursuit, "_SCREEN_BYTES", 3000 * (16 + 10) * 4)
+    monkeypatch.setattr(L1Criterion, "screen_bytes", 3000 * (16 + 10) * 4)
     grouped = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
-    monkeypatch.setattr(pursuit, "_SCREEN_BYTES", 0)
+    monkeypatch.setattr(L1Criterion, "screen_bytes", 0)
     exact = hp_mini.somp_factored(sets, D, n_atoms=10, criterion="l1", out_dtype=torch.float64)
     for s, a, c, b in zip(sets, screened, grouped, exact):
         want = reference_somp(s.Z @ s.W.T, D, 10, criterion="l1")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hp_mini
-from hp_mini.activations import HeadActivations, HeadMoments
+from hp_mini.record.activations import HeadActivations, HeadMoments
 
 
 def synthetic_acts(n=40, layers=(0, 1, 2), n_heads=4, d_head=6, d_model=20, v=120, seed=0):
@@ -231,16 +231,16 @@ def test_float64_output_keeps_the_evr_to_double_precision(criterion):
 
 def test_check_ranking_inputs_checks_and_caps_n_atoms():
     acts, D = synthetic_acts()
-    dic, n = hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=7)
+    dic, n = hp_mini.rank.ranking.check_ranking_inputs(acts, D, n_atoms=7)
     assert n == 7 and torch.equal(dic.atoms, D)
     with pytest.warns(RuntimeWarning, match="using 120"):
-        assert hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=500)[1] == 120
+        assert hp_mini.rank.ranking.check_ranking_inputs(acts, D, n_atoms=500)[1] == 120
     with pytest.raises(ValueError, match="n_atoms must be at least 1, got 0"):
-        hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=0)
+        hp_mini.rank.ranking.check_ranking_inputs(acts, D, n_atoms=0)
     with pytest.raises(TypeError, match="n_atoms must be an integer"):
-        hp_mini.ranking.check_ranking_inputs(acts, D, n_atoms=2.0)
+        hp_mini.rank.ranking.check_ranking_inputs(acts, D, n_atoms=2.0)
     with pytest.raises(ValueError, match="at least 2 prompts, got 1"):
-        hp_mini.ranking.check_ranking_inputs(acts.select(slice(0, 1)), D)
+        hp_mini.rank.ranking.check_ranking_inputs(acts.select(slice(0, 1)), D)
 
 
 # --------------------------------------------------------------------------- #
@@ -307,7 +307,7 @@ def test_compare_rejects_bad_input():
 
 
 def test_grid_places_every_score_at_its_head():
-    from hp_mini.ranking import HeadRanking
+    from hp_mini.rank.ranking import HeadRanking
 
     heads = [(2, 1), (0, 3), (1, 0), (2, 0)]
     scores = torch.tensor([0.9, 0.5, 0.25, 0.125], dtype=torch.float64)

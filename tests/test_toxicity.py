@@ -19,9 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hp_mini import toxicity
-from hp_mini.models import ModelNotAvailableError
-from hp_mini.toxicity import LABELS, MAX_LENGTH, ToxicityClassifier, read_keras_tokenizer, toxicity_scores
+from hp_mini.experiments import toxicity
+from hp_mini.model.loading import ModelNotAvailableError
+from hp_mini.experiments.toxicity import (
+    LABELS,
+    MAX_LENGTH,
+    ToxicityClassifier,
+    read_keras_tokenizer,
+    toxicity_scores,
+)
 
 REFERENCE = Path(__file__).parent / "data" / "toxicity_reference.json"
 
@@ -198,7 +204,7 @@ def test_scoring_needs_neither_tensorflow_nor_the_package_once_cached(classifier
     code = (
         "import sys, importlib.util\n"
         "importlib.util.find_spec = lambda name, *a: None\n"  # the package cannot be found
-        "from hp_mini.toxicity import toxicity_scores\n"
+        "from hp_mini.experiments.toxicity import toxicity_scores\n"
         "s = toxicity_scores(['Shut up, you idiot.', 'Thank you for the help.'])\n"
         "assert s[0, 0] > 0.9 > 0.1 > s[1, 0], s\n"
         "bad = {'tensorflow', 'keras', 'h5py', 'toxic_classifier'} & set(sys.modules)\n"
@@ -210,7 +216,7 @@ def test_scoring_needs_neither_tensorflow_nor_the_package_once_cached(classifier
 
 
 def test_conversion_is_cached_checked_and_rebuilt_when_damaged(tmp_path, monkeypatch, package_folder):
-    from hp_mini.cache import find_damage
+    from hp_mini.model.cache import find_damage
 
     monkeypatch.setenv("HP_MINI_CACHE", str(tmp_path))
     folder = toxicity.prepare_toxicity_classifier()
@@ -231,7 +237,7 @@ def test_conversion_is_cached_checked_and_rebuilt_when_damaged(tmp_path, monkeyp
 
 
 def test_toxic_words_in_keeps_the_toxic_words_of_toxic_texts():
-    from hp_mini.toxicity import toxic_words_in, toxicity_scores
+    from hp_mini.experiments.toxicity import toxic_words_in, toxicity_scores
 
     texts = ["you stupid idiot, shut up", "what a lovely day in the park", "stupid question, idiot"]
     words = toxic_words_in(texts)
@@ -246,7 +252,7 @@ def test_toxic_words_in_keeps_the_toxic_words_of_toxic_texts():
 
 
 def test_toxic_words_in_rejects_bad_input():
-    from hp_mini.toxicity import toxic_words_in
+    from hp_mini.experiments.toxicity import toxic_words_in
 
     with pytest.raises(ValueError, match="threshold"):
         toxic_words_in(["x"], threshold=1.0)

@@ -1,4 +1,4 @@
-"""hp_mini.widgets: the widgets' callbacks change what they show, and the static stand-ins."""
+"""hp_mini.viz.widgets: the widgets' callbacks change what they show, and the static stand-ins."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 
 import hp_mini  # noqa: E402
 from helpers import CharTokenizer, tiny_model  # noqa: E402
-from hp_mini.widgets import ConceptBuilder, EditingPlayground, HeadExplorer  # noqa: E402
+from hp_mini.viz.widgets import ConceptBuilder, EditingPlayground, HeadExplorer
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PROMPTS = [

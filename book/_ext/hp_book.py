@@ -16,7 +16,7 @@ The chapters are MyST Markdown notebooks. The build turns each one into an ``.ip
   built book, as ``ghp-import -n -p -f _build/html`` would).
 
 The exercise list of ``book/assignment.md`` is filled in from the chapters at build time
-(``hp_mini.exercises._assignment``), so it always lists every exercise.
+(``hp_mini.exercises.assignment``), so it always lists every exercise.
 
 Page fixes, found by the browser check (``tests/browser/check_pages.py``):
 
@@ -269,7 +269,7 @@ def fill_assignment(app: Sphinx, docname: str, source: list[str]) -> None:
     """Fill ``book/assignment.md``'s exercise list from the chapters, so it is always complete."""
     if docname != app.config.hp_assignment_page:
         return
-    from hp_mini.exercises._assignment import fill_assignment as fill, toc_files
+    from hp_mini.exercises.assignment import fill_assignment as fill, toc_files
 
     root = Path(app.srcdir)
     source[0] = fill(source[0], root)

@@ -52,7 +52,7 @@ def head_answer(answer, grid: tuple[int, int] | None = None) -> tuple[int, int]:
     with ``grid = (n_layers, n_heads)`` of SmolLM2, when no such head exists.
     """
     if isinstance(answer, str):
-        from ..heads import parse_head_label
+        from hp_mini.model.sites import parse_head_label
 
         try:
             layer, head = parse_head_label(answer)
@@ -111,7 +111,7 @@ def check(name: str, answer: object, *, quiet: bool = False) -> bool:
     the grader and returns True.
     """
     if os.environ.get(GRADING_ENV):
-        from ._exchange import hand_in
+        from hp_mini.exercises.exchange import hand_in
 
         hand_in(name, answer)
         if not quiet:
@@ -153,11 +153,11 @@ def run_checker(name: str, answer: object) -> None:
 def __getattr__(name: str):
     # The notebook tools need nbformat/jupytext/nbclient: import them only when asked for.
     if name in {"grade_notebook", "gradebook_csv", "GradeReport", "GradingError"}:
-        from . import _grading
+        from hp_mini.exercises import grading
 
-        return getattr(_grading, name)
+        return getattr(grading, name)
     if name in {"student_notebook", "find_exercises", "strip_solutions", "Exercise"}:
-        from . import _notebooks
+        from hp_mini.exercises import notebooks
 
-        return getattr(_notebooks, name)
+        return getattr(notebooks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

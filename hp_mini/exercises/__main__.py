@@ -17,7 +17,7 @@ from pathlib import Path
 def _student(args) -> int:
     import nbformat
 
-    from ._notebooks import student_notebook
+    from hp_mini.exercises.notebooks import student_notebook
 
     sources = [Path(s) for s in args.sources]
     out = Path(args.output)
@@ -36,7 +36,7 @@ def _student(args) -> int:
 
 
 def _grade(args) -> int:
-    from ._grading import GradingError, gradebook_csv, grade_notebook
+    from hp_mini.exercises.grading import GradingError, gradebook_csv, grade_notebook
 
     reports, failed = [], 0
     for path in args.notebooks:
@@ -61,14 +61,14 @@ def _grade(args) -> int:
 
 
 def _assignment(args) -> int:
-    from ._assignment import book_exercises, render_exercise_list
+    from hp_mini.exercises.assignment import book_exercises, render_exercise_list
 
     print(render_exercise_list(book_exercises(args.root)))
     return 0
 
 
 def _list(args) -> int:
-    from . import exercises
+    from hp_mini.exercises import exercises
 
     for name in exercises():
         print(name)

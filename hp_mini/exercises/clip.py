@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from . import checker
+from hp_mini.exercises import checker
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -96,11 +96,11 @@ def _check_zero_shot(zero_shot) -> None:
 @functools.lru_cache(maxsize=1)
 def _digits_clip():
     """``digits-clip``, its held-out digits and its SOMP ranking, computed once per process for the checks."""
-    from ..models import load_model
-    from ..ranking import rank_heads
-    from ..vision import digits, digits_clip
-    from ..vision.image_heads import record_image_heads
-    from ..vision.zero_shot import text_dictionary
+    from hp_mini.model.loading import load_model
+    from hp_mini.rank.ranking import rank_heads
+    from hp_mini.vision import digits, digits_clip
+    from hp_mini.record.images import record_image_heads
+    from hp_mini.vision.zero_shot import text_dictionary
 
     model, processor = load_model("digits-clip")
     test = digits.digits_dataset("test")
@@ -113,10 +113,10 @@ def _digits_clip():
 @checker("clip.worst_head")
 def _check_worst_head(answer) -> None:
     """``{"head": (layer, head), "somp_rank": int, "top_digit": int}`` for digits-clip."""
-    from ..editing import scale_heads
-    from ..heads import head_label
-    from ..vision import digits_clip
-    from ..vision.classification_edits import one_head_at_a_time
+    from hp_mini.edit.scaling import scale_heads
+    from hp_mini.model.sites import head_label
+    from hp_mini.vision import digits_clip
+    from hp_mini.experiments.classification import one_head_at_a_time
 
     keys = {"head", "somp_rank", "top_digit"}
     assert isinstance(answer, dict) and keys <= set(answer), (

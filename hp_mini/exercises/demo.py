@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import checker
+from hp_mini.exercises import checker
 
 
 @checker("demo.add")

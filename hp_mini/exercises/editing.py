@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from . import checker
+from hp_mini.exercises import checker
 
 
 @checker("editing.f1")
 def _check_f1(f1) -> None:
-    from ..evaluation import token_f1
+    from hp_mini.experiments.qa import token_f1
 
     cases = [
         ("Paris", ["Paris"]),
@@ -56,7 +56,7 @@ def _check_scale_z(scale_z) -> None:
 def _check_bootstrap(interval) -> None:
     import numpy as np
 
-    from ..evaluation import bootstrap_ratio
+    from hp_mini.experiments.statistics import bootstrap_ratio
 
     rng = np.random.default_rng(5)
     unedited = (rng.random(200) < 0.3).astype(float)
@@ -115,14 +115,14 @@ def category_drops(model: str = "smollm2-135m"):
 
     The drop of a question is its unedited F1 minus its F1 with the top
     ``k = ks[-1]`` SOMP heads inverted (alpha = -1), from the per-prompt values
-    of :func:`hp_mini.recorded.load_edit_results`; categories with fewer than
+    of :func:`hp_mini.experiments.recorded.load_edit_results`; categories with fewer than
     :data:`MIN_CATEGORY` evaluation questions are left out.
     """
     import numpy as np
     import pandas as pd
 
-    from ..recorded import load_edit_results
-    from ..textdata import load_text_dataset
+    from hp_mini.experiments.recorded import load_edit_results
+    from hp_mini.experiments.textdata import load_text_dataset
 
     run = load_edit_results(model)
     k = run.meta["ks"][-1]

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import torch
 
-from . import checker, head_answer
+from hp_mini.exercises import checker, head_answer
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -113,7 +113,7 @@ def _check_post_norm_shares(head_shares) -> None:
 
 @lru_cache(maxsize=2)
 def _model(name: str):
-    from ..models import load_model
+    from hp_mini.model.loading import load_model
 
     return load_model(name, progress=False)
 
@@ -126,8 +126,8 @@ def direct_head_logits(prompt: str, word: str) -> torch.Tensor:
     prompt, is left out: it orders no head differently. The investigations'
     checkers share it (and one loaded model).
     """
-    from ..activations import record_heads
-    from ..architectures import model_parts
+    from hp_mini.record.activations import record_heads
+    from hp_mini.model.architectures import model_parts
 
     model, tokenizer = _model("smollm2-135m")
     parts = model_parts(model)
@@ -169,7 +169,7 @@ ABLATION_PROMPT = "The capital of France is"
 
 @lru_cache(maxsize=8)
 def _post_norm_probability(layer: int, head: int, mode: str | None) -> float:
-    from ..editing import scale_heads
+    from hp_mini.edit.scaling import scale_heads
 
     model, tokenizer = _model("gemma3-270m")
     batch = tokenizer(ABLATION_PROMPT, return_tensors="pt")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import checker, head_answer
-from .heads import direct_head_logits
+from hp_mini.exercises import checker, head_answer
+from hp_mini.exercises.heads import direct_head_logits
 
 
 _VOCAB = ["a", " Paris", " the", " London", " is", "."]

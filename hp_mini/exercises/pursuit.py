@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..pursuit import matching_pursuit, omp
-from ..reference import reference_somp
-from . import checker
+from hp_mini.pursuit import matching_pursuit, omp
+from hp_mini.pursuit.reference import reference_somp
+from hp_mini.exercises import checker
 
 
 def _dictionary(seed: int, v: int = 60, d: int = 16) -> torch.Tensor:
@@ -99,7 +99,7 @@ def _check_effective_rank(effective_rank) -> None:
 
 @checker("pursuit.lowest_rank_layer")
 def _check_lowest_rank_layer(answer) -> None:
-    from ..activations import HeadActivations
+    from hp_mini.record.activations import HeadActivations
 
     try:
         layer, acts = answer

@@ -6,12 +6,12 @@ from collections import Counter
 
 import torch
 
-from . import checker
+from hp_mini.exercises import checker
 
 
 @checker("ranking.missed_by_lens")
 def _check_missed_by_lens(answer) -> None:
-    from ..ranking import HeadRanking
+    from hp_mini.rank.ranking import HeadRanking
 
     try:
         head, somp, lens, skip = answer

@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from . import checker
+from hp_mini.exercises import checker
 
 
 @checker("vlm.image_weights")
@@ -45,8 +45,8 @@ def _check_image_weights(image_weights) -> None:
 @functools.lru_cache(maxsize=1)
 def _digits_vlm():
     """``digits-vlm`` and its held-out digits, loaded once per process for the checks."""
-    from ..models import load_model
-    from ..vision import digits
+    from hp_mini.model.loading import load_model
+    from hp_mini.vision import digits
 
     model, processor = load_model("digits-vlm")
     return model, processor, digits.digits_dataset("test"), digits.digits_dataset("test", per_class=10)
@@ -55,10 +55,10 @@ def _digits_vlm():
 @checker("vlm.form_head")
 def _check_form_head(answer) -> None:
     """``{"head": (layer, head), "answers_in": "word" | "numeral" | "other", "either_form": float}``."""
-    from ..editing import scale_heads
-    from ..heads import head_label
-    from ..vision import digits, digits_vlm
-    from ..vision.classification_edits import one_head_at_a_time
+    from hp_mini.edit.scaling import scale_heads
+    from hp_mini.model.sites import head_label
+    from hp_mini.vision import digits, digits_vlm
+    from hp_mini.experiments.classification import one_head_at_a_time
 
     keys = {"head", "answers_in", "either_form"}
     assert isinstance(answer, dict) and keys <= set(answer), (
@@ -122,10 +122,10 @@ def _check_form_head(answer) -> None:
 @functools.lru_cache(maxsize=1)
 def _digits_vlm_somp():
     """The chapter's SOMP ranking of digits-vlm's heads for the digit names and numerals."""
-    from ..activations import record_heads
-    from ..dictionary import unembedding_dictionary
-    from ..ranking import rank_heads
-    from ..vision import digits, digits_vlm
+    from hp_mini.record.activations import record_heads
+    from hp_mini.read.dictionary import unembedding_dictionary
+    from hp_mini.rank.ranking import rank_heads
+    from hp_mini.vision import digits, digits_vlm
 
     model, processor, test, _ = _digits_vlm()
     acts = record_heads(model, processor, [digits_vlm.question_prompt("word")] * len(test["image"]),
@@ -141,8 +141,8 @@ def _check_half_k(k_half) -> None:
     Measured on the 100 digits of ``digits_dataset("test", per_class=10)``; the
     ranking is the chapter's, on all held-out digits.
     """
-    from ..editing import scale_heads
-    from ..vision import digits_vlm
+    from hp_mini.edit.scaling import scale_heads
+    from hp_mini.vision import digits_vlm
 
     assert k_half is not None and not isinstance(k_half, bool), "pass the number k (an int), not None"
     try:

@@ -8,8 +8,8 @@
   scikit-learn's digits) and their fixed held-out split.
 - :mod:`hp_mini.vision.digits_vlm`, :mod:`hp_mini.vision.digits_clip`:
   ``digits-vlm`` and ``digits-clip``, the two small models trained on them, with
-  evaluators for :func:`hp_mini.evaluation.evaluate_head_edits`.
-- :mod:`hp_mini.vision.classification_edits`: the paper's MNIST row, and the
+  evaluators for :func:`hp_mini.experiments.driver.evaluate_head_edits`.
+- :mod:`hp_mini.experiments.classification`: the paper's MNIST row, and the
   tables that put a model's classification edits beside it.
 
 :func:`hp_mini.load_model` finds ``shapes-vlm``, ``shapes-clip``, ``digits-vlm``
@@ -19,7 +19,7 @@ importing this package has no side effects.
 
 from __future__ import annotations
 
-from .shapes import (
+from hp_mini.vision.shapes import (
     ATTRIBUTES,
     COLOURS,
     COUNT_WORDS,
@@ -32,7 +32,7 @@ from .shapes import (
     qa_of,
     shapes_dataset,
 )
-from .vlm import caption_prompt, question_prompt
+from hp_mini.vision.vlm import caption_prompt, question_prompt
 
 __all__ = [
     "ATTRIBUTES",

@@ -10,7 +10,7 @@ count as matches. Zero-shot classification compares an image with the ten
 :func:`class_prompts` ("the digit zero", ...).
 
 The first :func:`load_digits_clip` trains it (seeded, one thread) and caches it
-under :func:`hp_mini.cache.cache_dir`; each load checks the cached folder
+under :func:`hp_mini.model.cache.cache_dir`; each load checks the cached folder
 against its manifest, rebuilds it when damaged, and builds the model from
 :data:`CONFIG`, never from the cached ``config.json``.
 """
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, load_cached
-from . import digits
-from .shapes_clip import ShapesCLIPConfig, build_shapes_clip, read_cached_clip
+from hp_mini.model.cache import cache_dir, load_cached
+from hp_mini.vision import digits
+from hp_mini.vision.shapes_clip import ShapesCLIPConfig, build_shapes_clip, read_cached_clip
 
 __all__ = [
     "CONFIG",
@@ -130,7 +130,7 @@ def _train(config: ShapesCLIPConfig, progress: bool, n_train: int | None):
 
 def zero_shot_accuracy(model, processor, images, labels) -> float:
     """Zero-shot accuracy over the ten :func:`class_prompts` (edits of an enclosing ``scale_heads`` apply)."""
-    from .zero_shot import zero_shot_predict
+    from hp_mini.vision.zero_shot import zero_shot_predict
 
     images, labels = list(images), [int(y) for y in labels]
     if len(images) != len(labels) or not images:
@@ -144,7 +144,7 @@ def zero_shot_accuracy(model, processor, images, labels) -> float:
 def evaluator(model, processor, images, labels, *, batch_size: int = 256):
     """A function of no argument that scores zero-shot classification of ``images`` by the model as it is.
 
-    For :func:`hp_mini.evaluation.evaluate_head_edits`. The images are turned
+    For :func:`hp_mini.experiments.driver.evaluate_head_edits`. The images are turned
     into pixels and the ten :func:`class_prompts` into text embeddings once, by
     the model as it is when ``evaluator`` is called (so the text side is that
     of the unedited model); every call encodes the images again, so the edits
@@ -168,8 +168,8 @@ def evaluator(model, processor, images, labels, *, batch_size: int = 256):
         every image gets the same digit). After each call ``evaluate.predictions``
         holds the predicted digits.
     """
-    from .image_heads import image_batch
-    from .zero_shot import image_embeddings, text_dictionary
+    from hp_mini.record.images import image_batch
+    from hp_mini.vision.zero_shot import image_embeddings, text_dictionary
 
     pixels = image_batch(processor, images)
     y = []

@@ -19,7 +19,7 @@ through a linear probe on the mean of the image tokens (digits shifted by up to
 ``shift`` pixels at random, so that 4,000 training digits suffice), then the
 whole model learns to answer, with the probe loss kept on. The first
 ``hp_mini.load_model("digits-vlm")`` trains it (seeded, one thread, a few
-minutes) and caches it under :func:`hp_mini.cache.cache_dir`; each load checks
+minutes) and caches it under :func:`hp_mini.model.cache.cache_dir`; each load checks
 the cached folder against its manifest, rebuilds it when damaged, and builds
 the model from :data:`TRAINING`'s configuration
 (:func:`hp_mini.vision.vlm.read_cached_vlm`).
@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir, load_cached
-from ..inputs import encode
-from . import digits, vlm
+from hp_mini.model.cache import cache_dir, load_cached
+from hp_mini.model.inputs import encode
+from hp_mini.vision import digits, vlm
 
 __all__ = [
     "FORMS",
@@ -300,7 +300,7 @@ def ask(model, processor, images, form: str = "word", *, batch_size: int = 64) -
 
     Greedy, one new token, through :func:`hp_mini.generate` (so head edits apply).
     """
-    from ..generation import generate
+    from hp_mini.edit.generation import generate
 
     prompt = question_prompt(form)
     images = list(images)
@@ -322,7 +322,7 @@ def accuracy(model, processor, images, labels, form: str = "word", *, batch_size
 def evaluator(model, processor, images, labels, form: str = "word", *, batch_size: int = 64):
     """A function of no argument that scores the model, as it is when called, on ``images``.
 
-    For :func:`hp_mini.evaluation.evaluate_head_edits`: it asks the ``form``
+    For :func:`hp_mini.experiments.driver.evaluate_head_edits`: it asks the ``form``
     question once per call (inside :func:`hp_mini.scale_heads` blocks the
     edits apply) and scores the answers three ways.
 

@@ -23,7 +23,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
-from .shapes import ATTRIBUTES, COLOURS, COUNT_WORDS, POSITIONS, SHAPES, SIZES
+from hp_mini.vision.shapes import ATTRIBUTES, COLOURS, COUNT_WORDS, POSITIONS, SHAPES, SIZES
 
 __all__ = [
     "COLOUR_WORDS",

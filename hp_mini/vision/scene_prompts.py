@@ -17,7 +17,7 @@ Example
 
 from __future__ import annotations
 
-from .shapes import ATTRIBUTE_VALUES, COUNT_WORDS
+from hp_mini.vision.shapes import ATTRIBUTE_VALUES, COUNT_WORDS
 
 __all__ = ["concept_prompts", "describe"]
 

@@ -5,12 +5,12 @@
 patches; a 2-layer text tower with the word-level :class:`WordTokenizer`),
 trains it contrastively on the scenes of :mod:`hp_mini.vision.shapes` on the
 first call (a few minutes at most on a CPU; ``benchmarks/shapes_clip.py``
-measures it) and caches it under :func:`hp_mini.cache.cache_dir` (through
-:func:`hp_mini.cache.load_cached`: checked against its manifest on each load,
+measures it) and caches it under :func:`hp_mini.model.cache.cache_dir` (through
+:func:`hp_mini.model.cache.load_cached`: checked against its manifest on each load,
 rebuilt when damaged); later calls read the cache. The model is always built
 from the expected recipe, never from the cached ``config.json``
 (:func:`read_cached_clip`). The image encoder's heads come split
-(:func:`hp_mini.vision.open_clip_heads.split_heads`), so
+(:func:`hp_mini.model.open_clip.split_heads`), so
 :func:`hp_mini.attention_heads` and :func:`hp_mini.scale_heads` work on it.
 
 Each training step pairs every image with a random partial description of it
@@ -37,10 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cache import cache_dir, load_cached
-from .open_clip_heads import split_heads
-from .scene_prompts import describe
-from .shapes import ATTRIBUTE_VALUES, IMAGE_SIZE, render_scene, scene_pixels, scenes, vocabulary
+from hp_mini.model.cache import cache_dir, load_cached
+from hp_mini.model.open_clip import split_heads
+from hp_mini.vision.scene_prompts import describe
+from hp_mini.vision.shapes import ATTRIBUTE_VALUES, IMAGE_SIZE, render_scene, scene_pixels, scenes, vocabulary
 
 __all__ = [
     "ShapesCLIPConfig",
@@ -157,7 +157,7 @@ def build_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig(), *, split: b
     """An untrained ``shapes-clip``: ``(open_clip.CLIP, ShapesCLIPProcessor)``.
 
     With ``split=True`` (default) the image encoder's heads are already split
-    (:func:`~hp_mini.vision.open_clip_heads.split_heads`); ``split=False`` gives open_clip's model as it comes.
+    (:func:`~hp_mini.model.open_clip.split_heads`); ``split=False`` gives open_clip's model as it comes.
     ``words`` is the text tower's vocabulary (default: the scenes' words,
     :func:`hp_mini.vision.shapes.vocabulary`).
     """

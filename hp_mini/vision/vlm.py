@@ -11,7 +11,7 @@ the 16 image-token placeholders exactly as it does for LLaVA checkpoints.
 Pretrained weights cannot be downloaded here, and SmolLM2 as the language
 model would not train in a few CPU minutes, so the first call of
 ``hp_mini.load_model("shapes-vlm")`` trains this model on CPU (seeded, a few
-minutes) and caches it under :func:`hp_mini.models.cache_dir`; later calls
+minutes) and caches it under :func:`hp_mini.model.loading.cache_dir`; later calls
 load the cache in about a second (checked against its manifest, rebuilt when
 damaged, and always built from the expected configuration:
 :func:`read_cached_vlm`). Training has two phases: the vision tower
@@ -48,8 +48,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache import cache_dir, load_cached
-from . import shapes
+from hp_mini.model.cache import cache_dir, load_cached
+from hp_mini.vision import shapes
 
 __all__ = [
     "CAPTION_PROMPT",
@@ -463,7 +463,7 @@ def ask(model, processor, images, attribute: str, *, batch_size: int = 64) -> li
     ``attribute`` is one of :data:`hp_mini.vision.shapes.ATTRIBUTES`. Greedy,
     one new token, through :func:`hp_mini.generate` (so head edits apply).
     """
-    from ..generation import generate
+    from hp_mini.edit.generation import generate
 
     if attribute not in shapes.QUESTIONS:
         raise ValueError(f"attribute must be one of {list(shapes.QUESTIONS)}, got {attribute!r}")
@@ -474,7 +474,7 @@ def ask(model, processor, images, attribute: str, *, batch_size: int = 64) -> li
 
 def describe(model, processor, images, *, max_new_tokens: int = 10, batch_size: int = 64) -> list[str]:
     """The model's captions, one per image (greedy, through :func:`hp_mini.generate`)."""
-    from ..generation import generate
+    from hp_mini.edit.generation import generate
 
     return generate(model, processor, [CAPTION_PROMPT] * len(images), images=list(images),
                     max_new_tokens=max_new_tokens, batch_size=batch_size)

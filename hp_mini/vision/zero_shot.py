@@ -2,7 +2,7 @@
 
 :func:`text_dictionary` turns text embeddings of prompts into a
 :class:`hp_mini.Dictionary` for :func:`hp_mini.somp` over heads recorded with
-``space="joint"`` (:mod:`hp_mini.vision.image_heads`). :func:`zero_shot_predict`
+``space="joint"`` (:mod:`hp_mini.record.images`). :func:`zero_shot_predict`
 and :func:`zero_shot_accuracies` classify images by their closest prompt;
 inside a :func:`hp_mini.scale_heads` block the edits apply, which is how the
 effect of a head edit on the model's behaviour is measured.
@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..dictionary import Dictionary
-from .image_heads import image_batch
-from .scene_prompts import concept_prompts
+from hp_mini.read.dictionary import Dictionary
+from hp_mini.record.images import image_batch
+from hp_mini.vision.scene_prompts import concept_prompts
 
 __all__ = ["image_embeddings", "text_dictionary", "zero_shot_accuracies", "zero_shot_accuracy", "zero_shot_predict"]
 
@@ -39,7 +39,7 @@ def text_dictionary(model: nn.Module, processor, prompts: Sequence[str], *, norm
 
     ``atoms`` is ``[len(prompts), embed_dim]`` (L2-normalised rows unless
     ``normalize=False``), ``labels`` are the prompts. Heads recorded with
-    :func:`~hp_mini.vision.image_heads.record_image_heads` with ``space="joint"`` write vectors of the same width.
+    :func:`~hp_mini.record.images.record_image_heads` with ``space="joint"`` write vectors of the same width.
     """
     prompts = list(prompts)
     tokens = processor.tokenizer(prompts) if hasattr(processor, "tokenizer") else processor(prompts)

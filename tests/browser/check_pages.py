@@ -26,7 +26,7 @@ is opened in Debian's headless Chromium through chromedriver (Selenium). On each
   ``\\begin{``, ...; code and preformatted text are not read), no progress bar
   (``0%|``, as tqdm draws one) and no ``WARNING`` line in any cell output. The text of
   scripts and styles inside an output (the data of an interactive heatmap) is not read.
-* **interactive heatmaps** (``hp_mini.interactive``, ``div.hp-heatmap``): in each, the pointer
+* **interactive heatmaps** (``hp_mini.viz.interactive``, ``div.hp-heatmap``): in each, the pointer
   hovers over one head's cell, then clicks another's, and after each the panel must show that
   head's label (``L{layer}H{head}``, as the cell's tooltip names it); see
   :func:`heatmap_failures`.

@@ -95,15 +95,15 @@ OUT = Path(__file__).resolve().parents[2] / "hp_mini" / "data" / "text"
 
 
 def _country_answers(name: str) -> list[str]:
-    from hp_mini.textdata import COUNTRY_ALIASES
+    from hp_mini.experiments.textdata import COUNTRY_ALIASES
 
     return [name, *COUNTRY_ALIASES.get(name, [])]
 
 
 def _countries(gc) -> dict[str, dict]:
     """ISO code -> GeoNames record (with ``short``: hp_mini's name) of the countries used."""
-    from hp_mini.dictionary import concept_words
-    from hp_mini.textdata import COUNTRY_ALIASES
+    from hp_mini.read.dictionary import concept_words
+    from hp_mini.experiments.textdata import COUNTRY_ALIASES
 
     known = set(concept_words("countries"))
     out = {}
@@ -133,7 +133,7 @@ def generate(gc, hand: dict[str, list[dict]]) -> dict[str, list[dict]]:
     asked_text = " ".join(sorted(asked)).lower()
     generated: dict[str, list[tuple[str, list[str]]]] = {c: [] for c in QUOTA}
 
-    from hp_mini.dictionary import concept_words
+    from hp_mini.read.dictionary import concept_words
 
     country_names = set(concept_words("countries"))
 

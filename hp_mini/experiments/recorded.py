@@ -1,0 +1,190 @@
+"""Recorded runs of the paper's text-editing experiments, shipped with the package.
+
+``benchmarks/editing_text.py`` runs question answering and toxicity at full
+size for one model (about an hour on two CPU cores). Its output for SmolLM2
+and Gemma-3-270M ships in ``hp_mini/data/results/``, so that the book can show
+the full tables for both models within its build time, and check them against
+a live run of part of the experiment. :func:`load_edit_results` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EditResults", "load_edit_results", "recorded_models"]
+
+_COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
+            "normalised", "ci_low", "ci_high"]
+
+
+def _folder() -> Path:
+    return Path(str(resources.files("hp_mini") / "data" / "results"))
+
+
+def recorded_models() -> list[str]:
+    """The models with a recorded run (``editing_<model>.json`` in ``hp_mini/data/results``)."""
+    folder = _folder()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem[len("editing_"):] for p in folder.glob("editing_*.json"))
+
+
+@dataclass(frozen=True)
+class EditResults:
+    """One model's recorded run of ``benchmarks/editing_text.py``.
+
+    Attributes
+    ----------
+    model : str
+        The model's short name, e.g. ``"smollm2-135m"``.
+    table : pandas.DataFrame
+        One row per edit and metric, as :func:`hp_mini.experiments.driver.evaluate_head_edits`
+        returns them after :func:`hp_mini.experiments.statistics.add_intervals`, with the
+        columns ``experiment`` ("qa" or "toxicity") and ``alpha`` added.
+    prompts : pandas.DataFrame
+        Per-prompt values of the unedited run and of every SOMP and logit-lens
+        edit: ``experiment``, ``alpha``, ``method``, ``k``, ``prompt`` (the
+        position in the evaluation split), ``group`` (QA) and one column per
+        metric (``f1``; ``toxic_fraction``, ``toxicity``, ``toxic_fraction_pc``,
+        ``lexical``).
+    meta : dict
+        The command, the machine, the versions, and per experiment the split
+        sizes, the selections (head labels), the selection words (toxicity),
+        the distinct random sets and the random heads moved to nearer layers.
+    """
+
+    model: str
+    table: Any
+    prompts: Any
+    meta: dict
+
+    def edits(self, experiment: str, alpha: float = -1.0):
+        """The rows of one experiment and ``alpha``, ready for :func:`hp_mini.experiments.tables.edit_table`.
+
+        Raises ValueError, naming what was recorded, when there are none.
+        """
+        rows = self.table[(self.table["experiment"] == experiment) & (self.table["alpha"] == float(alpha))]
+        if rows.empty:
+            have = sorted({(e, float(a)) for e, a in zip(self.table["experiment"], self.table["alpha"])})
+            raise ValueError(f"{self.model}: no recorded rows for experiment={experiment!r}, alpha={alpha:g}; "
+                             f"recorded (experiment, alpha): {have}")
+        return rows.reset_index(drop=True)
+
+    def selection(self, experiment: str, method: str) -> list[tuple[int, int]]:
+        """The recorded top heads of one ranking (``"SOMP"`` or ``"logit lens"``), as ``(layer, head)``."""
+        from hp_mini.model.sites import parse_head_label
+
+        try:
+            labels = self.meta["experiments"][experiment]["selections"][method]
+        except KeyError:
+            raise ValueError(f"{self.model}: no recorded selection for experiment={experiment!r}, "
+                             f"method={method!r}") from None
+        return [parse_head_label(label) for label in labels]
+
+    def agreement(self, live, experiment: str, alpha: float = -1.0, *, prompts=None, atol: float = 1e-4):
+        """Compare a live run of some of the recorded edits with the recording, prompt by prompt.
+
+        Parameters
+        ----------
+        live : pandas.DataFrame
+            A table of :func:`hp_mini.experiments.driver.evaluate_head_edits`, run
+            without ``baseline=`` so that it holds the unedited run too, with
+            an evaluator that keeps per-prompt values (``attrs["per_prompt"]``).
+            Random draws are left out of the comparison.
+        experiment : {"qa", "toxicity"}
+        alpha : float
+            The edits' ``alpha``.
+        prompts : sequence of int, optional
+            The positions in the recorded evaluation split of the live run's
+            prompts, in order (default: all of them).
+        atol : float
+            Two per-prompt values agree when they differ by at most ``atol``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per live edit and metric: ``method``, ``k``, ``metric``,
+            ``prompts``, ``agree`` (prompts whose values agree), ``share``,
+            ``live`` and ``recorded`` (the means over these prompts).
+        """
+        import numpy as np
+        import pandas as pd
+
+        per_prompt = getattr(live, "attrs", {}).get("per_prompt")
+        if not per_prompt:
+            raise ValueError("the live table has no per-prompt values: run evaluate_head_edits with qa_evaluator or "
+                             "toxicity_evaluator, whose evaluate.per_prompt it keeps")
+        recorded = self.prompts[(self.prompts["experiment"] == experiment) & (self.prompts["alpha"] == float(alpha))]
+        if recorded.empty:
+            raise ValueError(f"{self.model}: no recorded per-prompt values for experiment={experiment!r}, "
+                             f"alpha={alpha:g}")
+        n = int((recorded["method"] == "unedited").sum())
+        rows = []
+        for (method, k, _draw), values in per_prompt.items():
+            if method == "random":
+                continue
+            mine = recorded[(recorded["method"] == method) & (recorded["k"] == k)].set_index("prompt")
+            if mine.empty:
+                raise ValueError(f"{self.model}: the recording has no {method!r} edit with k={k} "
+                                 f"({experiment}, alpha={alpha:g})")
+            for metric, value in values.items():
+                if metric not in mine.columns:
+                    continue  # e.g. f1_country, a subset of f1
+                value = np.asarray(value, dtype=float)
+                where = np.arange(n) if prompts is None else np.asarray(list(prompts), dtype=int)
+                if len(where) != len(value):
+                    raise ValueError(f"the live run has {len(value)} prompts but prompts= gives {len(where)} "
+                                     "positions: give one position per live prompt")
+                if len(where) and (where.min() < 0 or where.max() >= n):
+                    raise ValueError(f"prompt positions must lie in [0, {n}), the recorded evaluation split")
+                theirs = mine[metric].reindex(where).to_numpy(dtype=float)
+                agree = int(np.isclose(value, theirs, rtol=0.0, atol=atol).sum())
+                rows.append((method, int(k), metric, len(value), agree, agree / max(len(value), 1),
+                             float(value.mean()), float(theirs.mean())))
+        return pd.DataFrame(rows, columns=["method", "k", "metric", "prompts", "agree", "share", "live", "recorded"])
+
+
+def load_edit_results(model: str) -> EditResults:
+    """Read the recorded run of ``benchmarks/editing_text.py`` for ``model``.
+
+    Parameters
+    ----------
+    model : str
+        A model with a recorded run: see :func:`recorded_models`
+        (``"smollm2-135m"``, ``"gemma3-270m"``).
+
+    Returns
+    -------
+    EditResults
+
+    Raises
+    ------
+    ValueError
+        When ``model`` has no recorded run, or its files are incomplete.
+    """
+    import pandas as pd
+
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a model name (a str), got {type(model).__name__}")
+    folder = _folder()
+    have = recorded_models()
+    if model not in have:
+        raise ValueError(f"no recorded editing run for {model!r}; recorded: {have}. Make one with "
+                         f"`python benchmarks/editing_text.py --model {model} --out DIR` (about an hour on two "
+                         f"CPU cores) and read DIR's CSV with pandas")
+    paths = {name: folder / f"editing_{model}{suffix}" for name, suffix in
+             (("table", ".csv"), ("prompts", "_prompts.csv"), ("meta", ".json"))}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"the recorded run of {model!r} is incomplete: {missing} missing from {folder}")
+    table = pd.read_csv(paths["table"], keep_default_na=False, na_values=[""])
+    if list(table.columns) != _COLUMNS:
+        raise ValueError(f"{paths['table'].name} has columns {list(table.columns)}, expected {_COLUMNS}")
+    table["heads"] = table["heads"].fillna("")
+    prompts = pd.read_csv(paths["prompts"])
+    meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
+    return EditResults(model=model, table=table, prompts=prompts, meta=meta)

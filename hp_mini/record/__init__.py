@@ -1,0 +1,13 @@
+"""Step 1, record: what every attention head writes into the residual stream.
+
+- :mod:`~hp_mini.record.activations`: :func:`record_heads` over text prompts (or
+  a vision-language model's image tokens), pooled per prompt or kept per token.
+- :mod:`~hp_mini.record.images`: the heads of an open_clip image tower.
+- :mod:`~hp_mini.record.stream`: a stream of prompts, in one process or many.
+"""
+
+from __future__ import annotations
+
+from hp_mini.record.activations import HeadActivations, HeadMoments, record_heads
+
+__all__ = ["HeadActivations", "HeadMoments", "record_heads"]

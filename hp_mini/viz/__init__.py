@@ -1,0 +1,9 @@
+"""Seeing the results: widgets for Jupyter, and heatmaps that work without a kernel.
+
+- :mod:`~hp_mini.viz.widgets`: explore a head, edit a model, build a concept.
+- :mod:`~hp_mini.viz.interactive`: layer-by-head heatmaps for the browser.
+"""
+
+from __future__ import annotations
+
+
