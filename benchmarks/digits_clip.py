@@ -57,7 +57,7 @@ def main() -> None:
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
     n = len(somp.heads)
     selections = {"SOMP": somp.heads, "logit lens": lens.heads}
-    inverted = evaluate_head_edits(model, evaluate, selections, ks=args.k, pool=acts, n_random=args.draws,
+    inverted = evaluate_head_edits(model, evaluate, selections, ks=args.k, control_pool=acts, n_random=args.draws,
                                    baseline=base, progress=False)
     removed = evaluate_head_edits(model, evaluate, selections, ks=args.k, alpha=0.0, baseline=base, progress=False)
     print(f"\n## Inverting image-encoder heads (alpha = -1): zero-shot accuracy / unedited "

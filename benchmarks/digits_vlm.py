@@ -55,7 +55,7 @@ def edit_experiment(model, processor, images, labels, ks=(1, 2, 4), n_draws: int
     lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
     evaluate = digits_vlm.evaluator(model, processor, images, labels, form)
     table = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads}, ks=ks,
-                                pool=acts, n_random=n_draws, progress=False)
+                                control_pool=acts, n_random=n_draws, progress=False)
     return {"table": table, "somp": somp, "lens": lens, "n_heads": len(somp.heads)}
 
 

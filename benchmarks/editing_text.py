@@ -87,8 +87,8 @@ def _rank(acts, dictionary, *, n_atoms, criterion):
 
 def _edits(model, evaluate, selections, ks, alpha, acts, args, fill):
     start = time.perf_counter()
-    table = evaluate_head_edits(model, evaluate, selections, ks=ks, alpha=alpha, pool=acts, n_random=args.n_random,
-                                seed=args.seed, random_fill=fill, progress=False)
+    table = evaluate_head_edits(model, evaluate, selections, ks=ks, alpha=alpha, control_pool=acts,
+                                n_random=args.n_random, seed=args.seed, random_fill=fill, progress=False)
     table = add_intervals(table, seed=args.seed)
     table.attrs["seconds"] = time.perf_counter() - start
     return table

@@ -23,7 +23,7 @@ and prints a Markdown table of the ratio pursuit / floor, with the thread
 count and the load average at the start and the end. The ratio is against the
 faster of the two floor timings (the conservative one).
 
-Issue 14's targets:
+The targets:
 
 * SmolLM2-135M (``--model smollm2-135m``: 270 heads, 49,152 atoms, 50 steps,
   1,000 prompts): L2 within 2x and L1 within 2.5x of the floor, at 1 and at 2
@@ -40,6 +40,9 @@ Run from the repository root, one process per thread count::
 
 The pooled head outputs are recorded once and cached (``--cache``, default
 ``$HP_MINI_CACHE/bench``), so later runs skip the model's forward passes.
+``--engine FILE`` pursues with the ``somp_factored`` of another version of the
+pursuit module, kept in one file, to compare two engines in the same
+conditions.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from _prompts import prompts  # noqa: E402
 from hp_mini.record.activations import HeadActivations, HeadMoments
 
 DEFAULT_PROMPTS = {"smollm2-135m": 1000, "gemma3-270m": 500}
-# Issue 14's targets: the largest ratio pursuit / float32 floor allowed per criterion.
+# The targets: the largest ratio pursuit / float32 floor allowed per criterion.
 TARGETS = {"smollm2-135m": {"l2": 2.0, "l1": 2.5}, "gemma3-270m": {"l2": 2.0}}
 GEMMA_MEMORY_TARGET_GB = 4.0
 
@@ -166,6 +169,18 @@ def floor32(D32: torch.Tensor, W32: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def load_engine(path: Path):
+    """The pursuit module in ``path`` (an earlier version of ``hp_mini/pursuit``), loaded
+    inside the ``hp_mini`` package so that its relative imports work."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"hp_mini._bench_engine_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load() -> str:
     one, five, _ = os.getloadavg()
     return f"{one:.2f} / {five:.2f}"
@@ -179,8 +194,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--criteria", default=None, help="comma-separated; default l2,l1 (SmolLM2), l2 (Gemma)")
     parser.add_argument("--layers", type=int, default=None, help="only the first LAYERS layers (quick runs)")
+    parser.add_argument("--engine", type=Path, default=None,
+                        help="pursue with the somp_factored of the module in this file instead of "
+                        "hp_mini.pursuit's (an earlier version, to compare in the same conditions)")
     parser.add_argument("--cache", type=Path, default=hp_mini.cache_dir() / "bench")
     args = parser.parse_args()
+    if args.engine is not None:
+        from hp_mini.rank import ranking
+
+        ranking.somp_factored = load_engine(args.engine).somp_factored
     torch.set_num_threads(args.threads)
     n = args.prompts or DEFAULT_PROMPTS[args.model]
     criteria = (args.criteria or ("l2,l1" if args.model == "smollm2-135m" else "l2")).split(",")

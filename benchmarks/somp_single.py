@@ -17,6 +17,10 @@ is timed separately ("first call"), and the table reports the later calls (the
 best of ``--repeats``), which is what a chapter calling ``somp`` head after
 head sees.
 
+The signals are given in float32 (as recorded) and in float64 (as the paper
+authors' code takes them): the two should cost the same (``--signals``).
+``--engine FILE`` times another version of the pursuit module instead.
+
 Run from the repository root::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/somp_single.py
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hp_mini  # noqa: E402
 from _prompts import prompts  # noqa: E402
 from hp_mini.pursuit.reference import reference_somp
+from somp import load_engine  # noqa: E402
 
 
 def recorded(model, tok, layer: int, n: int, cache: Path) -> hp_mini.HeadActivations:
@@ -69,8 +74,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="24,300", help="numbers of prompts (comma-separated)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--signals", default="float32,float64",
+                        help="precisions the signals are given in (comma-separated): the recorded float32, "
+                        "or float64 as the paper authors' code takes them")
+    parser.add_argument("--engine", type=Path, default=None,
+                        help="time the pursuit module in this file instead of hp_mini.pursuit "
+                        "(an earlier version of it, to compare in the same conditions)")
     parser.add_argument("--cache", type=Path, default=hp_mini.cache_dir() / "bench")
     args = parser.parse_args()
+    somp = hp_mini.somp if args.engine is None else load_engine(args.engine).somp
 
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
@@ -82,14 +94,14 @@ def main() -> None:
     del model
 
     start = time.perf_counter()
-    hp_mini.somp(acts.head(args.layer, heads[0])[: sizes[0]], full, n_atoms=args.steps)
+    somp(acts.head(args.layer, heads[0])[: sizes[0]], full, n_atoms=args.steps)
     first = time.perf_counter() - start
     print(f"first call on the dictionary (includes its preparation): {first:.2f} s")
 
     # The floor of one call: each step reads the whole float32 dictionary once,
     # for the two products D [q y] that update every atom's bound. They are
-    # timed in the form the engine takes (dictionary on the left, [v, 2] out),
-    # the fastest here; the other form and a bare read (a sum) are timed too.
+    # timed in both forms (the engine takes [q y]^T D^T, a block of atoms at a
+    # time), and a bare read (a sum) too; the table divides by the first.
     D32 = full.atoms.float()
     cols = torch.randn(2, D32.shape[1], generator=torch.Generator().manual_seed(0))
     out = torch.empty(D32.shape[0], 2)
@@ -114,26 +126,32 @@ def main() -> None:
           f"as [q y]^T D^T ([2, d] x [d, v]): {t_pass_t:.3f} s; {args.steps} bare reads (a sum): {t_read:.3f} s")
 
     rows = []
+    references = {}  # the reference takes every input in float64: run once per head, n and criterion
     for head in heads:
         for n in sizes:
-            X = acts.head(args.layer, head)[:n]
-            for criterion in ("l1", "l2"):
-                fast, t_fast = best_of(lambda: hp_mini.somp(X, full, n_atoms=args.steps, criterion=criterion), args.repeats)
-                ref, t_ref = best_of(lambda: reference_somp(X, full.atoms, args.steps, criterion=criterion), 1)
-                assert fast.atoms.tolist() == ref.atoms, (head, n, criterion, fast.atoms.tolist(), ref.atoms)
-                assert float((fast.evr.double() - ref.evr).abs().max()) < 1e-5
-                rows.append((head, n, criterion, t_ref, t_fast))
-                print(f"L{args.layer}H{head} n={n} {criterion}: reference {t_ref:.2f} s, somp {t_fast:.3f} s, "
-                      f"{t_ref / t_fast:.1f}x, atoms identical", flush=True)
+            for signals in args.signals.split(","):
+                X = acts.head(args.layer, head)[:n].to(getattr(torch, signals))
+                for criterion in ("l1", "l2"):
+                    fast, t_fast = best_of(lambda: somp(X, full, n_atoms=args.steps, criterion=criterion), args.repeats)
+                    if (head, n, criterion) not in references:
+                        references[head, n, criterion] = best_of(
+                            lambda: reference_somp(X, full.atoms, args.steps, criterion=criterion), 1
+                        )
+                    ref, t_ref = references[head, n, criterion]
+                    assert fast.atoms.tolist() == ref.atoms, (head, n, criterion, fast.atoms.tolist(), ref.atoms)
+                    assert float((fast.evr.double() - ref.evr).abs().max()) < 1e-5
+                    rows.append((head, n, signals, criterion, t_ref, t_fast))
+                    print(f"L{args.layer}H{head} n={n} {signals} {criterion}: reference {t_ref:.2f} s, "
+                          f"somp {t_fast:.3f} s, {t_ref / t_fast:.1f}x, atoms identical", flush=True)
 
     print()
     print(f"One somp call, SmolLM2 L{args.layer}, {len(full)} atoms, {args.steps} steps, "
           f"{threads} threads, load {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs")
-    print("| head | n | criterion | reference, s | somp, s | speed-up | somp / bare passes | "
+    print("| head | n | signals | criterion | reference, s | somp, s | speed-up | somp / bare passes | "
           "reference / bare passes |")
-    print("|---|---|---|---|---|---|---|---|")
-    for head, n, criterion, t_ref, t_fast in rows:
-        print(f"| L{args.layer}H{head} | {n} | {criterion} | {t_ref:.2f} | {t_fast:.3f} | "
+    print("|---|---|---|---|---|---|---|---|---|")
+    for head, n, signals, criterion, t_ref, t_fast in rows:
+        print(f"| L{args.layer}H{head} | {n} | {signals} | {criterion} | {t_ref:.2f} | {t_fast:.3f} | "
               f"{t_ref / t_fast:.1f}x | {t_fast / t_pass:.2f}x | {t_ref / t_pass:.1f}x |")
     print(f"\nBare passes: {args.steps} products D [q y] ([v, d] x [d, 2]) in float32, {t_pass:.3f} s (best of "
           f"{max(args.repeats, 3)}; {t_pass_t:.3f} s as [q y]^T D^T, {t_read:.3f} s for {args.steps} bare reads). "

@@ -1,11 +1,13 @@
-"""Argument checks shared by the public functions: counts, devices, and models that hold their weights.
+"""Argument checks shared by the public functions: counts, devices, models that hold their weights, renamed keywords.
 
 :func:`check_device` refuses a device that torch does not know, that this
 machine lacks, or ``meta``, before anything is loaded onto it. :func:`check_count` turns a count argument (``batch_size``, ``max_new_tokens``)
 into an ``int`` or says what is wrong with it; :func:`check_weights_loaded`
 refuses a model whose parameters are on the ``meta`` device (shapes without
 values), so that recording, editing and generation fail with one clear message
-rather than deep inside torch.
+rather than deep inside torch. :func:`check_prompts` turns prompts into a list of strings
+or says which one is wrong. :func:`renamed_keywords` keeps an old keyword
+working, with a ``DeprecationWarning`` that names the new one.
 
 Example
 -------
@@ -20,12 +22,18 @@ TypeError: batch_size must be an integer, got 2.5 (float)
 
 from __future__ import annotations
 
+import functools
 import operator
+import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
-__all__ = ["check_count", "check_device", "check_weights_loaded"]
+__all__ = ["check_count", "check_device", "check_prompts", "check_weights_loaded", "renamed_keywords"]
+
+_F = TypeVar("_F", bound=Callable)
 
 
 def check_count(value, name: str, *, minimum: int = 1) -> int:
@@ -62,6 +70,39 @@ def check_count(value, name: str, *, minimum: int = 1) -> int:
     if number < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {number}")
     return number
+
+
+def check_prompts(prompts, where: str, *, allow_empty: bool = True) -> list[str]:
+    """``prompts`` as a list of at least one string (one string is a list of one).
+
+    Parameters
+    ----------
+    prompts : str or iterable of str
+    where : str
+        The function asking (``"copy_scores"``), for the message.
+    allow_empty : bool, default True
+        Whether an empty string is a prompt.
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    ValueError
+        No prompts, or (``allow_empty=False``) an empty one, named by its index.
+    TypeError
+        A prompt that is not a string, named by its index.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError(f"{where} needs at least one prompt")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+        if not allow_empty and prompt == "":
+            raise ValueError(f"prompt {i} is empty; every prompt needs at least one token")
+    return prompts
 
 
 def check_weights_loaded(model: nn.Module, where: str) -> None:
@@ -154,3 +195,54 @@ def check_device(device, name: str = "device") -> torch.device:
     if parsed.index is not None and count is not None and parsed.index >= count():
         raise ValueError(f"{shown}, but this machine has {count()} {parsed.type} device(s), numbered from 0")
     return parsed
+
+
+def renamed_keywords(**old_to_new: str) -> Callable[[_F], _F]:
+    """Decorator: keep accepting renamed keywords, with a ``DeprecationWarning`` naming the new one.
+
+    Parameters
+    ----------
+    **old_to_new : str
+        Each old keyword and the name it now has (``heads="sites"``).
+
+    Returns
+    -------
+    callable
+        A decorator. The function it wraps gets the value of an old keyword
+        under its new name; giving both is a ``TypeError``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> @renamed_keywords(texts="prompts")
+    ... def count(prompts):
+    ...     return len(prompts)
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     count(texts=["a", "b"])
+    2
+    >>> str(caught[0].message)
+    "count: the keyword 'texts' is now called 'prompts'; write prompts=... (texts= will stop working)"
+    """
+
+    def decorate(function: _F) -> _F:
+        where = function.__qualname__
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            for old, new in old_to_new.items():
+                if old not in kwargs:
+                    continue
+                if new in kwargs:
+                    raise TypeError(f"{where}: give {new}= only ({old}= is its old name), not both")
+                warnings.warn(
+                    f"{where}: the keyword {old!r} is now called {new!r}; write {new}=... ({old}= will stop working)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+            return function(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -824,7 +824,7 @@ def _run_edit(args, ctx) -> dict:
     evaluate, n_eval = _edit_evaluator(args, model, tokenizer, ctx, *eval_inputs)
     start = time.perf_counter()
     table = evaluate_head_edits(model, evaluate, {"SOMP": somp_heads, "logit lens": lens.heads}, ks=args.k,
-                                alpha=args.alpha, pool=acts.heads, n_random=args.n_random, seed=args.seed,
+                                alpha=args.alpha, control_pool=acts.heads, n_random=args.n_random, seed=args.seed,
                                 progress=not args.quiet and ctx.is_main)
     timings["edits_s"] = time.perf_counter() - start
     info = {"n_prompts": acts.n_prompts, "n_eval": n_eval, "somp_top": [list(h) for h in somp_heads[:max(args.k)]],

@@ -1,4 +1,11 @@
-"""The architecture layer: norm conventions from behaviour, unembeddings, wrappers, registration."""
+"""The architecture layer, for every declared family.
+
+Every registered architecture is restated by hand in ``helpers.KNOWN`` (one row per
+tiny model); for every row, hp_mini's declaration must agree with the restated facts,
+the heads must add up to what the attention really adds to the residual stream,
+``scale_heads`` must be the hand edit, and the final norm must be described exactly.
+Then: norm conventions read from behaviour, registration, and the real Gemma-3-270M.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,109 @@ import torch
 from torch import nn
 
 import hp_mini
-from hp_mini.model.architectures import Norm
-from helpers import CharTokenizer, tiny_model
+from hp_mini.model.architectures import Norm, heads_function, registered_architectures
+from helpers import (
+    KNOWN,
+    CharTokenizer,
+    at,
+    check_final_norm_folding,
+    check_heads_sum_to_the_residual_write,
+    check_pooled_heads_sum_to_the_pooled_write,
+    check_scale_heads_is_the_hand_edit,
+    inputs_for,
+    multiplier,
+    tiny_model,
+    without_facts,
+)
+
+# --------------------------------------------------------------------------- #
+# Every registered architecture has its facts restated
+# --------------------------------------------------------------------------- #
+
+
+# Read when the tests are collected, before any test registers an architecture of its own.
+@pytest.mark.parametrize("name, kind", list(registered_architectures().items()))
+def test_every_registered_architecture_has_restated_facts(name, kind):
+    assert not without_facts({name: kind}), (
+        f"{name!r} is declared in hp_mini ({kind}) but no row of helpers.KNOWN restates it: "
+        "add its tiny model and facts there"
+    )
+
+
+def test_an_architecture_registered_without_facts_is_named():
+    registered = {"llama": "text", "made_up": "text", "llava": "text", "open_clip.model.CLIP": "heads"}
+    assert without_facts(registered) == ["made_up", "llava"]  # llava is restated as a wrapper, not a text family
+
+
+# --------------------------------------------------------------------------- #
+# Every row: the declaration, the exact split into heads, editing, the final norm
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module", params=list(KNOWN))
+def arch_model(request):
+    return request.param, tiny_model(request.param)
+
+
+def test_declaration_matches_the_restated_facts(arch_model):
+    arch, model = arch_model
+    known = KNOWN[arch]
+    layers = at(model, known.layers)
+    sites = hp_mini.attention_heads(model)
+    assert len(layers) == known.n_layers
+    assert [s.module for s in sites] == [at(layer, known.out_proj) for layer in layers]
+    assert [(s.n_heads, s.d_head) for s in sites] == [known.heads] * known.n_layers
+    for site, layer in zip(sites, layers):
+        post_norm = None if site.post_norm is None else (site.post_norm.module, site.post_norm.convention)
+        stated = None if known.post_norm_gain is None else (at(layer, known.adds), known.post_norm_gain)
+        assert post_norm == stated
+        assert torch.equal(torch.as_tensor(site.multiplier), torch.as_tensor(multiplier(model, arch, site.layer)))
+    if known.images:
+        assert f"{type(model).__module__}.{type(model).__qualname__}" == known.family
+        listing = heads_function(model)
+        assert listing is not None, f"no function listing the heads of {known.family} is declared"
+        assert [s.module for s in listing(model)] == [s.module for s in sites]
+        final = Norm.of(at(model, known.final_norm))
+    else:
+        parts = hp_mini.model_parts(model)
+        assert (model.config.model_type, parts.family) == (known.wrapper or known.family, known.family)
+        assert [parts.mlp_write(i) for i in range(len(layers))] == [at(layer, known.mlp_adds) for layer in layers]
+        assert parts.parallel == known.parallel
+        final = parts.final_norm
+        assert final.module is at(model, known.final_norm)
+        assert (parts.unembedding.scale, parts.unembedding.softcap) == (known.logit_scale, known.softcap)
+        assert (parts.image_token_id, parts.needs_token_type_ids) == (known.image_token, known.token_type_ids)
+    assert (final.kind, final.convention) == (known.final_norm_kind, known.final_norm_gain)
+
+
+def test_heads_sum_to_the_residual_write_at_every_position(arch_model):
+    check_heads_sum_to_the_residual_write(arch_model[1], arch_model[0])
+
+
+def test_pooled_heads_sum_to_the_pooled_residual_write(arch_model):
+    check_pooled_heads_sum_to_the_pooled_write(arch_model[1], arch_model[0])
+
+
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 5.0])
+def test_scale_heads_equals_a_hand_edit_of_the_residual(arch_model, alpha):
+    check_scale_heads_is_the_hand_edit(arch_model[1], arch_model[0], alpha)
+
+
+def test_final_norm_folding_equals_the_model_norm(arch_model):
+    check_final_norm_folding(arch_model[1], arch_model[0])
+
+
+@pytest.mark.parametrize("arch", [arch for arch, known in KNOWN.items() if known.images])
+def test_split_open_clip_heads_equal_pytorch_attention(arch):
+    from hp_mini.model.open_clip import head_split_error
+
+    errors = head_split_error(tiny_model(arch), inputs_for(arch))
+    assert len(errors) == KNOWN[arch].n_layers and max(errors) < 1e-5
+
+
+# --------------------------------------------------------------------------- #
+# Norms described by behaviour, writes of the MLPs, registration
+# --------------------------------------------------------------------------- #
 
 
 def _norm_class(module: str, name: str):
@@ -70,26 +178,6 @@ def test_the_model_type_name_does_not_decide_the_convention():
     torch.testing.assert_close(folded.atoms, model.lm_head.weight.detach() * model.model.norm.weight.detach())
 
 
-@pytest.mark.parametrize("arch, scale, softcap", [("granite", 0.25, None), ("gemma2", 1.0, 30.0),
-                                                  ("gemma3_text", 1.0, None), ("llama", 1.0, None)])
-def test_the_unembedding_carries_logit_scaling_and_soft_caps(arch, scale, softcap):
-    un = hp_mini.model_parts(tiny_model(arch)).unembedding
-    assert (un.scale, un.softcap) == (scale, softcap)
-
-
-@pytest.mark.parametrize("arch, image_token, token_types", [
-    ("llava", 96, False), ("qwen2_vl", 151655, False), ("gemma3", 262144, True), ("llama", None, False),
-])
-def test_wrappers_declare_image_tokens_and_token_type_ids(arch, image_token, token_types):
-    parts = hp_mini.model_parts(tiny_model(arch))
-    assert parts.image_token_id == image_token and parts.needs_token_type_ids == token_types
-
-
-def test_parallel_blocks_are_read_from_the_config():
-    assert hp_mini.model_parts(tiny_model("gpt_neox")).parallel
-    assert not hp_mini.model_parts(tiny_model("gpt_neox_sequential")).parallel
-
-
 def test_mlp_writes_add_up_with_the_attention_writes_to_the_residual_stream():
     """Embedding + every attention write + every MLP write == the final residual (Gemma 2, post-norm)."""
     model = tiny_model("gemma2")
@@ -118,3 +206,31 @@ def test_register_architecture_refuses_incomplete_declarations():
         hp_mini.register_architecture("half", layers="model.layers")
     with pytest.raises(ValueError, match="layout must be"):
         hp_mini.register_architecture("odd", layers="model.layers", out_proj="o", layout="columns")
+
+
+# --------------------------------------------------------------------------- #
+# The real Gemma-3-270M (embedded model, converted once by `make`)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def gemma3_270m():
+    model, _ = hp_mini.load_model("gemma3-270m")
+    return model
+
+
+@pytest.mark.slow
+def test_real_gemma3_heads_sum_to_the_residual_write(gemma3_270m):
+    check_heads_sum_to_the_residual_write(gemma3_270m, "gemma3_text")
+    check_pooled_heads_sum_to_the_pooled_write(gemma3_270m, "gemma3_text")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alpha", [-1.0, 0.0, 5.0])
+def test_real_gemma3_scale_heads_equals_a_hand_edit_of_the_residual(gemma3_270m, alpha):
+    check_scale_heads_is_the_hand_edit(gemma3_270m, "gemma3_text", alpha)
+
+
+@pytest.mark.slow
+def test_real_gemma3_final_norm_folding(gemma3_270m):
+    check_final_norm_folding(gemma3_270m, "gemma3_text")

@@ -259,7 +259,7 @@ def test_chapter_opens_with_objectives_run_time_and_the_paper(name: str):
     assert "HP_BOOK_QUICK" in top or "No quick mode is needed" in top
     assert "basile2025headpursuit" in top and "arxiv.org/abs/2510.21518" in top
     first = _code_cells(text)[0]
-    assert '"TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS"' in first, "progress bars off first"
+    assert "QUICK = hp_mini.viz.page.setup(" in first, "the page is set up first"
     if "HP_BOOK_QUICK=1" in top:
         # quick mode changes the number of random draws, and the default keeps the paper's 10;
         # a chapter that shows shipped random draws instead skips live work in quick mode
@@ -267,6 +267,42 @@ def test_chapter_opens_with_objectives_run_time_and_the_paper(name: str):
     if name != "intro":
         assert re.search(r"(?m)^## Summary\n", text), "a summary at the end"
         assert text.rstrip().split("\n## ")[-1].startswith("Summary")
+
+
+def test_every_page_is_set_up_by_the_one_library_call():
+    """The first code cell of every page calls hp_mini.viz.page.setup, and no page sets up
+    progress bars, warnings or threads by hand (the call does it, also in a downloaded
+    notebook)."""
+    pages = [p for p in sorted((ROOT / "book").glob("*.md")) if _code_cells(p.read_text())]
+    assert len(pages) >= 11
+    for page in pages:
+        cells = _code_cells(page.read_text())
+        assert "hp_mini.viz.page.setup(" in cells[0], f"{page.name}: the first cell sets up the page"
+        code = "\n".join(cells)
+        for by_hand in ("TQDM_DISABLE", "tqdm.auto.tqdm =", "warnings.filterwarnings(",
+                        "getLogger().addFilter(", 'os.environ.get("HP_BOOK_QUICK"'):
+            assert by_hand not in code, f"{page.name} sets up {by_hand!r} by hand"
+
+
+def _defined_functions(text: str) -> set[str]:
+    """The functions a chapter defines, less its exercises (a learner's skeleton cell is
+    tagged skip-execution, and the solution defines the same name again)."""
+    names, exercises = set(), set()
+    for cell in re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, flags=re.S):
+        defined = set(re.findall(r"(?m)^def (\w+)\(", cell))
+        (exercises if "skip-execution" in cell else names).update(defined)
+    return names - exercises
+
+
+def test_no_helper_is_defined_in_two_chapters():
+    """A helper two chapters need lives once, in hp_mini (e.g. HeadRanking.skip_layers,
+    hp_mini.rank.ranking.evr_grid, hp_mini.rank.compare.jaccard)."""
+    where: dict[str, list[str]] = {}
+    for chapter in sorted((ROOT / "book").glob("*.md")):
+        for name in _defined_functions(chapter.read_text()):
+            where.setdefault(name, []).append(chapter.name)
+    twice = {name: pages for name, pages in where.items() if len(pages) > 1}
+    assert not twice, f"move these helpers into hp_mini: {twice}"
 
 
 def test_code_lines_fit_the_page():
@@ -306,9 +342,9 @@ def test_intro_has_the_pipeline_figure_and_explains_labels():
 def test_widget_tables_keep_line_breaks_and_whole_words():
     import pandas as pd
 
-    from hp_mini.viz.widgets import _table_html
+    from hp_mini.viz.markup import table_html
 
-    table = _table_html(pd.DataFrame({"with edit": ["Paris.\nB: <b>", "x"], "n": [1, 2]}))
+    table = table_html(pd.DataFrame({"with edit": ["Paris.\nB: <b>", "x"], "n": [1, 2]}))
     assert "Paris.<br>B: &lt;b&gt;" in table  # a real line break, the text still escaped
     assert "\\n" not in table
     assert "word-break" not in table and "overflow-wrap: break-word" in table

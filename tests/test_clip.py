@@ -216,6 +216,29 @@ def test_record_image_heads_pools_and_validates():
         record_image_heads(model, processor, IMAGES, pool="mean")
     with pytest.raises(IndexError, match="out of range"):
         record_image_heads(model, processor, IMAGES, layers=[9])
+    with pytest.raises(ValueError, match=r"store must be 'samples' or 'moments', got 'all'"):
+        record_image_heads(model, processor, IMAGES, store="all")
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        record_image_heads(model, processor, IMAGES, batch_size=0)
+    with pytest.raises(ValueError, match="got 3 prompts for 2 images"):
+        record_image_heads(model, processor, IMAGES, prompts=["a", "b", "c"])
+
+
+def test_record_image_heads_old_keyword_texts_warns_and_names_prompts():
+    model, processor = _split_model()
+    with pytest.warns(DeprecationWarning, match="'texts' is now called 'prompts'; write prompts="):
+        acts = record_image_heads(model, processor, IMAGES, texts=["a red square", "a blue circle"])
+    assert acts.prompts == ["a red square", "a blue circle"]
+
+
+def test_image_batches_give_the_rows_of_images_recorded_one_at_a_time():
+    # The core takes the images batch_size at a time; batching must not change any row.
+    model, processor = _split_model()
+    for space in ("residual", "joint"):
+        together = record_image_heads(model, processor, IMAGES, space=space, batch_size=2)
+        alone = record_image_heads(model, processor, IMAGES, space=space, batch_size=1)
+        torch.testing.assert_close(together.z, alone.z, rtol=1e-5, atol=1e-6)
+        assert torch.equal(together.W_O, alone.W_O)
 
 
 # --------------------------------------------------------------------------- #

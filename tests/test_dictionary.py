@@ -87,8 +87,9 @@ def test_words_the_tokenizer_does_not_know_are_left_out_with_a_warning():
     tok = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
     model = tiny_model("llama")
     # "Gallia Nova" splits into [Gallia, <unk>]: its first piece would otherwise stand for it
-    with pytest.warns(RuntimeWarning, match=r"unknown token '<unk>'.*\['Atlantis', 'Gallia Nova'\]"):
+    with pytest.warns(RuntimeWarning, match=r"unknown token '<unk>'.*\['Atlantis', 'Gallia Nova'\]") as caught:
         dic = hp_mini.unembedding_dictionary(model, tok, ["France", "Atlantis", "Chad", "Gallia Nova"])
+    assert caught[0].filename == __file__, "the warning points at the caller's line"
     assert dic.token_ids.tolist() == [1, 2] and dic.words == ["France", "Chad"]
     assert dic.missing == ["Atlantis", "Gallia Nova"]
     with pytest.warns(RuntimeWarning, match="Atlantis"), pytest.raises(ValueError, match="none of the words"):
@@ -178,3 +179,25 @@ def test_random_atoms_rejects_bad_sizes_and_pools():
     with pytest.raises(ValueError, match="integer"):
         random_atoms(full, 1.5)
     assert random_atoms(full, 2).token_ids is None
+
+
+def test_copy_scores_takes_the_old_keyword_texts_with_a_deprecation_warning():
+    import warnings
+
+    from helpers import CharTokenizer
+    from hp_mini.read.copying import copy_scores
+
+    model = tiny_model("llama")
+    U = torch.randn(model.config.vocab_size, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    new = copy_scores(model, CharTokenizer(), prompts=["abcd", "efgh"], unembedding=U, batch_size=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = copy_scores(model, CharTokenizer(), texts=["abcd", "efgh"], unembedding=U, batch_size=1)
+    assert [w.category for w in caught] == [DeprecationWarning]
+    assert "'texts' is now called 'prompts'; write prompts=" in str(caught[0].message)
+    assert caught[0].filename == __file__
+    assert torch.equal(old.scores, new.scores) and torch.equal(old.baseline, new.baseline)
+    with pytest.raises(TypeError, match="give prompts= only"):
+        copy_scores(model, CharTokenizer(), texts=["abcd"], prompts=["abcd"], unembedding=U)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        copy_scores(model, CharTokenizer(), ["abcd"], U, batch_size=2.5)

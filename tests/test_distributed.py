@@ -232,6 +232,23 @@ def test_bad_recording_arguments(tiny):
         record_stream(model, tok, ["a b"], store="all", progress=False)
 
 
+def test_record_stream_refuses_pool_none_and_points_to_record_heads(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match=r"pool must be .*record_heads\(\.\.\., pool=None\)"):
+        record_stream(model, tok, ["a b"], pool=None, progress=False)
+
+
+def test_a_bad_prompt_in_a_later_chunk_is_named_by_its_index_in_the_stream():
+    from helpers import CharTokenizer, tiny_model
+
+    gpt2 = tiny_model("gpt2")  # learned absolute positions: 64
+    prompts = ["a", "b", "c", "d", "e", "x" * 70, "f"]
+    with pytest.raises(ValueError, match="prompt 5 has 70 tokens, more than the 64 positions"):
+        record_stream(gpt2, CharTokenizer(), iter(prompts), batch_size=2, chunk_batches=1, progress=False)
+    with pytest.raises(ValueError, match="prompt 3 of the stream is empty"):
+        record_stream(gpt2, CharTokenizer(), iter(["a", "b", "c", "", "d"]), batch_size=2, progress=False)
+
+
 def test_bad_ranking_arguments(tiny):
     model, tok = tiny
     moments = record_stream(model, tok, concept_prompts(4), progress=False)
@@ -304,7 +321,7 @@ def test_merged_shards_are_the_whole_recording(tiny, store):
               for i in (0, 4, 8)]
     merged = HeadActivations.concatenate(shards)
     assert merged.n_prompts == whole.n_prompts == 10 and merged.layers == whole.layers
-    assert torch.equal(merged.W_O, whole.W_O) and merged.texts == whole.texts == texts
+    assert torch.equal(merged.W_O, whole.W_O) and merged.prompts == whole.prompts == texts
     if store == "samples":
         assert merged.moments is None and torch.equal(merged.z, whole.z)
     else:

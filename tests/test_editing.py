@@ -1,7 +1,7 @@
 """scale_heads: identity at alpha=1, equal to hand edits, clean hooks, nesting, modes, errors.
 
-Exactness against a hand edit of the residual stream on every family is in the
-``test_arch_<family>.py`` files."""
+Exactness against a hand edit of the residual stream, for every family, is in
+``test_architectures.py``."""
 
 from __future__ import annotations
 
@@ -141,8 +141,28 @@ def test_scale_heads_without_with_warns_and_refuses_to_be_a_flag():
 
 def test_heads_of_another_model_instance_are_refused():
     model, other = tiny_model("llama"), tiny_model("llama", seed=1)
-    with pytest.raises(ValueError, match="heads= holds the heads of another model"):
-        hp_mini.scale_heads(model, {(0, 1): -1.0}, heads=hp_mini.attention_heads(other))
+    with pytest.raises(ValueError, match="sites= holds the heads of another model"):
+        hp_mini.scale_heads(model, {(0, 1): -1.0}, sites=hp_mini.attention_heads(other))
+
+
+def test_scale_heads_takes_the_old_keyword_heads_with_a_deprecation_warning():
+    model = tiny_model("llama")
+    sites = hp_mini.attention_heads(model)
+    with torch.no_grad(), hp_mini.scale_heads(model, {(0, 1): -1.0}, sites=sites):
+        want = model(IDS).logits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        edit = hp_mini.scale_heads(model, {(0, 1): -1.0}, heads=sites)
+    assert [w.category for w in caught] == [DeprecationWarning]
+    assert "scale_heads: the keyword 'heads' is now called 'sites'; write sites=" in str(caught[0].message)
+    assert caught[0].filename == __file__
+    with torch.no_grad(), edit:
+        got = model(IDS).logits
+    assert torch.equal(got, want)
+    with torch.no_grad():
+        assert not torch.equal(model(IDS).logits, want), "the edit changed nothing: the test cannot tell"
+    with pytest.raises(TypeError, match="give sites= only"):
+        hp_mini.scale_heads(model, {(0, 1): -1.0}, heads=sites, sites=sites)
 
 
 def test_a_list_of_heads_without_alphas_says_how_to_pass_them():

@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,7 @@ def test_evaluate_head_edits_table_and_controls(tiny):
     pool = [(layer, head) for layer in range(3) for head in range(4)]
     somp = [(2, 1), (1, 0), (2, 3), (0, 0)]
     lens = [(0, 2), (1, 1), (2, 0)]
-    table = evaluate_head_edits(tiny, evaluate, {"SOMP": somp, "logit lens": lens}, ks=[1, 2], pool=pool,
+    table = evaluate_head_edits(tiny, evaluate, {"SOMP": somp, "logit lens": lens}, ks=[1, 2], control_pool=pool,
                                 n_random=3, seed=1, progress=False)
     # 1 unedited + per k: 2 selections + each distinct random draw once (draws can repeat)
     random_rows = table[(table.method == "random") & (table.metric == "logit")]
@@ -99,14 +100,74 @@ def test_evaluate_head_edits_table_and_controls(tiny):
         evaluate_keeping.seen = result["logit"]
         return result
 
-    kept = evaluate_head_edits(tiny, evaluate_keeping, {"SOMP": somp}, ks=[2], pool=pool, n_random=2, seed=1,
-                               keep="seen", progress=False)
+    kept = evaluate_head_edits(tiny, evaluate_keeping, {"SOMP": somp}, ks=[2], control_pool=pool, n_random=2,
+                               seed=1, keep="seen", progress=False)
     outputs = kept.attrs["outputs"]
     assert set(outputs) == {("unedited", 0, 0), ("SOMP", 2, 0), ("random", 2, 0), ("random", 2, 1)}
     assert outputs[("SOMP", 2, 0)] == pytest.approx(want)
     # the model is unedited again afterwards
     with torch.no_grad():
         assert float(tiny(ids).logits[0, -1, 3]) == base
+
+
+def test_evaluate_head_edits_takes_the_old_keywords_pool_and_heads_with_a_deprecation_warning(tiny):
+    def evaluate():
+        with torch.no_grad():
+            return {"logit": float(tiny(torch.tensor([[1, 5, 7]])).logits[0, -1, 3])}
+
+    pool = [(layer, head) for layer in range(3) for head in range(4)]
+    sites = hp_mini.attention_heads(tiny)
+    new = evaluate_head_edits(tiny, evaluate, {"a": [(2, 1), (1, 0)]}, ks=[2], control_pool=pool, n_random=2,
+                              sites=sites, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = evaluate_head_edits(tiny, evaluate, {"a": [(2, 1), (1, 0)]}, ks=[2], pool=pool, n_random=2,
+                                  heads=sites, progress=False)
+    assert [w.category for w in caught] == [DeprecationWarning, DeprecationWarning]
+    heads_message, pool_message = sorted(str(w.message) for w in caught)
+    assert "'heads' is now called 'sites'; write sites=" in heads_message
+    assert "'pool' is now called 'control_pool'; write control_pool=" in pool_message
+    assert all(w.filename == __file__ for w in caught), "the warning must point at the caller's line"
+    pd.testing.assert_frame_equal(old, new)
+    assert set(old.method) == {"unedited", "a", "random"}
+    with pytest.raises(TypeError, match="give control_pool= only"):
+        evaluate_head_edits(tiny, evaluate, {"a": [(2, 1)]}, ks=[1], pool=pool, control_pool=pool, progress=False)
+
+
+def test_qa_evaluator_scores_the_first_line_per_group_and_keeps_the_predictions(monkeypatch):
+    import hp_mini.experiments.evaluators as ev
+
+    asked = []
+
+    def fake_generate(model, tokenizer, prompts, **kwargs):
+        asked.append((list(prompts), kwargs))
+        return [" Paris\nQ: next", " the Rome", " June"]
+
+    monkeypatch.setattr(ev, "generate", fake_generate)
+    evaluate = ev.qa_evaluator(None, None, ["Q1", "Q2", "Q3"], [["Paris"], ["Madrid"], ["June", "July"]],
+                               ["country", "country", "other"], prefix="P:", keep_predictions=True)
+    scores = evaluate()
+    assert asked == [(["P:Q1", "P:Q2", "P:Q3"], {"max_new_tokens": 6, "batch_size": 128, "stop": "\n",
+                                                 "share_prefixes": True})]
+    assert scores == {"f1": pytest.approx(2 / 3), "f1_country": 0.5, "f1_other": 1.0}
+    assert evaluate.predictions == ["Paris", "the Rome", "June"]
+    assert evaluate.per_prompt["f1"].tolist() == [1.0, 0.0, 1.0] and evaluate.per_prompt["f1_other"].tolist() == [1.0]
+    assert not hasattr(ev.qa_evaluator(None, None, ["Q"], [["A"]]), "predictions")
+    with pytest.raises(ValueError, match="2 prompts but 1 answer lists"):
+        ev.qa_evaluator(None, None, ["Q1", "Q2"], [["A"]])
+
+
+def test_toxicity_evaluator_keeps_the_generations_only_when_asked(monkeypatch):
+    import hp_mini.experiments.evaluators as ev
+
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: [" a pig", " nice"])
+    monkeypatch.setattr(ev, "toxicity_scores", lambda t: np.array([[0.9] + [0] * 5, [0.1] + [0] * 5]))
+    kept = ev.toxicity_evaluator(None, None, ["a", "b"], ["pig"], second_classifier=False, keep_generations=True)
+    scores = kept()
+    assert kept.generations == [" a pig", " nice"]
+    assert scores == {"toxic_fraction": 0.5, "toxicity": 0.5, "lexical": 0.5, "toxic_count": 1.0, "lexical_hits": 1.0}
+    plain = ev.toxicity_evaluator(None, None, ["a", "b"], ["pig"], second_classifier=False)
+    assert plain() == scores and not hasattr(plain, "generations")
 
 
 def test_summaries(tiny):

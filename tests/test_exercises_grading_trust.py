@@ -316,7 +316,7 @@ def _round_trip(value):
 def test_answers_read_back_are_rebuilt_without_pickle():
     g = torch.Generator().manual_seed(0)
     acts = HeadActivations(z=torch.randn(3, 2, 2, 4, generator=g), W_O=torch.randn(2, 2, 6, 4, generator=g),
-                           bias=None, layers=[0, 1], texts=["a", "b", "c"])
+                           bias=None, layers=[0, 1], prompts=["a", "b", "c"])
     D = torch.nn.functional.normalize(torch.randn(10, 6, dtype=torch.float64, generator=g), dim=1)
     pursuit = omp(D[2] + D[7], D, n_atoms=2)
     ranking = HeadRanking(heads=[(1, 0), (0, 1)], scores=torch.tensor([0.5, 0.25]), method="somp",
@@ -327,7 +327,7 @@ def test_answers_read_back_are_rebuilt_without_pickle():
              "fn": len, "words": pd.Series(["x", "y"], name="w")}
     back = _round_trip(value)
     assert isinstance(back["acts"], HeadActivations) and torch.equal(back["acts"].z, acts.z)
-    assert back["acts"].layers == [0, 1] and back["acts"].texts == ["a", "b", "c"] and back["acts"].bias is None
+    assert back["acts"].layers == [0, 1] and back["acts"].prompts == ["a", "b", "c"] and back["acts"].bias is None
     assert isinstance(back["ranking"], HeadRanking) and back["ranking"].heads == [(1, 0), (0, 1)]
     assert torch.equal(back["ranking"].results[(1, 0)].atoms, pursuit.atoms)
     pd.testing.assert_frame_equal(back["frame"], frame)

@@ -106,6 +106,17 @@ def test_name_mover_matches_an_independent_hook(smollm2):
         check("heads.name_mover", "layer 3", quiet=True)
 
 
+def test_direct_head_logits_is_the_logit_lens_of_the_last_position(smollm2):
+    from hp_mini.exercises.heads import NAME_MOVER_PROMPT, direct_head_logits
+
+    model, tok = smollm2
+    by_hook = direct_logits_by_hook(model, tok, NAME_MOVER_PROMPT, " Mary").double()
+    got = direct_head_logits(NAME_MOVER_PROMPT, " Mary")
+    assert got.shape == by_hook.shape == (30, 9)
+    torch.testing.assert_close(got, by_hook, rtol=1e-4, atol=1e-4)
+    assert torch.equal(got.flatten().argsort(descending=True)[:5], by_hook.flatten().argsort(descending=True)[:5])
+
+
 def test_post_norm_ablation_rejects_malformed_answers_before_any_model_runs():
     with pytest.raises(ExerciseError, match="keys 'head'"):
         check("heads.post_norm_ablation", {"head": (0, 0), "residual": 0.1}, quiet=True)

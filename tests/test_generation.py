@@ -12,7 +12,7 @@ import torch
 import hp_mini
 import hp_mini.edit.generation as generation
 from helpers import TEXT_ARCHITECTURES, CharTokenizer, tiny_model
-from hp_mini.edit.generation import _prefix_tree, _tree_ready, _tree_support
+from hp_mini.edit.tree import generate_tree, prefix_tree, tree_support
 
 
 class Tokenizer(CharTokenizer):
@@ -42,7 +42,7 @@ def _both(model, tok, prompts, **kw):
 
 
 def test_prefix_tree_shares_tokens():
-    tokens, depth, parent, paths = _prefix_tree([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2]])
+    tokens, depth, parent, paths = prefix_tree([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2]])
     assert tokens == [1, 2, 3, 4, 5] and depth == [0, 1, 2, 2, 1] and parent == [-1, 0, 1, 1, 0]
     assert paths == [[0, 1, 2], [0, 1, 3], [0, 4], [0, 1]]
 
@@ -59,13 +59,13 @@ def test_shared_prefixes_give_the_same_continuations(arch):
 def tree_calls(monkeypatch):
     """Counts the calls of the shared-prefix path; warnings about it are shown afresh."""
     calls = []
-    real = generation._generate_tree
+    real = generation.generate_tree
 
     def counted(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(generation, "_generate_tree", counted)
+    monkeypatch.setattr(generation, "generate_tree", counted)
     monkeypatch.setattr(generation, "_WARNED", set())
     return calls
 
@@ -98,9 +98,9 @@ def test_the_cache_keyword_is_found_by_trying(tree_calls):
 
     inner, tok = tiny_model("llama"), Tokenizer()
     old = OldStyle(inner)
-    assert _tree_support(old).cache_keyword == "past_key_values"
+    assert tree_support(old).cache_keyword == "past_key_values"
     if "cache" in inspect.signature(inner.forward).parameters:  # transformers >= 5.24: never the deprecated name
-        assert _tree_support(inner).cache_keyword == "cache"
+        assert tree_support(inner).cache_keyword == "cache"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = hp_mini.generate(old, tok, PROMPTS, max_new_tokens=6, share_prefixes=True)
@@ -165,7 +165,7 @@ def test_a_model_that_takes_no_cache_says_so(tree_calls):
         return real(*args, **kwargs)
 
     model.forward = no_cache
-    support = _tree_support(model)
+    support = tree_support(model)
     assert support.reason is not None and "takes no key/value cache" in support.reason
     assert "cache=" in support.reason and "past_key_values=" in support.reason
 
@@ -260,8 +260,6 @@ def test_edits_apply_on_the_shared_prefix_path(arch):
     ids = torch.tensor([tok._ids(PROMPTS[0])])
     with hp_mini.scale_heads(model, edits), torch.no_grad():
         want = model(ids).logits[0, -1]
-        from hp_mini.edit.generation import _generate_tree
-
         seen = {}
         orig = model.forward
 
@@ -273,7 +271,8 @@ def test_edits_apply_on_the_shared_prefix_path(arch):
 
         model.forward = spy
         try:
-            _generate_tree(model, tok, [PROMPTS[0], PROMPTS[1]], 1, 8, lambda t: True, _tree_support(model))
+            prompt_ids = tok([PROMPTS[0], PROMPTS[1]])["input_ids"]
+            generate_tree(model, prompt_ids, 1, 8, lambda t: True, tree_support(model))
         finally:
             del model.forward
     got = seen["first"][0, 0]  # logits_to_keep: rows follow the prompts in sorted order; PROMPTS[0] < PROMPTS[1]

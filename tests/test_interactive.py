@@ -16,6 +16,7 @@ import hp_mini
 from hp_mini.record.activations import HeadActivations, HeadMoments
 from hp_mini.read.dictionary import Dictionary
 from hp_mini.viz.interactive import RankingHeatmap, logit_lens_atoms, ranking_heatmap
+from hp_mini.viz.markup import VIRIDIS, colour
 
 #: Token strings a page must show as text, never as markup.
 NASTY = ['</script><script>alert(1)</script>', 'a & b', '"quoted"', "it's", "new\nline", "<!--", "\u2028"]
@@ -104,20 +105,20 @@ def test_embedded_data_equals_the_rankings(rankings):
     parts = parse(page)
     assert len(parts.data) == 1
     data = json.loads(parts.data[0])
-    assert [(h["layer"], h["head"]) for h in data["heads"]] == sorted(acts.heads)
+    assert [(h["layer"], h["head"]) for h in data["cells"]] == sorted(acts.heads)
     assert data["layers"] == [0, 1, 2, 3] and data["n_heads"] == 5
     n = len(somp)
     for position, (h, s) in enumerate(zip(somp.heads, somp.scores.tolist())):
-        entry = next(e for e in data["heads"] if (e["layer"], e["head"]) == h)
+        entry = next(e for e in data["cells"] if (e["layer"], e["head"]) == h)
         assert entry["label"] == f"L{h[0]}H{h[1]}"
         assert entry["somp"] == s and entry["somp_rank"] == position + 1
         assert entry["somp_atoms"] == somp.results[h].ordered_labels[:3]
     for position, (h, s) in enumerate(zip(lens.heads, lens.scores.tolist())):
-        entry = next(e for e in data["heads"] if (e["layer"], e["head"]) == h)
+        entry = next(e for e in data["cells"] if (e["layer"], e["head"]) == h)
         assert entry["lens"] == s and entry["lens_rank"] == position + 1
         assert entry["lens_atoms"] == lens_atoms[h]
-    assert data["heads"][data["start"]]["label"] == hp_mini.head_label(*somp.heads[0])
-    assert sorted(e["somp_rank"] for e in data["heads"]) == list(range(1, n + 1))
+    assert data["cells"][data["start"]]["label"] == hp_mini.head_label(*somp.heads[0])
+    assert sorted(e["somp_rank"] for e in data["cells"]) == list(range(1, n + 1))
     # Each map has one cell per head, with its label in the tooltip.
     for key in ("somp", "lens"):
         assert page.count(f'data-metric="{key}"') == 1
@@ -134,7 +135,7 @@ def test_tokens_are_escaped(rankings):
     parts = parse(page)
     assert len(parts.scripts) == 1  # the injected "<script>alert(1)" is not a script
     data = json.loads(parts.data[0])
-    assert all(h["lens_atoms"] == NASTY for h in data["heads"])
+    assert all(h["lens_atoms"] == NASTY for h in data["cells"])
 
 
 def test_every_rendering_has_its_own_ids(rankings):
@@ -262,11 +263,9 @@ def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Pat
 
 
 def test_somp_vmax_caps_the_colour_scale_not_the_scores(rankings):
-    from hp_mini.viz.interactive import _VIRIDIS, _colour
-
     acts, dic, somp, lens = rankings
     atoms = logit_lens_atoms(acts, dic)
-    top = f'fill="{_colour(_VIRIDIS, 1.0)}"'
+    top = f'fill="{colour(VIRIDIS, 1.0)}"'
     plain = ranking_heatmap(somp, lens, atoms).html()
     cap = float(somp.scores.median())
     capped = ranking_heatmap(somp, lens, atoms, somp_vmax=cap).html()

@@ -27,7 +27,7 @@ def synthetic_acts(n=40, layers=(0, 1, 2), n_heads=4, d_head=6, d_model=20, v=12
 def moments_only(acts: HeadActivations) -> HeadActivations:
     z = acts.z.double()
     m = HeadMoments(z.shape[0], z.sum(0), torch.einsum("nlhk,nlhj->lhkj", z, z))
-    return HeadActivations(None, acts.W_O, acts.bias, list(acts.layers), m, list(acts.texts))
+    return HeadActivations(None, acts.W_O, acts.bias, list(acts.layers), m, list(acts.prompts))
 
 
 @pytest.mark.filterwarnings("ignore:L1H2. the residual is zero after 3 atoms")
@@ -118,7 +118,7 @@ def _rank(acts, D, method):
 @pytest.mark.parametrize("n", [0, 1])
 def test_rank_heads_needs_at_least_two_prompts(method, n):
     acts, D = synthetic_acts()
-    few = HeadActivations(acts.z[:n], acts.W_O, None, list(acts.layers), None, list(acts.texts[:n]))
+    few = HeadActivations(acts.z[:n], acts.W_O, None, list(acts.layers), None, list(acts.prompts[:n]))
     with pytest.raises(ValueError, match=f"at least 2 prompts, got {n}"):
         _rank(few, D, method)
     with pytest.raises(ValueError, match=f"at least 2 prompts, got {n}"):
@@ -322,3 +322,64 @@ def test_grid_places_every_score_at_its_head():
     with pytest.raises(ValueError, match="outside a 2 x 4 grid"):
         ranking.grid(2, 4)
     assert HeadRanking([], torch.zeros(0), "somp").grid(2, 2).abs().sum() == 0
+
+
+def test_skip_layers_leaves_the_first_layers_out_in_order():
+    acts, D = synthetic_acts()
+    ranking = hp_mini.rank_heads(acts, D, n_atoms=3, progress=False)
+    later = ranking.skip_layers(1)
+    want = [(i, h) for i, h in enumerate(ranking.heads) if h[0] >= 1]
+    assert later.heads == [h for _, h in want] and len(later) == 8
+    assert torch.equal(later.scores, ranking.scores[[i for i, _ in want]])
+    assert later.method == "somp" and list(later.results) == later.heads
+    assert later.top(3) == [h for h in ranking.heads if h[0] >= 1][:3]
+    assert ranking.skip_layers(0).heads == ranking.heads
+    assert len(ranking.skip_layers(np.int64(3))) == 0  # past the last layer: no heads
+    lens = hp_mini.rank_heads(acts, D, method="logit_lens", progress=False)
+    assert lens.skip_layers(2).results is None and {h[0] for h in lens.skip_layers(2).heads} == {2}
+
+
+def test_skip_layers_rejects_a_negative_or_non_integer_count():
+    acts, D = synthetic_acts()
+    ranking = hp_mini.rank_heads(acts, D, method="logit_lens", progress=False)
+    with pytest.raises(ValueError, match="n_layers must be at least 0"):
+        ranking.skip_layers(-1)
+    for bad in (1.0, True, "1"):
+        with pytest.raises(TypeError, match="n_layers must be an integer"):
+            ranking.skip_layers(bad)
+
+
+def test_evr_grid_is_the_evr_of_each_head_at_its_layer_and_head():
+    from hp_mini.rank.ranking import evr_grid
+
+    acts, D = synthetic_acts()
+    grid = evr_grid(acts, D, n_atoms=3, criterion="l2", progress=False)
+    ranking = hp_mini.rank_heads(acts, D, n_atoms=3, criterion="l2", progress=False)
+    want = torch.zeros(3, 4)
+    for (layer, head), result in ranking.results.items():
+        want[layer, head] = float(result.evr[-1])
+    assert grid.shape == (3, 4) and torch.equal(grid, want)
+    assert grid[1, 2] == grid.max() and grid[1, 2] > 0.99  # the planted head
+
+
+def test_evr_grid_keeps_rows_for_layers_not_recorded():
+    from hp_mini.rank.ranking import evr_grid
+
+    acts, D = synthetic_acts(layers=(0, 2))
+    grid = evr_grid(acts, D, n_atoms=3, progress=False)
+    assert grid.shape == (3, 4)
+    assert grid[1].abs().sum() == 0 and (grid[0] > 0).all() and (grid[2] > 0).all()
+
+
+def test_evr_grid_warns_at_the_caller_when_n_atoms_is_capped():
+    from hp_mini.rank.ranking import evr_grid
+
+    acts, D = synthetic_acts()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grid = evr_grid(acts, D[:5], n_atoms=8, progress=False)
+    capped = [w for w in caught if "more than the 5 atoms" in str(w.message)]
+    assert len(capped) == 1 and capped[0].filename == __file__
+    assert torch.equal(grid, evr_grid(acts, D[:5], n_atoms=5, progress=False))
+    with pytest.raises(ValueError, match="wide"):
+        evr_grid(acts, D[:, :10], n_atoms=3, progress=False)

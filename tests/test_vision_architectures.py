@@ -5,7 +5,8 @@ For LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, Gemma3 and Idefics3 (SmolVLM):
 * exactness: at every position of every layer, the per-head pieces
   ``attention_heads(model)[i].pieces(z)`` plus the bias sum to the
   output projection's own output (both hooked directly);
-* recording: ``record_heads(..., pool="image")`` equals the mean of the hooked
+* recording: ``record_heads(..., pool="image")`` (and the mean of the per-token rows,
+  ``pool=None``, at the image positions) equals the mean of the hooked
   ``z`` over the image-token positions;
 * editing: ``alpha = 1`` leaves the logits bit-identical, ``alpha = 0`` equals
   zeroing that head's ``z`` by hand, ``alpha = -1`` equals flipping its sign.
@@ -254,6 +255,20 @@ def test_record_heads_pools_image_positions(vlm):
         expected = torch.einsum("bt,btd->bd", mask / mask.sum(1, keepdim=True), z)
         got = acts.z[:, i].reshape(2, -1)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=f"{name} layer {i}")
+
+
+def test_per_token_rows_at_the_image_positions_average_to_pool_image(vlm):
+    name, model, batch = vlm
+    processor = _FixedProcessor(batch)
+    tokens = hp_mini.record_heads(model, processor, ["a", "b"], images=[None, None], pool=None, progress=False)
+    pooled = hp_mini.record_heads(model, processor, ["a", "b"], images=[None, None], pool="image", progress=False)
+    real = batch["attention_mask"].bool()
+    assert len(tokens.z) == int(real.sum())
+    for b in range(2):
+        rows = tokens.positions[:, 0] == b
+        image = batch["input_ids"][b][real[b]] == IMAGE_TOKEN  # over the prompt's own tokens, in order
+        torch.testing.assert_close(tokens.z[rows][image].mean(0), pooled.z[b], rtol=1e-5, atol=1e-6,
+                                   msg=f"{name} prompt {b}")
 
 
 def test_scale_heads_matches_hand_edits(vlm):

@@ -107,6 +107,32 @@ def test_explorer_rejects_moments_only_and_unknown_heads(setup):
         HeadExplorer(acts, full, head=(5, 0))
 
 
+def test_explorer_lists_the_tokens_of_a_per_token_recording(setup):
+    model, tok, _, full = setup
+    tokens = hp_mini.record_heads(model, tok, PROMPTS[:2], pool=None, progress=False)
+    explorer = HeadExplorer(tokens, full, n_atoms=3, n_prompts=4, head=(0, 1))
+    loudest = torch.topk(tokens.head(0, 1).norm(dim=1), 4).indices
+    want = [f"{PROMPTS[p]} (token {t})" for p, t in tokens.positions[loudest].tolist()]
+    assert explorer.current.prompts == want
+    assert len(tokens.prompts) == 2 < tokens.n_prompts  # a row is a token, not a prompt
+
+
+def test_explorer_refuses_bad_counts_and_dictionaries(setup):
+    _, _, acts, full = setup
+    with pytest.raises(ValueError, match=f"n_atoms must be between 1 and {len(full)}, got {len(full) + 1}"):
+        HeadExplorer(acts, full, n_atoms=len(full) + 1)
+    with pytest.raises(ValueError, match="n_atoms must be at least 1, got 0"):
+        HeadExplorer(acts, full, n_atoms=0)
+    with pytest.raises(TypeError, match="n_prompts must be an integer"):
+        HeadExplorer(acts, full, n_prompts=2.5)
+    with pytest.raises(ValueError, match="the dictionary is empty"):
+        HeadExplorer(acts, full.atoms[:0])
+    with pytest.raises(ValueError, match="atoms are 3 wide"):
+        HeadExplorer(acts, torch.randn(4, 3))
+    with pytest.raises(TypeError, match="acts must be HeadActivations"):
+        HeadExplorer(full, full)
+
+
 # -- editing playground ---------------------------------------------------- #
 
 

@@ -4,6 +4,8 @@
   removes it, 5 enhances it).
 - :mod:`~hp_mini.edit.generation`: :func:`generate`, greedy, for text and
   vision-language models.
+- :mod:`~hp_mini.edit.tree`: the prefix-tree decoding behind
+  ``generate(..., share_prefixes=True)``.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ decoding as it is):
     running a three-token tree and comparing it with the ordinary forward pass;
     the cache is passed under whichever keyword the model takes (``cache``
     from transformers 5.24, ``past_key_values`` before). Other models, and
-    images, take the ordinary path with a warning that says why.
+    images, take the ordinary path with a warning that says why. The tree
+    itself is :mod:`hp_mini.edit.tree`.
 
 Example
 -------
@@ -39,15 +40,15 @@ Example
 from __future__ import annotations
 
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from hp_mini.checks import check_count, check_weights_loaded
-from hp_mini.model.inputs import tokenizer_of, encode, ensure_pad_token, model_device
+from hp_mini.edit.tree import TreeSupport, beyond_window, generate_tree, tree_support
+from hp_mini.model.inputs import encode, ensure_pad_token, tokenizer_of
 
 __all__ = ["generate"]
 
@@ -94,14 +95,11 @@ def generate(
         returned. Greedy decoding is unchanged, so the text before the stop is
         what a longer generation would give.
     share_prefixes : bool
-        Run the tokens that prompts share only once (see the module docstring).
-        Text prompts only. Whether a model can is found once per model by a
-        three-token probe (the tree pass must fill the key/value cache it is
-        given, under the keyword that model takes, and match the ordinary
-        forward pass). Images, models with sliding-window attention, an
-        attention kernel other than ``"eager"`` or ``"sdpa"``, or a failed
-        probe take the ordinary path, with a ``RuntimeWarning`` saying why
-        (once per reason).
+        Run the tokens that prompts share only once (:mod:`hp_mini.edit.tree`;
+        text prompts only). Images, a sliding window that a prompt and its
+        continuation outgrow, an attention kernel other than ``"eager"`` or
+        ``"sdpa"``, or a failed probe take the ordinary path, with a
+        ``RuntimeWarning`` saying why (once per reason).
 
     Returns
     -------
@@ -121,6 +119,30 @@ def generate(
         that is not a string, or images given with a tokenizer rather than a
         processor.
     """
+    prompts, images, max_new_tokens, batch_size = _checked_inputs(model, prompts, images, max_new_tokens, batch_size)
+    tok = tokenizer_of(tokenizer_or_processor)
+    prompts = _prepared(tokenizer_or_processor, tok, prompts, images, chat)
+    if not prompts:
+        return []
+    finished = _Finished(model, tok, stop, skip_special_tokens)
+    plan = _tree_plan(model, tok, prompts, images, max_new_tokens) if share_prefixes else None
+    if plan is None:
+        new_tokens = _generate_padded(
+            model, tokenizer_or_processor, prompts, images, max_new_tokens, batch_size, finished
+        )
+    else:
+        new_tokens = generate_tree(model, plan.ids, max_new_tokens, batch_size, finished, plan.support)
+    return [tok.decode(t, skip_special_tokens=skip_special_tokens) for t in new_tokens]
+
+
+_EMPTY = (
+    "prompts[{i}] has no tokens: a continuation needs at least one token of prompt to start from; "
+    "drop the prompt or give it some text"
+)
+
+
+def _checked_inputs(model: nn.Module, prompts, images, max_new_tokens, batch_size):
+    """The prompts as a list of strings, one image per prompt (or None), the two counts; a model with weights."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -134,61 +156,69 @@ def generate(
     max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
     batch_size = check_count(batch_size, "batch_size")
     check_weights_loaded(model, "generate")
-    tok = tokenizer_of(tokenizer_or_processor)
+    return prompts, images, max_new_tokens, batch_size
+
+
+def _prepared(tokenizer_or_processor, tok, prompts: list[str], images, chat: bool) -> list[str]:
+    """The prompts as the model reads them (chat turns when asked), checked; the tokenizer pads."""
     if chat:
         prompts = [
             tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
     if not prompts:
-        return []
+        return prompts
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(_EMPTY.format(i=i))
     if images is not None:
         _check_image_placeholders(tokenizer_or_processor, prompts)
     ensure_pad_token(tokenizer_or_processor)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if any(not s for s in stops):
-        raise ValueError("stop strings must not be empty")
-    eos = _eos_ids(model, tok)
+    return prompts
 
-    def finished(tokens: list[int]) -> bool:
-        if tokens[-1] in eos:
+
+class _Finished:
+    """Whether a continuation has ended: at an end-of-sequence token, or once it holds a stop string."""
+
+    def __init__(self, model: nn.Module, tok, stop, skip_special_tokens: bool):
+        self.stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not s for s in self.stops):
+            raise ValueError("stop strings must not be empty")
+        self.eos = _eos_ids(model, tok)
+        self.tok, self.skip_special_tokens = tok, skip_special_tokens
+
+    def __call__(self, tokens: list[int]) -> bool:
+        if tokens[-1] in self.eos:
             return True
-        if not stops:
+        if not self.stops:
             return False
-        text = tok.decode(tokens, skip_special_tokens=skip_special_tokens).lstrip()
-        return any(s in text for s in stops)
-
-    support, ids = None, None
-    if share_prefixes:
-        support = _TreeSupport(reason="images are given (prefix sharing is for text prompts)")
-        if images is None:
-            support = _tree_support(model)
-        if support.reason is None:
-            ids = tok(prompts)["input_ids"]
-            for i, s in enumerate(ids):
-                if len(s) == 0:
-                    raise ValueError(_EMPTY.format(i=i))
-            beyond = _beyond_window(model, support, ids, max_new_tokens)
-            if beyond is not None:
-                support = _TreeSupport(reason=beyond)
-        if support.reason is not None:
-            _warn_once(support.reason)
-    if support is not None and support.reason is None:
-        new_tokens = _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished, support, ids)
-    else:
-        new_tokens = _generate_padded(
-            model, tokenizer_or_processor, tok, prompts, images, max_new_tokens, batch_size, finished, stops
-        )
-    return [tok.decode(t, skip_special_tokens=skip_special_tokens) for t in new_tokens]
+        text = self.tok.decode(tokens, skip_special_tokens=self.skip_special_tokens).lstrip()
+        return any(s in text for s in self.stops)
 
 
-_EMPTY = (
-    "prompts[{i}] has no tokens: a continuation needs at least one token of prompt to start from; "
-    "drop the prompt or give it some text"
-)
+class _TreePlan(NamedTuple):
+    """How the prompts take the shared-prefix path: their token ids, and how the model runs the tree."""
+
+    ids: list[list[int]]
+    support: TreeSupport
+
+
+def _tree_plan(model: nn.Module, tok, prompts: list[str], images, max_new_tokens: int) -> _TreePlan | None:
+    """The plan for the shared-prefix path, or None (having warned why) for the ordinary one."""
+    support = TreeSupport(reason="images are given (prefix sharing is for text prompts)")
+    if images is None:
+        support = tree_support(model)
+    if support.reason is None:
+        ids = tok(prompts)["input_ids"]
+        for i, s in enumerate(ids):
+            if len(s) == 0:
+                raise ValueError(_EMPTY.format(i=i))
+        beyond = beyond_window(model, support, ids, max_new_tokens)
+        if beyond is None:
+            return _TreePlan(ids, support)
+        support = TreeSupport(reason=beyond)
+    _warn_once(support.reason)
+    return None
 
 
 def _check_image_placeholders(processor, prompts: list[str]) -> None:
@@ -233,9 +263,10 @@ def _cut(tokens: list[int], finished: Callable[[list[int]], bool]) -> list[int]:
 # --------------------------------------------------------------------------- #
 
 
-def _generate_padded(model, tokenizer_or_processor, tok, prompts, images, max_new_tokens, batch_size, finished, stops):
+def _generate_padded(model, tokenizer_or_processor, prompts, images, max_new_tokens, batch_size, finished: _Finished):
+    tok = tokenizer_of(tokenizer_or_processor)
     kwargs = {}
-    if stops:
+    if finished.stops:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         class _Stop(StoppingCriteria):
@@ -256,7 +287,7 @@ def _generate_padded(model, tokenizer_or_processor, tok, prompts, images, max_ne
             if n_real == 0:
                 raise ValueError(_EMPTY.format(i=start + row))
         n_prompt = batch["input_ids"].shape[1]
-        if stops:
+        if finished.stops:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_Stop(n_prompt)])
         with torch.no_grad():
             out = model.generate(
@@ -271,271 +302,19 @@ def _generate_padded(model, tokenizer_or_processor, tok, prompts, images, max_ne
 
 
 # --------------------------------------------------------------------------- #
-# The shared-prefix path: one forward pass over a prefix tree, then decoding
+# The shared-prefix path (hp_mini.edit.tree), or why it is not taken
 # --------------------------------------------------------------------------- #
 
 
-# The keyword under which a decoder's forward pass takes its key/value cache:
-# ``cache`` from transformers 5.24, ``past_key_values`` before. Which one a model
-# uses is found by trying (see _probe_tree), newest first, so the deprecated name
-# is never passed to a model that takes the new one.
-_CACHE_KEYWORDS = ("cache", "past_key_values")
-
-
-@dataclass(frozen=True)
-class _TreeSupport:
-    """Whether a model can take the shared-prefix path, and how to call it."""
-
-    cache_keyword: str | None = None
-    logits_to_keep: bool = False
-    reason: str | None = None  # why not, when cache_keyword is None
-    window: int | None = None  # the shortest sliding window, if any layer has one
-
-
-_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _WARNED: set[str] = set()
 
 
-def _tree_support(model: nn.Module) -> _TreeSupport:
-    """How ``model`` runs the shared-prefix path, or why it cannot; found once per model."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    key = (getattr(text, "_attn_implementation", None), getattr(text, "sliding_window", None))
-    known = _SUPPORT.get(model)
-    if known is not None and known[0] == key:
-        return known[1]
-    support = _config_reason(model)
-    if support.reason is None:
-        support = _probe_tree(model, support.window)
-    _SUPPORT[model] = (key, support)
-    return support
-
-
-def _tree_ready(model: nn.Module) -> bool:
-    """True when ``model`` can take the shared-prefix path (see :func:`_tree_support`)."""
-    return _tree_support(model).reason is None
-
-
-def _config_reason(model: nn.Module) -> _TreeSupport:
-    """What the configuration alone rules out (``reason``), and the sliding window if any."""
-    name = type(model).__name__
-    config = getattr(model, "config", None)
-    if config is None:
-        return _TreeSupport(reason=f"{name} has no Hugging Face config")
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    if getattr(text, "is_encoder_decoder", False):
-        return _TreeSupport(reason=f"{name} is an encoder-decoder model")
-    kernel = getattr(text, "_attn_implementation", None)
-    if kernel not in ("eager", "sdpa"):
-        # the tree's attention mask is an arbitrary 4D mask, which other kernels ignore
-        return _TreeSupport(
-            reason=f"{name} uses the attention kernel {kernel!r}, which ignores the prefix tree's 4D mask; "
-            "load the model with attn_implementation='sdpa' or 'eager'"
-        )
-    # Sliding-window layers see the whole prompt in the tree pass; that is what
-    # they see anyway as long as prompt and continuation fit in the window,
-    # which generate() checks per call.
-    layer_types = getattr(text, "layer_types", None)
-    window = getattr(text, "sliding_window", None)
-    if layer_types is not None:
-        other = sorted({t for t in layer_types if t not in ("full_attention", "sliding_attention")})
-        if other:
-            return _TreeSupport(reason=f"{name} has {', '.join(other)} layers, which the prefix tree cannot mask")
-        if "sliding_attention" not in layer_types:
-            window = None
-    if window is not None and not (isinstance(window, int) and window > 0):
-        return _TreeSupport(reason=f"{name} has a sliding window of {window!r}, which the prefix tree cannot mask")
-    return _TreeSupport(window=window)
-
-
-def _beyond_window(model: nn.Module, support: _TreeSupport, ids: list[list[int]], max_new_tokens: int) -> str | None:
-    """Why the prompts cannot share prefixes under a sliding window, or None."""
-    if support.window is None:
-        return None
-    longest = max(len(s) for s in ids) + max_new_tokens
-    if longest <= support.window:
-        return None
-    return (
-        f"{type(model).__name__} has sliding-window layers (window {support.window} tokens) and a prompt plus "
-        "max_new_tokens do not fit in it; the tree pass would show such a layer more than its window"
-    )
-
-
-def _probe_tree(model: nn.Module, window: int | None = None) -> _TreeSupport:
-    """Run the smallest prefix tree and compare it with the ordinary forward pass.
-
-    The tree holds the prompts ``[a, b]`` and ``[a, c]``: three tokens at
-    positions 0, 1, 1, with ``c`` masked from ``b``. The path is usable when, for
-    one of the cache keywords, the model fills the cache it is given with those
-    three tokens in layers that can be gathered, and the logits at ``c`` equal the
-    ordinary forward pass over ``[a, c]``.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    name = type(model).__name__
-    device = model_device(model)
-    dtype = next(model.parameters()).dtype
-    config = model.config
-    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
-    vocab = int(getattr(text, "vocab_size", 4) or 4)
-    a, b, c = (1 % vocab, 2 % vocab, 3 % vocab)
-    ids = torch.tensor([[a, b, c]], device=device)
-    positions = torch.tensor([[0, 1, 1]], device=device)
-    sees = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=torch.bool)
-    mask = torch.zeros(1, 1, 3, 3, dtype=dtype).masked_fill_(~sees, torch.finfo(dtype).min).to(device)
-    failures = []
-    with torch.no_grad():
-        plain = model(input_ids=torch.tensor([[a, c]], device=device), use_cache=False).logits[0, -1].float()
-        for keyword in _CACHE_KEYWORDS:
-            for keep in (True, False):
-                cache = DynamicCache()  # one plain layer per decoder layer, sliding ones included
-                extra = {"logits_to_keep": torch.tensor([2], device=device)} if keep else {}
-                try:
-                    out = model(
-                        input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                        **{keyword: cache}, **extra,
-                    )
-                except Exception as err:  # noqa: BLE001 - any failure means: not this way
-                    failures.append(f"{keyword}=: {type(err).__name__}: {err}")
-                    continue
-                if cache.get_seq_length() != 3:
-                    failures.append(f"{keyword}=: the cache given was not used")
-                    break  # the keyword is ignored, whatever logits_to_keep does
-                if not all(type(layer) is DynamicLayer for layer in cache.layers):
-                    kinds = sorted({type(layer).__name__ for layer in cache.layers})
-                    return _TreeSupport(reason=f"{name} keeps {', '.join(kinds)} cache layers, which cannot be gathered per prompt")
-                logits = out.logits[0]
-                kept = keep and logits.shape[0] == 1
-                got = (logits[0] if kept else logits[2]).float()
-                error = float((got - plain).abs().max())
-                tolerance = (1e-4 if dtype in (torch.float32, torch.float64) else 3e-2) * max(1.0, float(plain.abs().max()))
-                if not error <= tolerance:
-                    return _TreeSupport(
-                        reason=f"{name}'s logits in a prefix-tree pass differ from its ordinary forward pass by "
-                        f"{error:.3g} (its attention may ignore the tree's 4D mask or position ids)"
-                    )
-                return _TreeSupport(cache_keyword=keyword, logits_to_keep=kept, window=window)
-    return _TreeSupport(
-        reason=f"{name}'s forward pass takes no key/value cache under any of {', '.join(_CACHE_KEYWORDS)} "
-        f"({'; '.join(failures)})"
-    )
-
-
 def _warn_once(reason: str) -> None:
+    """Warn once per reason (per process) that ``share_prefixes`` took the ordinary path."""
     if reason not in _WARNED:
         _WARNED.add(reason)
         warnings.warn(
             f"share_prefixes=True, but {reason}; generating on the ordinary path (same text, slower)",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of generate (generate -> _tree_plan -> _warn_once)
         )
-
-
-def _prefix_tree(seqs: list[list[int]]):
-    """Nodes of the prefix tree of ``seqs``: tokens, depths, parents, and each sequence's path."""
-    tokens: list[int] = []
-    depth: list[int] = []
-    parent: list[int] = []
-    child: dict[tuple[int, int], int] = {}
-    paths: list[list[int]] = []
-    for seq in seqs:
-        node, path = -1, []
-        for t in seq:
-            key = (node, t)
-            if key not in child:
-                child[key] = len(tokens)
-                tokens.append(t)
-                depth.append(depth[node] + 1 if node >= 0 else 0)
-                parent.append(node)
-            node = child[key]
-            path.append(node)
-        paths.append(path)
-    return tokens, depth, parent, paths
-
-
-def _generate_tree(model, tok, prompts, max_new_tokens, batch_size, finished, support: _TreeSupport, ids=None):
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    device = model_device(model)
-    dtype = next(model.parameters()).dtype
-    ids = tok(prompts)["input_ids"] if ids is None else ids
-    for i, s in enumerate(ids):
-        if len(s) == 0:
-            raise ValueError(_EMPTY.format(i=i))
-    order = sorted(range(len(ids)), key=lambda i: ids[i])  # neighbours share the longest prefixes
-    keep_arg = support.logits_to_keep
-    cache_kw = support.cache_keyword
-    results: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        tokens, depth, parent, paths = _prefix_tree([ids[i] for i in rows])
-        n = len(tokens)
-        # Every node sees itself and its ancestors: row i of the mask is its parent's row plus i.
-        sees = torch.zeros(n, n, dtype=torch.bool)
-        for i, p in enumerate(parent):
-            if p >= 0:
-                sees[i] = sees[p]
-            sees[i, i] = True
-        mask = torch.zeros(1, 1, n, n, dtype=dtype)
-        mask.masked_fill_(~sees, torch.finfo(dtype).min)
-        ends = torch.tensor([path[-1] for path in paths])
-        kwargs = {"logits_to_keep": ends.to(device)} if keep_arg else {}
-        cache = DynamicCache()
-        with torch.no_grad():
-            out = model(
-                input_ids=torch.tensor([tokens], device=device),
-                position_ids=torch.tensor([depth], device=device),
-                attention_mask=mask.to(device),
-                use_cache=True,
-                **{cache_kw: cache},
-                **kwargs,
-            )
-        logits = out.logits[0] if keep_arg else out.logits[0, ends.to(device)]
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):  # pragma: no cover - probed by _tree_support
-            raise RuntimeError(f"{type(model).__name__}: prefix sharing needs full-attention cache layers")
-        # Each prompt's own cache: the keys and values along its path, left-padded.
-        lengths = torch.tensor([len(p) for p in paths])
-        width = int(lengths.max())
-        gather = torch.zeros(len(paths), width, dtype=torch.long)
-        attn = torch.zeros(len(paths), width, dtype=torch.long)
-        for b, path in enumerate(paths):
-            gather[b, width - len(path) :] = torch.tensor(path)
-            attn[b, width - len(path) :] = 1
-        gather, attn = gather.to(device), attn.to(device)
-        for layer in cache.layers:
-            layer.keys = layer.keys[0][:, gather].transpose(0, 1).contiguous()
-            layer.values = layer.values[0][:, gather].transpose(0, 1).contiguous()
-        position = lengths.to(device)
-        active = list(range(len(rows)))
-        generated: list[list[int]] = [[] for _ in rows]
-        next_tokens = logits.argmax(-1)
-        for step in range(max_new_tokens):
-            still = []
-            for j, b in enumerate(active):
-                generated[b].append(int(next_tokens[j]))
-                if not finished(generated[b]):
-                    still.append(j)
-            if not still or step == max_new_tokens - 1:
-                break
-            if len(still) < len(active):
-                keep = torch.tensor(still, device=device)
-                cache.batch_select_indices(keep)
-                attn, position, next_tokens = attn[keep], position[keep], next_tokens[keep]
-                active = [active[j] for j in still]
-            attn = torch.cat([attn, attn.new_ones(len(active), 1)], dim=1)
-            with torch.no_grad():
-                out = model(
-                    input_ids=next_tokens[:, None],
-                    position_ids=position[:, None],
-                    attention_mask=attn,
-                    use_cache=True,
-                    **{cache_kw: cache},
-                    **({"logits_to_keep": 1} if keep_arg else {}),
-                )
-            next_tokens = out.logits[:, -1].argmax(-1)
-            position = position + 1
-        for b, i in enumerate(rows):
-            results[i] = generated[b]
-    return results

@@ -37,7 +37,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hp_mini.checks import check_weights_loaded
+from hp_mini.checks import check_weights_loaded, renamed_keywords
 from hp_mini.model.heads import attention_heads, check_heads_of
 from hp_mini.model.hooks import Trace
 from hp_mini.model.sites import Head, LayerHeads, head_label
@@ -147,11 +147,12 @@ class HeadScaling:
             )
 
 
+@renamed_keywords(heads="sites")
 def scale_heads(
     model: nn.Module,
     edits: Mapping[Head, float],
     *,
-    heads: list[LayerHeads] | None = None,
+    sites: list[LayerHeads] | None = None,
     mode: Literal["residual", "pre_norm"] = "residual",
 ) -> HeadScaling:
     """Scale the chosen heads' residual writes by ``alpha`` inside a ``with`` block.
@@ -164,9 +165,9 @@ def scale_heads(
         The heads to scale and by how much. ``alpha = 1`` leaves a head as it is
         (the logits stay bit-identical). To scale a list of heads by one
         alpha, pass ``{head: alpha for head in heads}``.
-    heads : list of LayerHeads, optional
+    sites : list of LayerHeads, optional
         The result of :func:`hp_mini.attention_heads` for this model, for
-        models found by hand.
+        models found by hand (``heads=`` is its old name, deprecated).
     mode : {"residual", "pre_norm"}, default "residual"
         ``"residual"`` changes the residual stream by exactly
         ``(alpha - 1) x_h`` on every architecture. ``"pre_norm"`` multiplies
@@ -211,10 +212,7 @@ def scale_heads(
     if mode not in ("residual", "pre_norm"):
         raise ValueError(f"mode must be 'residual' or 'pre_norm', got {mode!r}")
     check_weights_loaded(model, "scale_heads")
-    if heads is not None:
-        sites = check_heads_of(model, heads)
-    else:
-        sites = attention_heads(model)
+    sites = attention_heads(model) if sites is None else check_heads_of(model, sites)
     by_layer = _validate(edits, sites)
     return HeadScaling(model, by_layer, sites, mode)
 

@@ -598,26 +598,28 @@ def grade_notebook(path: str | Path, *, source: str | Path | None = None, timeou
         verdicts, cell_errors = _run(nb, owner, {ex.label: ex for ex in expected}, kernel, report)
 
     present = {label for label in owner.values() if label}
-    for ex in expected:
-        got = verdicts[ex.label]
-        failed = next(((status, msg) for _, status, msg in got if status != "passed"), None)
-        missing = [name for name in ex.checks if name not in {n for n, _, _ in got}]
-        if failed:
-            status, message = failed
-        elif not got and ex.label in cell_errors:
-            status, message = "error", cell_errors[ex.label]
-        elif not ex.checks:
-            status, message = "not checked", "the chapter names no checker for this exercise"
-        elif ex.label not in present:
-            status, message = "not checked", f"the notebook has no exercise labelled {ex.label}: was its text deleted?"
-        elif missing:
-            calls = ", ".join(f'check("{name}", ...)' for name in missing)
-            status, message = "not checked", f"no answer was handed in: the exercise's cell must call {calls}"
-        else:
-            status, message = "passed", ""
-        report.grades.append(ExerciseGrade(ex.label, ex.title, list(ex.checks), int(status == "passed"), status,
-                                           _printable(message)))
+    report.grades.extend(_grade(ex, verdicts[ex.label], cell_errors, present) for ex in expected)
     return report
+
+
+def _grade(ex, got: list[tuple[str, str, str]], cell_errors: dict[str, str], present: set[str]) -> ExerciseGrade:
+    """One exercise's grade from its checkers' verdicts ``(name, status, message)``, its cell's error and its label."""
+    failed = next(((status, msg) for _, status, msg in got if status != "passed"), None)
+    missing = [name for name in ex.checks if name not in {n for n, _, _ in got}]
+    if failed:
+        status, message = failed
+    elif not got and ex.label in cell_errors:
+        status, message = "error", cell_errors[ex.label]
+    elif not ex.checks:
+        status, message = "not checked", "the chapter names no checker for this exercise"
+    elif ex.label not in present:
+        status, message = "not checked", f"the notebook has no exercise labelled {ex.label}: was its text deleted?"
+    elif missing:
+        calls = ", ".join(f'check("{name}", ...)' for name in missing)
+        status, message = "not checked", f"no answer was handed in: the exercise's cell must call {calls}"
+    else:
+        status, message = "passed", ""
+    return ExerciseGrade(ex.label, ex.title, list(ex.checks), int(status == "passed"), status, _printable(message))
 
 
 # --------------------------------------------------------------------------- the gradebook

@@ -122,20 +122,24 @@ def _model(name: str):
 def direct_head_logits(prompt: str, word: str) -> torch.Tensor:
     """Each SmolLM2 head's direct logit for ``word`` at the last position of ``prompt``, ``[L, H]``.
 
-    The final norm's gain is applied; its 1 / rms, one positive number per
-    prompt, is left out: it orders no head differently. The investigations'
-    checkers share it (and one loaded model).
+    The logit lens (:func:`hp_mini.read.lens.logit_lens`) of the heads'
+    writes at that position, read through the unembedding row of ``word``'s
+    first token with the final norm's gain folded in; the norm's 1 / rms, one
+    positive number per prompt, is left out: it orders no head differently.
+    The investigations' checkers share it (and one loaded model).
     """
-    from hp_mini.record.activations import record_heads
     from hp_mini.model.architectures import model_parts
+    from hp_mini.read.dictionary import Dictionary
+    from hp_mini.read.lens import logit_lens
+    from hp_mini.record.activations import record_heads
 
     model, tokenizer = _model("smollm2-135m")
     parts = model_parts(model)
+    token = tokenizer.encode(word, add_special_tokens=False)[0]
     with torch.no_grad():
         acts = record_heads(model, tokenizer, [prompt], pool="last", progress=False)
-        x = acts.contributions()[0].float() * parts.final_norm.gain.float()  # [L, H, d]
-        token = tokenizer.encode(word, add_special_tokens=False)[0]
-        return x @ parts.unembedding.weight.float()[token]
+        atom = parts.unembedding.weight[token].float() * parts.final_norm.gain.float()  # gamma * U[word]
+    return logit_lens(acts, Dictionary(atom[None], [word])).logits[..., 0]
 
 
 #: The investigation of "Heads and the residual stream": who writes the indirect object?

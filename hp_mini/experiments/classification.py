@@ -12,18 +12,20 @@ around it:
 - :func:`paper_comparison`: the paper's row and a model's results in one
   table, by number and share of heads edited;
 - :func:`one_head_at_a_time`: the effect of editing each head alone.
+- :func:`removal_verdict`: whether one edit removes more accuracy than another.
 
 Example
 -------
 >>> import hp_mini
 >>> from hp_mini.experiments.driver import evaluate_head_edits
->>> from hp_mini.vision import classification_edits, digits, digits_vlm
+>>> from hp_mini.experiments import classification
+>>> from hp_mini.vision import digits, digits_vlm
 >>> model, processor = hp_mini.load_model("digits-vlm")                        # doctest: +SKIP
 >>> test = digits.digits_dataset("test")                                        # doctest: +SKIP
 >>> evaluate = digits_vlm.evaluator(model, processor, test["image"], test["label"])  # doctest: +SKIP
 >>> table = evaluate_head_edits(model, evaluate, {"SOMP": somp.heads, "logit lens": lens.heads},
-...                             ks=[1, 2, 4], pool=acts)                        # doctest: +SKIP
->>> classification_edits.paper_comparison(table, name="digits-vlm", n_heads=32)  # doctest: +SKIP
+...                             ks=[1, 2, 4], control_pool=acts)                # doctest: +SKIP
+>>> classification.paper_comparison(table, name="digits-vlm", n_heads=32)        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from collections.abc import Mapping, Sequence
 
 from hp_mini.model.sites import Head
 
-__all__ = ["PAPER_MNIST", "edit_summary", "one_head_at_a_time", "paper_comparison"]
+__all__ = ["PAPER_MNIST", "edit_summary", "one_head_at_a_time", "paper_comparison", "removal_verdict"]
 
 
 PAPER_MNIST: dict[str, object] = {
@@ -105,6 +107,51 @@ def edit_summary(table, metric: str = "accuracy", *, column: str = "normalised")
     return out
 
 
+def removal_verdict(edited: float, other: float, *, tol: float = 0.02) -> str:
+    """Whether an edit removes more, as much or less accuracy than another.
+
+    Parameters
+    ----------
+    edited : float
+        The accuracy left by the edit (normalised to the unedited model).
+    other : float
+        The accuracy left by the edit it is compared with (random heads, the
+        logit-lens heads), normalised the same way.
+    tol : float, default 0.02
+        Differences up to ``tol`` count as "as much as".
+
+    Returns
+    -------
+    str
+        ``"more than"`` when ``edited`` is lower than ``other`` by more than
+        ``tol`` (more accuracy removed), ``"less than"`` when it is higher by more
+        than ``tol``, ``"as much as"`` otherwise: the words that fit "the SOMP
+        heads remove ... the random heads".
+
+    Raises
+    ------
+    ValueError
+        An accuracy is NaN (no accuracy to compare: an unedited accuracy of 0?),
+        or ``tol`` is negative or NaN.
+
+    Examples
+    --------
+    >>> removal_verdict(0.40, 0.95), removal_verdict(0.94, 0.95), removal_verdict(0.95, 0.40)
+    ('more than', 'as much as', 'less than')
+    """
+    edited, other, tol = float(edited), float(other), float(tol)
+    if edited != edited or other != other:
+        raise ValueError(
+            f"cannot compare accuracies {edited} and {other}: NaN is no accuracy "
+            "(was the unedited accuracy 0?)"
+        )
+    if not tol >= 0:
+        raise ValueError(f"tol must be 0 or more, got {tol}")
+    if abs(edited - other) <= tol:
+        return "as much as"
+    return "more than" if edited < other else "less than"
+
+
 def paper_comparison(table, *, name: str, n_heads: int, metric: str = "accuracy", decimals: int = 2):
     """The paper's MNIST row and a model's edit results, one row per (model, heads edited).
 
@@ -113,7 +160,7 @@ def paper_comparison(table, *, name: str, n_heads: int, metric: str = "accuracy"
     table : pandas.DataFrame
         The tidy table of :func:`hp_mini.experiments.driver.evaluate_head_edits`, with
         selections named ``"SOMP"`` and (optionally) ``"logit lens"``, and
-        random controls (``pool=``) where there are any.
+        random controls (``control_pool=``) where there are any.
     name : str
         The model's name, for the first column.
     n_heads : int

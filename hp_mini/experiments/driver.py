@@ -1,29 +1,25 @@
-"""Metrics for edited models, and the editing experiment with the paper's controls.
+"""The editing experiment: score a model under each head edit, beside random controls.
 
-Metrics
-    :func:`normalize_answer`, :func:`token_f1`, :func:`exact_match` (SQuAD-style),
-    :func:`first_answer` (cut a generation down to its answer),
-    :func:`profanity_probability` (an offline classifier, ``alt-profanity-check``),
-    :func:`lexical_rate` (how often given words occur),
-    :func:`bootstrap_ratio` (an interval for a normalised score, over prompts),
-    :func:`head_counts` (the paper's 1%, 2%, 4% of the heads).
-Evaluators (functions of no argument that score the model as it is now)
-    :func:`qa_evaluator`, :func:`toxicity_evaluator`.
-The experiment
-    :func:`evaluate_head_edits` scales each selected head set (and random
-    control sets drawn like it) and scores the model under each edit, returning
-    one tidy table; :func:`summarize_edits` and :func:`edit_table` reduce it to
-    medians and interquartile ranges, normalised to the unedited model.
+:func:`evaluate_head_edits` scales the top ``k`` heads of each selection (and
+random control sets drawn like them, :func:`hp_mini.random_heads_like`) and
+scores the model under each edit with an evaluator
+(:mod:`hp_mini.experiments.evaluators`), returning one tidy table;
+:func:`hp_mini.experiments.tables.edit_table` lays it out as the paper does.
+:func:`head_counts` gives the paper's numbers of heads: 1%, 2% and 4% of a
+model's heads.
+
+Besides its rows, the table keeps in ``table.attrs``: ``"random_moved"`` (per
+``k``, how many heads of each control set were taken from neighbouring layers),
+``"distinct_random"`` (per ``k``, the distinct control sets scored),
+``"per_prompt"`` (per edit ``(method, k, draw)``, the evaluator's per-prompt
+values, for :func:`hp_mini.experiments.statistics.add_intervals`) and, with
+``keep=``, ``"outputs"`` (per edit, what the evaluator kept).
 
 Example
 -------
->>> from hp_mini.experiments.driver import token_f1, exact_match
->>> token_f1("the United States", ["United States", "USA"])
-1.0
->>> round(token_f1("Paris, France", ["Paris"]), 3)
-0.667
->>> exact_match("Paris, France", ["Paris"])
-0.0
+>>> from hp_mini.experiments.driver import head_counts
+>>> head_counts(270)
+[3, 5, 11]
 """
 
 from __future__ import annotations
@@ -32,11 +28,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from hp_mini.checks import renamed_keywords
 from hp_mini.edit.scaling import scale_heads
 from hp_mini.model.sites import Head, head_label
 
 __all__ = ["evaluate_head_edits", "head_counts"]
-
 
 def head_counts(n_heads: int, fractions: Sequence[float] = (0.01, 0.02, 0.04)) -> list[int]:
     """Numbers of heads to edit for fractions of a model's heads, as the paper's 1%, 2%, 4%.
@@ -65,6 +61,7 @@ def head_counts(n_heads: int, fractions: Sequence[float] = (0.01, 0.02, 0.04)) -
     return counts
 
 
+@renamed_keywords(pool="control_pool", heads="sites")
 def evaluate_head_edits(
     model,
     evaluate: Callable[[], Mapping[str, float]],
@@ -72,14 +69,10 @@ def evaluate_head_edits(
     *,
     ks: Sequence[int],
     alpha: float = -1.0,
-    pool=None,
-    random_like: str | None = None,
-    n_random: int = 10,
-    seed: int = 0,
-    heads=None,
+    control_pool=None, random_like: str | None = None, n_random: int = 10, seed: int = 0, random_fill: str = "exact",
+    sites=None,
     baseline: Mapping[str, float] | None = None,
     keep: str | None = None,
-    random_fill: str = "exact",
     reuse: bool = True,
     progress: bool = True,
 ):
@@ -90,47 +83,41 @@ def evaluate_head_edits(
     model : nn.Module
         The model that ``evaluate`` scores.
     evaluate : callable ``() -> dict[str, float]``
-        Scores the model as it is (e.g. :func:`qa_evaluator`). Called once
-        unedited, then once inside :func:`hp_mini.scale_heads` per edit.
+        Scores the model as it is (e.g. :func:`qa_evaluator`): once unedited,
+        then once inside :func:`hp_mini.scale_heads` per edit.
     selections : mapping name -> list of (layer, head)
-        Ranked head lists, best first (e.g. ``{"SOMP": r.heads, "logit lens": ll.heads}``);
+        Ranked head lists, best first (``{"SOMP": r.heads, "logit lens": ll.heads}``);
         the top ``k`` of each is edited.
     ks : list of int
         Numbers of heads to edit.
     alpha : float, default -1
-        The scale: -1 inverts the heads, 5 enhances them.
-    pool : HeadActivations or list of (layer, head), optional
-        All heads, to draw random controls from (:func:`hp_mini.random_heads_like`).
-        No random controls without it.
+        The scale: -1 inverts the heads, 0 removes them, 5 enhances them.
+    control_pool : HeadActivations or list of (layer, head), optional
+        All heads, to draw random controls from (:func:`hp_mini.random_heads_like`);
+        no random controls without it. ``pool=`` is its old name (deprecated).
     random_like : str, optional
-        The selection whose top ``k`` the controls match layer by layer and avoid
-        (default: the first one).
+        The selection whose top ``k`` the controls match layer by layer and
+        avoid (default: the first one).
     n_random : int, default 10
-        Random control sets per ``k``.
+        Random control sets per ``k``, drawn with the seed ``seed + k``.
     seed : int, default 0
-        Seed of the draws (``seed + k`` for each ``k``).
-    heads : list of LayerHeads, optional
-        Passed to :func:`hp_mini.scale_heads`.
+    random_fill : {"exact", "nearest"}, default "exact"
+        Where a layer has too few other heads for a control (models with few
+        heads per layer): ``"exact"`` refuses, ``"nearest"`` takes the missing
+        heads from the nearest layers (see :func:`hp_mini.random_heads_like`).
+    sites : list of LayerHeads, optional
+        Passed to :func:`hp_mini.scale_heads`. ``heads=`` is its old name (deprecated).
     baseline : dict, optional
         The unedited scores, when already known (``evaluate`` is then not
         called unedited).
     keep : str, optional
-        The name of an attribute of ``evaluate`` to collect after every call
-        (e.g. ``"predictions"`` of :func:`qa_evaluator` with
-        ``keep_predictions=True``), into ``table.attrs["outputs"]``, keyed by
-        ``(method, k, draw)``, so the outputs of an edit need no second run.
-    random_fill : {"exact", "nearest"}, default "exact"
-        How controls are drawn where a layer has too few other heads (models
-        with few heads per layer): ``"exact"`` refuses, ``"nearest"`` takes the
-        missing heads from the nearest layers (see
-        :func:`hp_mini.random_heads_like`). The number of heads so moved per
-        ``k`` is in ``table.attrs["random_moved"]``.
+        An attribute of ``evaluate`` to collect after every call (e.g.
+        ``"predictions"`` of :func:`qa_evaluator` with ``keep_predictions=True``)
+        into ``table.attrs["outputs"]``, so the outputs of an edit need no second run.
     reuse : bool, default True
         Score each distinct head set once: a set that comes again (random draws
-        repeat where a layer has few other heads to draw from) reuses the
-        first result. ``evaluate`` must then be deterministic, as greedy
-        generation is. ``table.attrs["distinct_random"]`` has the number of
-        distinct random sets per ``k``.
+        repeat where a layer has few other heads to draw from) reuses the first
+        result. ``evaluate`` must then be deterministic, as greedy generation is.
     progress : bool
         Show a progress bar over edits.
 
@@ -140,14 +127,25 @@ def evaluate_head_edits(
         One row per (edit, metric): ``method`` ("unedited", each selection
         name, "random"), ``k``, ``draw``, ``heads`` (labels), ``metric``,
         ``value``, ``baseline`` (the unedited value) and ``normalised``
-        (``value / baseline``; NaN where the baseline is 0). When
-        ``evaluate`` keeps per-prompt values (``evaluate.per_prompt``, as
-        :func:`qa_evaluator` and :func:`toxicity_evaluator` do), they are in
-        ``table.attrs["per_prompt"]``, keyed by ``(method, k, draw)``, for
-        :func:`add_intervals`.
+        (``value / baseline``; NaN where the baseline is 0). ``table.attrs``
+        holds ``random_moved``, ``distinct_random``, ``per_prompt`` and
+        ``outputs`` (see the module docstring).
     """
-    import pandas as pd
+    jobs, moved = _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random_fill)
+    runs = _Runs(evaluate, keep)
+    baseline = dict(runs.score(("unedited", 0, 0)) if baseline is None else baseline)
+    rows = [("unedited", 0, 0, "", m, v) for m, v in baseline.items()]
+    for name, k, d, chosen in _with_progress(jobs, alpha) if progress else jobs:
+        scores = runs.reused((name, k, d), chosen) if reuse else None
+        if scores is None:
+            with scale_heads(model, {h: alpha for h in chosen}, sites=sites):
+                scores = runs.score((name, k, d), chosen)
+        rows.extend((name, k, d, " ".join(head_label(*h) for h in chosen), m, v) for m, v in scores.items())
+    return _table(rows, baseline, runs, moved, jobs)
 
+
+def _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random_fill):
+    """The edits to score, ``(method, k, draw, heads)``, and per ``k`` the control heads moved to other layers."""
     from hp_mini.rank.controls import heads_moved, random_heads_like
 
     if not selections:
@@ -159,7 +157,6 @@ def evaluate_head_edits(
     random_like = names[0] if random_like is None else random_like
     if random_like not in selections:
         raise KeyError(f"random_like={random_like!r} is not one of the selections {names}")
-
     moved: dict[int, int] = {}
     jobs: list[tuple[str, int, int, list[Head]]] = []
     for k in ks:
@@ -168,57 +165,65 @@ def evaluate_head_edits(
             if len(ranked) < k:
                 raise ValueError(f"selection {name!r} has {len(ranked)} heads, fewer than k={k}")
             jobs.append((name, k, 0, ranked[:k]))
-        if pool is not None and n_random > 0:
+        if control_pool is not None and n_random > 0:
             target = [tuple(h) for h in selections[random_like]][:k]
-            draws = random_heads_like(target, pool, n_draws=n_random, seed=seed + k, fill=random_fill)
-            moved[k] = heads_moved(target, pool)
-            for d, draw in enumerate(draws):
-                jobs.append(("random", k, d, list(draw)))
+            draws = random_heads_like(target, control_pool, n_draws=n_random, seed=seed + k, fill=random_fill)
+            moved[k] = heads_moved(target, control_pool)
+            jobs.extend(("random", k, d, list(draw)) for d, draw in enumerate(draws))
+    return jobs, moved
 
-    iterator = jobs
-    if progress:
-        from tqdm.auto import tqdm
 
-        iterator = tqdm(jobs, desc=f"edits (alpha={alpha:g})", leave=False)
+def _with_progress(jobs, alpha: float):
+    from tqdm.auto import tqdm
 
-    outputs = {}
-    per_prompt = {}
+    return tqdm(jobs, desc=f"edits (alpha={alpha:g})", leave=False)
 
-    def collect(key):
-        if keep is not None:
-            outputs[key] = getattr(evaluate, keep)
-        if isinstance(getattr(evaluate, "per_prompt", None), Mapping):
-            per_prompt[key] = {m: np.asarray(v, dtype=float) for m, v in evaluate.per_prompt.items()}
 
-    if baseline is None:
-        baseline = dict(evaluate())
-        collect(("unedited", 0, 0))
-    baseline = dict(baseline)
-    rows = [("unedited", 0, 0, "", m, v) for m, v in baseline.items()]
-    done: dict[tuple, tuple] = {}
-    for name, k, d, chosen in iterator:
-        key = tuple(sorted(chosen))
-        if reuse and key in done:
-            first, scores = done[key]
-            if first in outputs:
-                outputs[(name, k, d)] = outputs[first]
-            if first in per_prompt:
-                per_prompt[(name, k, d)] = per_prompt[first]
-        else:
-            with scale_heads(model, {h: alpha for h in chosen}, heads=heads):
-                scores = dict(evaluate())
-            collect((name, k, d))
-            done[key] = ((name, k, d), scores)
-        labels = " ".join(head_label(*h) for h in chosen)
-        rows.extend((name, k, d, labels, m, v) for m, v in scores.items())
+class _Runs:
+    """Runs of ``evaluate``: what it kept beside its scores, keyed by ``(method, k, draw)``, and each head set's run."""
+
+    def __init__(self, evaluate, keep: str | None):
+        self.evaluate, self.keep = evaluate, keep
+        self.outputs: dict[tuple, object] = {}
+        self.per_prompt: dict[tuple, dict[str, np.ndarray]] = {}
+        self.done: dict[tuple, tuple] = {}  # a head set, sorted -> (the key of its first run, its scores)
+
+    def score(self, key: tuple, chosen: list[Head] | None = None) -> dict[str, float]:
+        """Score the model as it is now, keeping what ``evaluate`` kept."""
+        scores = dict(self.evaluate())
+        if self.keep is not None:
+            self.outputs[key] = getattr(self.evaluate, self.keep)
+        per_prompt = getattr(self.evaluate, "per_prompt", None)
+        if isinstance(per_prompt, Mapping):
+            self.per_prompt[key] = {m: np.asarray(v, dtype=float) for m, v in per_prompt.items()}
+        if chosen is not None:
+            self.done[tuple(sorted(chosen))] = (key, scores)
+        return scores
+
+    def reused(self, key: tuple, chosen: list[Head]) -> dict[str, float] | None:
+        """The scores of the head set's earlier run, its kept values now under ``key`` too; None if not run yet."""
+        found = self.done.get(tuple(sorted(chosen)))
+        if found is None:
+            return None
+        first, scores = found
+        for kept in (self.outputs, self.per_prompt):
+            if first in kept:
+                kept[key] = kept[first]
+        return scores
+
+
+def _table(rows, baseline: dict[str, float], runs: _Runs, moved: dict[int, int], jobs):
+    """The tidy table of the runs, normalised by the baseline, with its ``attrs``."""
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=["method", "k", "draw", "heads", "metric", "value"])
     table["baseline"] = table["metric"].map(baseline)
     with np.errstate(divide="ignore", invalid="ignore"):
         table["normalised"] = np.where(table["baseline"] != 0, table["value"] / table["baseline"], np.nan)
-    if keep is not None:
-        table.attrs["outputs"] = outputs
-    if per_prompt:
-        table.attrs["per_prompt"] = per_prompt
+    if runs.keep is not None:
+        table.attrs["outputs"] = runs.outputs
+    if runs.per_prompt:
+        table.attrs["per_prompt"] = runs.per_prompt
     table.attrs["random_moved"] = moved
     table.attrs["distinct_random"] = {
         k: len({tuple(sorted(c)) for n, kk, _, c in jobs if n == "random" and kk == k}) for k in moved

@@ -48,7 +48,7 @@ def bootstrap_ratio(
 
     Examples
     --------
-    >>> from hp_mini.experiments.driver import bootstrap_ratio
+    >>> from hp_mini.experiments.statistics import bootstrap_ratio
     >>> low, high = bootstrap_ratio([0, 1, 0, 1], [1, 1, 1, 1])
     >>> 0 <= low <= 0.5 <= high <= 1
     True

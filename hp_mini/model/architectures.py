@@ -53,6 +53,7 @@ __all__ = [
     "Wrapper",
     "model_parts",
     "register_architecture",
+    "registered_architectures",
 ]
 
 Layout = Literal["out_in", "in_out"]
@@ -181,6 +182,30 @@ _HEAD_FUNCTIONS: dict[str, Callable[[nn.Module], list]] = {
     "open_clip.model.CLIP": open_clip_heads,
     "open_clip.model.CustomTextCLIP": open_clip_heads,
 }
+
+
+def registered_architectures() -> dict[str, Literal["text", "wrapper", "heads"]]:
+    """Every architecture declared so far, by name, with the kind of its declaration.
+
+    Returns
+    -------
+    dict[str, {"text", "wrapper", "heads"}]
+        Sorted by name: the ``config.model_type`` of each text family
+        (``"text"``) and of each vision-language wrapper (``"wrapper"``), and the
+        ``"module.QualName"`` of each class declared with a function listing its
+        heads (``"heads"``), as :func:`register_architecture` declares them.
+
+    Examples
+    --------
+    >>> from hp_mini.model.architectures import registered_architectures
+    >>> registered_architectures()["llava"], registered_architectures()["open_clip.model.CLIP"]
+    ('wrapper', 'heads')
+    """
+    kinds: dict[str, Literal["text", "wrapper", "heads"]] = {}
+    kinds.update(dict.fromkeys(_FAMILIES, "text"))
+    kinds.update(dict.fromkeys(_WRAPPERS, "wrapper"))
+    kinds.update(dict.fromkeys(_HEAD_FUNCTIONS, "heads"))
+    return dict(sorted(kinds.items()))
 
 
 def heads_function(model: nn.Module) -> Callable[[nn.Module], list] | None:

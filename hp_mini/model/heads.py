@@ -210,15 +210,15 @@ def check_heads_of(model: nn.Module, heads: list[LayerHeads]) -> list[LayerHeads
         If a projection in ``heads`` is not a module of ``model``.
     """
     if isinstance(heads, LayerHeads) or not all(isinstance(s, LayerHeads) for s in heads):
-        raise TypeError("heads= takes the list returned by hp_mini.attention_heads(model)")
+        raise TypeError("sites= takes the list returned by hp_mini.attention_heads(model)")
     heads = list(heads)
     if not heads:
-        raise ValueError("heads= is empty; pass hp_mini.attention_heads(model)")
+        raise ValueError("sites= is empty; pass hp_mini.attention_heads(model)")
     own = {id(m) for m in model.modules()}
     stray = [s.layer for s in heads if id(s.module) not in own]
     if stray:
         raise ValueError(
-            f"heads= holds the heads of another model (layers {stray[:5]} are not modules of this "
+            f"sites= holds the heads of another model (layers {stray[:5]} are not modules of this "
             f"{type(model).__name__}); pass hp_mini.attention_heads(model) of the model you use"
         )
     return heads

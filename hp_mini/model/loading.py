@@ -432,10 +432,32 @@ def load_model(
         on this machine, or is ``"meta"`` (checked first, before any cache is
         read).
     """
+    name = _model_name(name)
+    device = _placement(name, device, device_map, kwargs)
+    if name in _EMBEDDED:
+        return _load_cached(_embedded_spec(name, progress), dtype=dtype, device=device, kwargs=kwargs)
+    if name in _LOADERS:
+        return _load_registered(name, dtype=dtype, device=device, progress=progress, kwargs=kwargs)
+    path = Path(name).expanduser()
+    options = dict(dtype=dtype, device=device, progress=progress, trust_remote_code=trust_remote_code, kwargs=kwargs)
+    if path.exists():
+        return _load_path(name, path, **options)
+    if _looks_like_path(name):
+        raise ModelNotAvailableError(f"load_model: name={name!r}: no such file or folder ({path.absolute()})")
+    return _load_hub(name, **options)
+
+
+def _model_name(name) -> str:
+    """``name`` as a non-empty str (a path-like becomes its path)."""
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"load_model: name must be a model name, a path or a hub id (a non-empty str), got {name!r}")
+    return name
+
+
+def _placement(name: str, device, device_map, kwargs: dict):
+    """The device to move the model to (None: placed by ``device_map``, which goes into ``kwargs``), checked."""
     if device_map is not None:
         if device is not None:
             raise ValueError(
@@ -450,40 +472,46 @@ def load_model(
         device = "cpu"
     if device is not None:
         _check_device(device)
-    if name in _EMBEDDED:
-        return _load_cached(_embedded_spec(name, progress), dtype=dtype, device=device, kwargs=kwargs)
-    if name in _LOADERS:
-        if kwargs:
-            raise TypeError(f"load_model: {name!r} takes only dtype and device, not {sorted(kwargs)}")
-        loader = _resolve(name)
-        extra = {"progress": progress} if _takes(loader, "progress") else {}
-        try:
-            model, processor = loader(dtype=dtype, device=device, **extra)
-        except CacheError as err:  # hp_mini's trained models are cached too
-            raise ModelNotAvailableError(str(err)) from err
-        return model.eval(), processor
-    path = Path(name).expanduser()
-    if path.exists():
-        if path.is_dir() and not (path / "config.json").is_file():
-            gguf = find_gguf(path)
-            if gguf is None:
-                raise ModelNotAvailableError(
-                    f"load_model: the folder name={name!r} holds neither config.json (a transformers model) "
-                    f"nor a .gguf file"
-                )
-            path = gguf
-        if path.is_file():
-            if not is_gguf(path):
-                raise ModelNotAvailableError(
-                    f"load_model: name={name!r} is a file but not a GGUF file; pass a GGUF file, "
-                    f"a folder saved by transformers, a hub id or one of {model_names()}"
-                )
-            return _load_cached(_gguf_file_spec(path, progress), dtype=dtype, device=device, kwargs=kwargs)
-        loaded = _load_folder(str(path), dtype=dtype, quiet=not progress, trust_remote_code=trust_remote_code,
-                              kwargs=kwargs)
-        return _placed(loaded, device)
-    if _looks_like_path(name):
-        raise ModelNotAvailableError(f"load_model: name={name!r}: no such file or folder ({path.absolute()})")
+    return device
+
+
+def _load_registered(name: str, *, dtype, device, progress: bool, kwargs: dict):
+    """A model that hp_mini builds itself, through its registered loader."""
+    if kwargs:
+        raise TypeError(f"load_model: {name!r} takes only dtype and device, not {sorted(kwargs)}")
+    loader = _resolve(name)
+    extra = {"progress": progress} if _takes(loader, "progress") else {}
+    try:
+        model, processor = loader(dtype=dtype, device=device, **extra)
+    except CacheError as err:  # hp_mini's trained models are cached too
+        raise ModelNotAvailableError(str(err)) from err
+    return model.eval(), processor
+
+
+def _load_path(name: str, path: Path, *, dtype, device, progress: bool, trust_remote_code: bool, kwargs: dict):
+    """A GGUF file (converted once and cached), a folder holding one, or a folder saved by transformers."""
+    if path.is_dir() and not (path / "config.json").is_file():
+        gguf = find_gguf(path)
+        if gguf is None:
+            raise ModelNotAvailableError(
+                f"load_model: the folder name={name!r} holds neither config.json (a transformers model) "
+                f"nor a .gguf file"
+            )
+        path = gguf
+    if path.is_file():
+        if not is_gguf(path):
+            raise ModelNotAvailableError(
+                f"load_model: name={name!r} is a file but not a GGUF file; pass a GGUF file, "
+                f"a folder saved by transformers, a hub id or one of {model_names()}"
+            )
+        return _load_cached(_gguf_file_spec(path, progress), dtype=dtype, device=device, kwargs=kwargs)
+    loaded = _load_folder(str(path), dtype=dtype, quiet=not progress, trust_remote_code=trust_remote_code,
+                          kwargs=kwargs)
+    return _placed(loaded, device)
+
+
+def _load_hub(name: str, *, dtype, device, progress: bool, trust_remote_code: bool, kwargs: dict):
+    """A Hugging Face model id, from the local Hugging Face cache or the hub; a close name suggested when none."""
     try:
         loaded = _load_folder(name, dtype=dtype, quiet=not progress, trust_remote_code=trust_remote_code,
                               kwargs=kwargs)

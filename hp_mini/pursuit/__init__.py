@@ -1,10 +1,10 @@
 """Sparse codes of signals in a dictionary: matching pursuit, OMP and SOMP.
 
 For a data matrix ``H`` of shape (n, d) and a dictionary ``D`` of shape (v, d)
-(one atom per row), Simultaneous Orthogonal Matching Pursuit (SOMP) picks, one step at a
-time, the atom whose correlations with the current residual are largest over
-*all* samples, refits every chosen atom by least squares and updates the
-residual::
+(one atom per row), Simultaneous Orthogonal Matching Pursuit (SOMP) picks,
+one step at a time, the atom whose correlations with the current residual are
+largest over *all* samples, refits every chosen atom by least squares and
+updates the residual::
 
     R = H ; S = []
     repeat k times:
@@ -76,8 +76,8 @@ The package
   dictionary (its float32 copy and largest atom norm).
 * ``_bounds``: the certified float32 bounds of the squared L2 scores (their
   derivation is in that module), the float32 products, ``up``/``down``.
-* ``_criteria``: the :class:`Criterion` protocol, :class:`L2Criterion`,
-  :class:`L1Criterion`; ``_screen``: L1's float32 screen.
+* ``_criteria``: the criterion protocol and the two criteria (see below);
+  ``_screen``: L1's float32 screen.
 * :mod:`hp_mini.pursuit.engine`: the step loop (:func:`~hp_mini.pursuit.engine.pursue`),
   its input :class:`~hp_mini.pursuit.engine.Problem` and its typed result
   :class:`~hp_mini.pursuit.engine.RawPursuit`; the documented interface

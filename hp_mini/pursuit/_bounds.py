@@ -191,7 +191,7 @@ class TailSplit:
     def __init__(self, F: torch.Tensor, tail: torch.Tensor, dmax: float):
         norms = torch.linalg.vector_norm(F, dim=1)  # (h, r)
         main = (norms > tail[:, None]) | (tail[:, None] <= 0)
-        self.r = int(main.sum(1).max())
+        self.r = max(1, int(main.sum(1).max()))
         self.idx = torch.argsort((~main).to(torch.int8), dim=1, stable=True)[:, : self.r]
         self.valid = main.gather(1, self.idx)
         self.mask = main.to(F.dtype)

@@ -96,29 +96,40 @@ class Criterion(Protocol):
     @staticmethod
     def factor(
         W: torch.Tensor, M: torch.Tensor, Z: torch.Tensor | None, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]: ...
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The problem as the engine sees it: ``(W, L, Z)`` with ``F_0 = W L``."""
 
     @classmethod
-    def group_size(cls, h: int, v: int, r: int, k: int, dtype: torch.dtype) -> int: ...
+    def group_size(cls, h: int, v: int, r: int, k: int, dtype: torch.dtype) -> int:
+        """How many of ``h`` problems may be pursued together."""
 
     @classmethod
-    def keeps_products(cls, h: int, v: int, r: int, k: int, dtype: torch.dtype) -> bool: ...
+    def keeps_products(cls, h: int, v: int, r: int, k: int, dtype: torch.dtype) -> bool:
+        """Whether the step-0 float32 products ``D F_0`` are kept (``bounds.products``)."""
 
-    def __init__(self, ws: Workspace) -> None: ...
+    def __init__(self, ws: Workspace) -> None:
+        """Built once per batch of problems, with the engine's workspace."""
 
-    def bound(self, rows: torch.Tensor, atoms: slice | torch.Tensor | None = None) -> torch.Tensor: ...
+    def bound(self, rows: torch.Tensor, atoms: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """float32 keys that order upper bounds of the scores (``atoms`` as for :func:`~._bounds.pick`)."""
 
-    def can_win(self, rows: torch.Tensor, rest: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor: ...
+    def can_win(self, rows: torch.Tensor, rest: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        """Whether an atom with key ``rest`` may score ``threshold`` or more."""
 
-    def score(self, rows: torch.Tensor, idx: torch.Tensor, step: int) -> torch.Tensor: ...
+    def score(self, rows: torch.Tensor, idx: torch.Tensor, step: int) -> torch.Tensor:
+        """Exact scores of atoms ``idx`` (minus infinity for those that cannot win); tightens their bounds."""
 
-    def exclude(self, at: tuple[torch.Tensor, torch.Tensor]) -> None: ...
+    def exclude(self, at: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """The atoms ``at`` were chosen: they never win again."""
 
-    def start_step(self, step: int, delta_c: torch.Tensor, u: torch.Tensor, w: torch.Tensor | None) -> None: ...
+    def start_step(self, step: int, delta_c: torch.Tensor, u: torch.Tensor, w: torch.Tensor | None) -> None:
+        """Before step ``step``'s updates (``w`` is None when no criterion or result needs it)."""
 
-    def update(self, atoms: slice, c: torch.Tensor) -> None: ...
+    def update(self, atoms: slice, c: torch.Tensor) -> None:
+        """Keep its bounds of the block ``atoms`` valid after the step, from ``c = D q`` (float32)."""
 
-    def reported(self, best: torch.Tensor) -> torch.Tensor: ...
+    def reported(self, best: torch.Tensor) -> torch.Tensor:
+        """The score a result reports for the winner's exact value ``best``."""
 
 
 # Relative: rounding in the exact scores never hides a possible winner.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from hp_mini.read.dictionary import Dictionary
-from hp_mini.pursuit import _validation as check
+import hp_mini.pursuit._validation as check
 from hp_mini.pursuit.engine import ZERO_RESIDUAL
 from hp_mini.pursuit.result import PursuitResult
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from hp_mini.read.dictionary import Dictionary
-from hp_mini.pursuit import _validation as check
+import hp_mini.pursuit._validation as check
 from hp_mini.pursuit.engine import CRITERIA, Problem, RawPursuit, factor, pursue
 from hp_mini.pursuit.result import FactoredSignals, PursuitResult
 

@@ -6,6 +6,9 @@ the logit lens gives) and sorts them; :func:`random_heads_like` draws the
 paper's control: random heads with the same count per layer as a selection,
 disjoint from it.
 
+:meth:`HeadRanking.skip_layers` leaves the first layers out of a ranking, and
+:func:`evr_grid` lays the SOMP scores of every head out by layer and head.
+
 Heads are processed in batches that share every dictionary product, and each
 head is handled in its ``d_head`` coordinates (``X = Z W_O^T``), so the only
 ``d_model``-wide work is the dictionary products themselves. With
@@ -33,14 +36,15 @@ from typing import Literal
 
 import torch
 
+from hp_mini.checks import check_count
 from hp_mini.model.sites import Head, head_label
 from hp_mini.pursuit import FactoredSignals, PursuitResult, somp_factored
 from hp_mini.rank.compare import RankingComparison, jaccard, spearman
-from hp_mini.read.dictionary import Dictionary, as_dictionary
-from hp_mini.read.lens import mean_head_writes
+from hp_mini.read.dictionary import Dictionary
+from hp_mini.read.lens import check_dictionary, logit_lens
 from hp_mini.record.activations import HeadActivations
 
-__all__ = ["check_ranking_inputs", "head_signals", "HeadRanking", "pursue_heads", "rank_heads"]
+__all__ = ["check_ranking_inputs", "evr_grid", "head_signals", "HeadRanking", "pursue_heads", "rank_heads"]
 
 
 def _bar(total: int, enabled: bool, desc: str):
@@ -100,7 +104,7 @@ def pursue_heads(
     """
     if criterion not in ("l1", "l2"):
         raise ValueError(f"criterion must be 'l1' or 'l2', got {criterion!r}")
-    dic = _checked_dictionary(dictionary, acts, finite=False)  # somp_factored checks the atoms once per dictionary
+    dic = check_dictionary(dictionary, acts.d_model, finite=False)  # somp_factored checks the atoms once per dictionary
     if criterion == "l1" and acts.z is None:
         raise ValueError(
             "criterion='l1' needs every prompt's head outputs, but these activations hold only moments "
@@ -159,22 +163,6 @@ def head_signals(acts: HeadActivations, layer: int, head: int) -> FactoredSignal
     return FactoredSignals(W, n=n, mean=mean, scatter=scatter, name=name)
 
 
-def _checked_dictionary(dictionary, acts: HeadActivations, *, finite: bool = True) -> Dictionary:
-    """The dictionary as a :class:`Dictionary`, checked against the activations it will read."""
-    dic = as_dictionary(dictionary)
-    if len(dic) == 0:
-        raise ValueError(
-            "the dictionary is empty: it has no atoms to rank heads by "
-            "(a concept dictionary whose words all went missing? see dictionary.missing)"
-        )
-    if dic.d_model != acts.d_model:
-        raise ValueError(f"the dictionary's atoms are {dic.d_model} wide but the heads write {acts.d_model}-wide vectors")
-    bad = int((~torch.isfinite(dic.atoms)).sum()) if finite else 0
-    if bad:
-        raise ValueError(f"the dictionary's atoms contain {bad} NaN or infinite values; rebuild the dictionary")
-    return dic
-
-
 def check_ranking_inputs(
     acts: HeadActivations,
     dictionary: Dictionary | torch.Tensor,
@@ -212,7 +200,7 @@ def check_ranking_inputs(
     TypeError
         ``n_atoms`` is not an integer.
     """
-    dic = _checked_dictionary(dictionary, acts)
+    dic = check_dictionary(dictionary, acts.d_model)
     n = acts.n_prompts
     if n < 2:
         raise ValueError(
@@ -233,14 +221,7 @@ def check_ranking_inputs(
             )
     if n_atoms is None:
         return dic, None
-    try:
-        if isinstance(n_atoms, bool):
-            raise TypeError
-        requested = operator.index(n_atoms)
-    except TypeError:
-        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}") from None
-    if requested < 1:
-        raise ValueError(f"n_atoms must be at least 1, got {requested}")
+    requested = check_count(n_atoms, "n_atoms")
     if requested > len(dic):
         warnings.warn(
             f"n_atoms={requested} is more than the {len(dic)} atoms of the dictionary; using {len(dic)}",
@@ -304,6 +285,41 @@ class HeadRanking:
         if not 0 <= k <= len(self.heads):
             raise ValueError(f"k must be between 0 and {len(self.heads)}, got {k}")
         return self.heads[:k]
+
+    def skip_layers(self, n_layers: int) -> HeadRanking:
+        """The same ranking without the heads of layers ``0 .. n_layers - 1``.
+
+        Parameters
+        ----------
+        n_layers : int
+            How many first layers to leave out (0 keeps every head), e.g. the
+            layers whose heads reach a high EVR with any dictionary.
+
+        Returns
+        -------
+        HeadRanking
+            The other heads, in the same order, with their scores, method and
+            pursuit results.
+
+        Raises
+        ------
+        TypeError
+            ``n_layers`` is not an integer.
+        ValueError
+            ``n_layers`` is negative.
+
+        Examples
+        --------
+        >>> import torch
+        >>> r = HeadRanking([(0, 1), (2, 0), (1, 1)], torch.tensor([0.9, 0.5, 0.2]), "somp")
+        >>> r.skip_layers(1).heads, r.skip_layers(1).top(1)
+        ([(2, 0), (1, 1)], [(2, 0)])
+        """
+        n_layers = check_count(n_layers, "n_layers", minimum=0)
+        keep = [i for i, (layer, _) in enumerate(self.heads) if layer >= n_layers]
+        heads = [self.heads[i] for i in keep]
+        results = None if self.results is None else {h: self.results[h] for h in heads if h in self.results}
+        return HeadRanking(heads, self.scores[torch.tensor(keep, dtype=torch.long)], self.method, results)
 
     def grid(self, n_layers: int | None = None, n_heads: int | None = None, *,
              dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -440,7 +456,8 @@ def rank_heads(
         ``"somp"``: the score is the EVR after ``n_atoms`` SOMP steps (Head
         Pursuit). ``"logit_lens"``: the mean, over prompts and over the
         dictionary's atoms, of the logit ``d_j . x_h`` the head's contribution
-        gives (uncentred).
+        gives (uncentred): ``logit_lens(acts, dictionary).scores`` of
+        :func:`hp_mini.read.lens.logit_lens`.
     n_atoms : int, default 50
         SOMP steps (capped at the dictionary's size, with a warning).
     criterion : {"l1", "l2"}, default "l1"
@@ -478,10 +495,53 @@ def rank_heads(
             progress=progress,
         )
         return HeadRanking.from_pursuit(results, dtype=out_dtype)
-    heads = list(acts.heads)
-    atom_mean = dic.atoms.double().mean(0)  # mean over atoms of d_j
-    per_head = mean_head_writes(acts) @ atom_mean  # [L, H]
-    row = {layer: i for i, layer in enumerate(acts.layers)}
-    scores = torch.tensor([float(per_head[row[layer], head]) for layer, head in heads], dtype=out_dtype)
+    lens = logit_lens(acts, dic)
+    heads = lens.heads
+    scores = lens.scores.reshape(-1).to(out_dtype)  # layer-major, as lens.heads
     order = torch.argsort(scores, descending=True, stable=True)
     return HeadRanking([heads[int(i)] for i in order], scores[order], method, None)
+
+
+def evr_grid(acts: HeadActivations, dictionary: Dictionary | torch.Tensor, *, n_atoms: int = 50,
+             criterion: Literal["l1", "l2"] = "l1", center: bool = True, progress: bool = True) -> torch.Tensor:
+    """The EVR that SOMP reaches on every recorded head, as a ``[layer, head]`` grid.
+
+    The scores of :func:`rank_heads` (``method="somp"``) laid out by layer and
+    head: the map to compare one dictionary with another (a concept against
+    random tokens of the same size, say) layer by layer.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        From :func:`record_heads`.
+    dictionary : Dictionary or Tensor ``[v, d_model]``
+        The atoms.
+    n_atoms : int, default 50
+        SOMP steps per head, capped at the dictionary's size (with a
+        ``RuntimeWarning`` pointing at the caller).
+    criterion : {"l1", "l2"}, default "l1"
+        SOMP criterion.
+    center : bool, default True
+        Centre each head's outputs over the prompts first.
+    progress : bool, default True
+        Show a progress bar over heads.
+
+    Returns
+    -------
+    Tensor ``[n_layers, n_heads]``
+        The EVR after ``n_atoms`` steps of head ``h`` of layer ``l`` at
+        ``[l, h]``; rows of layers that were not recorded are 0.
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`rank_heads` (see :func:`check_ranking_inputs`).
+
+    Examples
+    --------
+    >>> grid = evr_grid(acts, countries, n_atoms=20)                            # doctest: +SKIP
+    >>> grid.mean(1)  # the mean EVR of each layer                             # doctest: +SKIP
+    """
+    dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms)
+    ranking = rank_heads(acts, dic, n_atoms=n_atoms, criterion=criterion, center=center, progress=progress)
+    return ranking.grid(max(acts.layers) + 1, acts.n_heads)

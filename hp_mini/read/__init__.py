@@ -2,12 +2,13 @@
 
 - :mod:`~hp_mini.read.dictionary`: the logit-lens dictionary (:func:`unembedding_dictionary`)
   and the concept word lists.
-- :mod:`~hp_mini.read.lens`: the logit lens of every head at once.
+- :mod:`~hp_mini.read.lens`: the logit lens of every head at once (:func:`logit_lens`).
 - :mod:`~hp_mini.read.copying`: copy scores (does a head write what it attends to?).
 """
 
 from __future__ import annotations
 
 from hp_mini.read.dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
+from hp_mini.read.lens import LogitLens, logit_lens
 
-__all__ = ["concept_names", "concept_words", "Dictionary", "unembedding_dictionary"]
+__all__ = ["concept_names", "concept_words", "Dictionary", "LogitLens", "logit_lens", "unembedding_dictionary"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hp_mini.checks import check_count, check_prompts, renamed_keywords
 from hp_mini.model.heads import attention_heads
 from hp_mini.model.hooks import Trace
 from hp_mini.model.inputs import encode
@@ -68,10 +69,11 @@ def _copy_kernel(
     return ((x * (attended - mean_atom)).sum(-1)) / spread
 
 
+@renamed_keywords(texts="prompts")
 def copy_scores(
     model: nn.Module,
     tokenizer,
-    texts: Sequence[str],
+    prompts: Sequence[str],
     unembedding: torch.Tensor,
     *,
     seed: int = 0,
@@ -101,8 +103,8 @@ def copy_scores(
         is switched on for the call and switched back after).
     tokenizer : tokenizer
         Its tokenizer.
-    texts : list of str
-        The prompts.
+    prompts : list of str
+        The prompts (``texts=`` is the old name of this argument, deprecated).
     unembedding : Tensor ``[vocab, d_model]``
         Row ``v`` reads token ``v``, e.g. ``unembedding_dictionary(model,
         tokenizer).atoms`` (unit rows).
@@ -118,92 +120,113 @@ def copy_scores(
     Raises
     ------
     ValueError
-        No prompts, an empty prompt or one token only, an unembedding of the
+        No prompts, an empty prompt or one token only, a ``batch_size``
+        below 1, an unembedding of the
         wrong width or with fewer rows than the token ids, or a model that
         returns no attention weights.
     TypeError
-        A prompt that is not a string, or an unembedding that is not a 2-D tensor.
+        A prompt that is not a string, an unembedding that is not a 2-D
+        tensor, or a ``batch_size`` that is not an integer.
 
     Examples
     --------
     >>> import hp_mini
     >>> model, tokenizer = hp_mini.load_model("smollm2-135m")                 # doctest: +SKIP
     >>> U = hp_mini.unembedding_dictionary(model, tokenizer).atoms              # doctest: +SKIP
-    >>> copying = copy_scores(model, tokenizer, texts, U)                       # doctest: +SKIP
+    >>> copying = copy_scores(model, tokenizer, prompts, U)                     # doctest: +SKIP
     >>> copying.top(3)                                                          # doctest: +SKIP
     """
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError("copy_scores needs at least one prompt")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"prompt {i} is a {type(text).__name__}, not a string")
+    prompts = check_prompts(prompts, "copy_scores")
     if not isinstance(unembedding, torch.Tensor) or unembedding.ndim != 2:
         raise TypeError("unembedding must be a 2-D tensor [vocab, d_model] (row v reads token v)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = check_count(batch_size, "batch_size")
     sites = attention_heads(model)
-    d_model = sites[0].d_model
-    if unembedding.shape[1] != d_model:
-        raise ValueError(f"the unembedding's rows are {unembedding.shape[1]} wide but the heads write {d_model}-wide vectors")
-    if not torch.isfinite(unembedding).all():
-        raise ValueError("the unembedding contains NaN or infinite values")
-    U = unembedding.detach().double().cpu()
+    U = _checked_unembedding(unembedding, sites[0].d_model)
+    with _eager_eval(model):
+        totals, count = _copy_totals(model, tokenizer, prompts, sites, U, seed=seed, batch_size=batch_size)
+    return CopyScores(totals[0] / count, totals[1] / count, count)
+
+
+def _copy_totals(model, tokenizer, prompts, sites, U, *, seed: int, batch_size: int):
+    """Summed copy scores ``[2, n_layers, n_heads]`` (prompt tokens, random tokens) and the query positions summed."""
     mean_atom = U.mean(0)
     cov = (U - mean_atom).T @ (U - mean_atom) / len(U)
     gen = torch.Generator().manual_seed(seed)
-    n_layers, n_heads = len(sites), sites[0].n_heads
-    totals = torch.zeros(2, n_layers, n_heads, dtype=torch.float64)
+    totals = torch.zeros(2, len(sites), sites[0].n_heads, dtype=torch.float64)
     count = 0
+    for start in range(0, len(prompts), batch_size):
+        batch, lengths = _encoded(model, tokenizer, prompts[start : start + batch_size], start, len(U))
+        writes, attentions = _writes_and_attention(model, sites, batch)
+        for j, length in enumerate(lengths):
+            tokens = batch["input_ids"][j, :length].cpu()
+            targets = torch.stack([U[tokens], U[torch.randint(0, len(U), (length,), generator=gen)]])
+            for i, site in enumerate(sites):
+                x = site.contributions(writes[i][j, :length]).double().cpu()
+                a = attentions[site.layer][j, :, :length, :length].double().cpu()
+                z = _copy_kernel(x, a, targets, mean_atom, cov)  # [2, T, H]
+                totals[:, i] += z[:, 1:].sum(1)
+            count += length - 1
+    return totals, count
 
+
+def _checked_unembedding(unembedding: torch.Tensor, d_model: int) -> torch.Tensor:
+    """The unembedding as float64 on the CPU, after checking its width and values."""
+    if unembedding.shape[1] != d_model:
+        raise ValueError(
+            f"the unembedding's rows are {unembedding.shape[1]} wide but the heads write {d_model}-wide vectors"
+        )
+    if not torch.isfinite(unembedding).all():
+        raise ValueError("the unembedding contains NaN or infinite values")
+    return unembedding.detach().double().cpu()
+
+
+@contextlib.contextmanager
+def _eager_eval(model: nn.Module):
+    """The model in eval mode with eager attention (which returns its weights); both put back after."""
     switch = getattr(model, "set_attn_implementation", None)
-    config = getattr(model, "config", None)
-    before = getattr(config, "_attn_implementation", None)
+    before = getattr(getattr(model, "config", None), "_attn_implementation", None)
     was_training = model.training
     model.eval()
     try:
         if switch is not None and before not in (None, "eager"):
             switch("eager")
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            batch = encode(model, tokenizer, chunk, padding_side="right")
-            lengths = batch["attention_mask"].sum(1).tolist()
-            for j, length in enumerate(lengths):
-                if length < 2:
-                    raise ValueError(
-                        f"prompt {start + j} has {int(length)} token(s); a copy score needs at least 2 "
-                        "(the first position can only attend to itself)"
-                    )
-            ids = batch["input_ids"].cpu()
-            if int(ids.max()) >= len(U):
-                raise ValueError(
-                    f"token id {int(ids.max())} has no row in the unembedding ({len(U)} rows); "
-                    "pass the unembedding of this model's tokenizer"
-                )
-            traces = [Trace(site.module, retain_input=True) for site in sites]
-            with torch.no_grad(), contextlib.ExitStack() as stack:
-                for trace in traces:
-                    stack.enter_context(trace)
-                out = model(**batch, output_attentions=True, use_cache=False)
-            attentions = getattr(out, "attentions", None)
-            if not attentions or attentions[0] is None:
-                raise ValueError(
-                    f"{type(model).__name__} returned no attention weights; copy_scores needs a model "
-                    "that supports output_attentions=True (eager attention)"
-                )
-            for j, length in enumerate(lengths):
-                tokens = ids[j, :length]
-                targets = torch.stack([U[tokens], U[torch.randint(0, len(U), (length,), generator=gen)]])
-                for i, site in enumerate(sites):
-                    x = site.contributions(traces[i].input[j, :length]).double().cpu()
-                    a = attentions[site.layer][j, :, :length, :length].double().cpu()
-                    z = _copy_kernel(x, a, targets, mean_atom, cov)  # [2, T, H]
-                    totals[:, i] += z[:, 1:].sum(1)
-                count += length - 1
+        yield
     finally:
         if switch is not None and before not in (None, "eager"):
             switch(before)
         model.train(was_training)
-    return CopyScores(totals[0] / count, totals[1] / count, count)
+
+
+def _encoded(model: nn.Module, tokenizer, chunk: list[str], start: int, n_rows: int):
+    """A batch of prompts, right-padded, and each prompt's length; prompts of one token and unknown ids refused."""
+    batch = encode(model, tokenizer, chunk, padding_side="right")
+    lengths = batch["attention_mask"].sum(1).tolist()
+    for j, length in enumerate(lengths):
+        if length < 2:
+            raise ValueError(
+                f"prompt {start + j} has {int(length)} token(s); a copy score needs at least 2 "
+                "(the first position can only attend to itself)"
+            )
+    top = int(batch["input_ids"].max())
+    if top >= n_rows:
+        raise ValueError(
+            f"token id {top} has no row in the unembedding ({n_rows} rows); "
+            "pass the unembedding of this model's tokenizer"
+        )
+    return batch, [int(length) for length in lengths]
+
+
+def _writes_and_attention(model: nn.Module, sites, batch):
+    """Each layer's input to its output projection (the heads' ``z``) and the attention weights, in one pass."""
+    traces = [Trace(site.module, retain_input=True) for site in sites]
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        for trace in traces:
+            stack.enter_context(trace)
+        out = model(**batch, output_attentions=True, use_cache=False)
+    attentions = getattr(out, "attentions", None)
+    if not attentions or attentions[0] is None:
+        raise ValueError(
+            f"{type(model).__name__} returned no attention weights; copy_scores needs a model "
+            "that supports output_attentions=True (eager attention)"
+        )
+    return [trace.input for trace in traces], attentions

@@ -137,14 +137,14 @@ def random_atoms(
         The drawn atoms with their labels and token ids, in the order drawn.
     """
     dictionary = as_dictionary(dictionary)
-    pool = torch.arange(len(dictionary)) if among is None else torch.as_tensor(among, dtype=torch.long).flatten()
-    if len(pool) and (int(pool.min()) < 0 or int(pool.max()) >= len(dictionary)):
+    positions = torch.arange(len(dictionary)) if among is None else torch.as_tensor(among, dtype=torch.long).flatten()
+    if len(positions) and (int(positions.min()) < 0 or int(positions.max()) >= len(dictionary)):
         raise ValueError(f"among= holds positions outside the dictionary's {len(dictionary)} atoms")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(pool):
-        raise ValueError(f"size must be an integer from 1 to {len(pool)} (the atoms to draw from), got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(positions):
+        raise ValueError(f"size must be an integer from 1 to {len(positions)} (the atoms to draw from), got {size!r}")
     if generator is None:
         generator = torch.Generator().manual_seed(int(seed))
-    picked = pool[torch.randperm(len(pool), generator=generator)[:size]]
+    picked = positions[torch.randperm(len(positions), generator=generator)[:size]]
     token_ids = None if dictionary.token_ids is None else dictionary.token_ids[picked]
     return Dictionary(dictionary.atoms[picked], [dictionary.labels[int(i)] for i in picked], token_ids)
 
@@ -263,71 +263,90 @@ def unembedding_dictionary(
     """
     if multi_token not in ("first", "drop"):
         raise ValueError(f"multi_token must be 'first' or 'drop', got {multi_token!r}")
+    U = _unembedding(model, final_norm)
+    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    if words is None:
+        ids, found, source = torch.arange(U.shape[0]), _WordTokens(), None
+    else:
+        found = _word_tokens(tok, words, multi_token)
+        ids, source = torch.tensor(list(found.seen), dtype=torch.long), list(found.seen.values())
+    if int(ids.max()) >= U.shape[0]:
+        raise ValueError(f"token id {int(ids.max())} is outside the {U.shape[0]}-row unembedding")
+    atoms = _unit_rows(U[ids]) if normalize else U[ids]
+    labels = [tok.decode([int(i)]) for i in ids] if words is not None else tok.batch_decode(ids[:, None].tolist())
+    return Dictionary(atoms, labels, ids, source, found.missing, found.multi, found.kept_first)
+
+
+def _unembedding(model: nn.Module, final_norm: bool) -> torch.Tensor:
+    """The unembedding matrix, float32 on the CPU, with the final norm's gain folded in when asked."""
     parts = model_parts(model)
     with torch.no_grad():
         U = parts.unembedding.weight.float().cpu()
         if final_norm:
             U = U * parts.final_norm.gain.cpu()  # w or 1 + w, as the norm itself computes
-    tok = getattr(tokenizer, "tokenizer", tokenizer)
+    return U
 
-    missing: list[str] = []
-    multi: dict[str, list[str]] = {}
-    kept_first: list[str] = []
-    if words is None:
-        ids = torch.arange(U.shape[0])
-        source = None
-    else:
-        if isinstance(words, str):
-            raise TypeError("words must be a list of words, not one string; see hp_mini.concept_words")
-        unk = getattr(tok, "unk_token_id", None)
-        unknown: list[str] = []
-        seen: dict[int, str] = {}
-        for word in words:
-            word = word.strip()
-            found = unknown_piece = False
-            for variant in (" " + word, word):
-                if not word:
-                    break
-                pieces = tok.encode(variant, add_special_tokens=False)
-                if unk is not None and unk in pieces:
-                    unknown_piece = True
+
+@dataclass
+class _WordTokens:
+    """The tokens that words gave (token -> the first word that gave it), and what the words did not give."""
+
+    seen: dict[int, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    multi: dict[str, list[str]] = field(default_factory=dict)
+    kept_first: list[str] = field(default_factory=list)
+
+
+def _word_tokens(tok, words: list[str], multi_token: str) -> _WordTokens:
+    """Each word's tokens (``" word"``, then ``"word"``) under the multi-token policy; ``unk`` losses warned of."""
+    if isinstance(words, str):
+        raise TypeError("words must be a list of words, not one string; see hp_mini.concept_words")
+    unk = getattr(tok, "unk_token_id", None)
+    unknown: list[str] = []
+    out = _WordTokens()
+    for word in words:
+        word = word.strip()
+        found = unknown_piece = False
+        for variant in (" " + word, word):
+            if not word:
+                break
+            pieces = tok.encode(variant, add_special_tokens=False)
+            if unk is not None and unk in pieces:
+                unknown_piece = True
+                continue
+            if len(pieces) == 1:
+                token = pieces[0]
+            elif len(pieces) > 1:
+                out.multi[variant] = [tok.decode([p]) for p in pieces]
+                first = tok.decode([pieces[0]])
+                if multi_token == "drop" or not _is_whole(first, word):
                     continue
-                if len(pieces) == 1:
-                    token = pieces[0]
-                elif len(pieces) > 1:
-                    multi[variant] = [tok.decode([p]) for p in pieces]
-                    first = tok.decode([pieces[0]])
-                    if multi_token == "drop" or not _is_whole(first, word):
-                        continue
-                    token = pieces[0]
-                    kept_first.append(variant)
-                else:
-                    continue
-                found = True
-                seen.setdefault(token, word)
-            if not found:
-                missing.append(word)
-                if unknown_piece:
-                    unknown.append(word)
-        if unknown:
-            warnings.warn(
-                f"unembedding_dictionary: the tokenizer encodes {len(unknown)} of the words with its unknown "
-                f"token {tok.decode([unk])!r}, so they give no atom and are left out (see dictionary.missing): "
-                f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if not seen:
-            raise ValueError("none of the words gave a token; check the word list and the tokenizer")
-        ids = torch.tensor(list(seen), dtype=torch.long)
-        source = list(seen.values())
-    if int(ids.max()) >= U.shape[0]:
-        raise ValueError(f"token id {int(ids.max())} is outside the {U.shape[0]}-row unembedding")
-    atoms = U[ids]
-    if normalize:
-        norms = atoms.norm(dim=1, keepdim=True)
-        if (norms == 0).any():
-            warnings.warn(f"{int((norms == 0).sum())} atoms are zero and stay zero", RuntimeWarning, stacklevel=2)
-        atoms = atoms / norms.clamp_min(torch.finfo(atoms.dtype).tiny)
-    labels = [tok.decode([int(i)]) for i in ids] if words is not None else tok.batch_decode(ids[:, None].tolist())
-    return Dictionary(atoms, labels, ids, source, missing, multi, kept_first)
+                token = pieces[0]
+                out.kept_first.append(variant)
+            else:
+                continue
+            found = True
+            out.seen.setdefault(token, word)
+        if not found:
+            out.missing.append(word)
+            if unknown_piece:
+                unknown.append(word)
+    if unknown:
+        warnings.warn(
+            f"unembedding_dictionary: the tokenizer encodes {len(unknown)} of the words with its unknown "
+            f"token {tok.decode([unk])!r}, so they give no atom and are left out (see dictionary.missing): "
+            f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
+            RuntimeWarning,
+            stacklevel=3,  # the caller of unembedding_dictionary
+        )
+    if not out.seen:
+        raise ValueError("none of the words gave a token; check the word list and the tokenizer")
+    return out
+
+
+def _unit_rows(atoms: torch.Tensor) -> torch.Tensor:
+    """Each row scaled to unit norm; zero rows stay zero, with a warning."""
+    norms = atoms.norm(dim=1, keepdim=True)
+    if (norms == 0).any():
+        warnings.warn(f"{int((norms == 0).sum())} atoms are zero and stay zero", RuntimeWarning, stacklevel=3)
+    return atoms / norms.clamp_min(torch.finfo(atoms.dtype).tiny)

@@ -6,7 +6,8 @@
 head's CLS contribution is mapped through ``ln_post`` and the final projection
 (:func:`joint_space_map`) into the space where the text embeddings live, so that
 text embeddings of prompts (:func:`hp_mini.vision.zero_shot.text_dictionary`)
-are a dictionary for :func:`hp_mini.somp`.
+are a dictionary for :func:`hp_mini.somp`. It runs the recorder core
+(:mod:`hp_mini.record.core`) with :class:`ImageInputs` as its input adapter.
 
 Example
 -------
@@ -22,18 +23,20 @@ torch.Size([4, 8, 64, 12])
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import nn
 
+from hp_mini.checks import check_count, renamed_keywords
+from hp_mini.model.hooks import Trace
 from hp_mini.model.open_clip import open_clip_heads, tower_blocks
 from hp_mini.model.sites import LayerHeads
-from hp_mini.record.activations import HeadActivations, HeadStore, select_layers
+from hp_mini.record.activations import HeadActivations, Stored, check_store, record_rows
+from hp_mini.record.core import Forward, choose_sites
 
-__all__ = ["ImagePool", "image_batch", "joint_space_map", "record_image_heads"]
+__all__ = ["ImageInputs", "ImagePool", "image_batch", "joint_space_map", "record_image_heads"]
 
 ImagePool = Literal["cls", "patches", "all"]
 
@@ -68,6 +71,52 @@ def joint_space_map(model: nn.Module, sites: list[LayerHeads] | None = None) -> 
     return torch.stack(maps)
 
 
+class ImageInputs:
+    """Input adapter for the recorder core: images through an open_clip image tower.
+
+    Parameters
+    ----------
+    model : open_clip CLIP
+        Split with :func:`~hp_mini.model.open_clip.split_heads`.
+    pixels : Tensor ``[n, 3, H, W]``
+        From :func:`image_batch`.
+    pool : {"cls", "patches", "all"}
+        The positions each :class:`~hp_mini.record.core.Forward` selects: the
+        same in every image (a slice), since image batches have no padding.
+    joint : bool
+        Divide each image's rows by the ``ln_post`` scale ``sigma`` of its
+        CLS token (CLIP's joint space; see :func:`joint_space_map`).
+    """
+
+    def __init__(self, model: nn.Module, pixels: torch.Tensor, pool: ImagePool, joint: bool = False):
+        self.model, self.pixels, self.joint = model, pixels, joint
+        self.select = {"cls": slice(0, 1), "patches": slice(1, None), "all": slice(None)}[pool]
+        self.device = next(model.parameters()).device
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def forward(self, start: int, stop: int) -> Forward:
+        """The images ``start:stop`` on the model's device, and the positions to pool."""
+        chunk = self.pixels[start:stop].to(self.device)
+        if not self.joint:
+            return Forward(run=lambda: self.model.encode_image(chunk), select=self.select, first=start)
+        ln_post = Trace(self.model.visual.ln_post, retain_input=True)
+
+        def run():
+            with ln_post:
+                self.model.encode_image(chunk)
+
+        def divide(z: torch.Tensor) -> torch.Tensor:
+            r = ln_post.input
+            r = r[:, 0] if r.ndim == 3 else r
+            sigma = torch.sqrt(r.float().var(-1, unbiased=False) + ln_post.module.eps)
+            return z / sigma.cpu()[:, None, None, None]
+
+        return Forward(run=run, select=self.select, first=start, finish=divide)
+
+
+@renamed_keywords(texts="prompts")
 def record_image_heads(
     model: nn.Module,
     processor,
@@ -77,8 +126,8 @@ def record_image_heads(
     space: Literal["residual", "joint"] = "residual",
     layers: Sequence[int] | None = None,
     batch_size: int = 64,
-    store: Literal["samples", "moments"] = "samples",
-    texts: Sequence[str] | None = None,
+    store: Stored = "samples",
+    prompts: Sequence[str] | None = None,
     progress: bool = False,
 ) -> HeadActivations:
     """Record each image-encoder head's output, pooled over image tokens.
@@ -88,9 +137,8 @@ def record_image_heads(
     model : open_clip CLIP
         Split with :func:`~hp_mini.model.open_clip.split_heads` (``load_model("shapes-clip")`` is).
     processor : ShapesCLIPProcessor or callable
-        Turns a list of PIL images into a pixel tensor (``processor(images=...)["image"]``);
-        a plain callable mapping one image to a tensor (open_clip's preprocess) works too.
-        If ``images`` is already a tensor ``[n, 3, H, W]`` it is used as is.
+        Turns images into pixels (see :func:`image_batch`); unused when
+        ``images`` is already a tensor ``[n, 3, H, W]``.
     images : list of PIL images or Tensor
     pool : {"cls", "patches", "all"}
         ``"cls"``: the CLS token, the only position the image embedding reads
@@ -105,13 +153,22 @@ def record_image_heads(
         exact additive share of the (unnormalised) image embedding.
     layers, batch_size, store, progress
         As in :func:`hp_mini.record_heads`.
-    texts : list of str, optional
-        Labels of the rows (e.g. the captions), kept in ``acts.texts``.
+    prompts : list of str, optional
+        Labels of the rows (e.g. the captions), kept in ``acts.prompts``
+        (``texts=`` is the old, deprecated name).
 
     Returns
     -------
     HeadActivations
         ``z [n, layers, heads, d_head]``; ``W_O [layers, heads, d_model or embed_dim, d_head]``.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``pool``, ``space`` or ``store``, ``space="joint"`` without
+        ``pool="cls"``, or a number of labels other than the number of images.
+    IndexError
+        A layer the image encoder does not have.
     """
     if pool not in ("cls", "patches", "all"):
         raise ValueError(f"pool must be 'cls', 'patches' or 'all', got {pool!r}")
@@ -119,65 +176,17 @@ def record_image_heads(
         raise ValueError(f"space must be 'residual' or 'joint', got {space!r}")
     if space == "joint" and pool != "cls":
         raise ValueError("space='joint' needs pool='cls': only the CLS token reaches the image embedding")
-    if store not in ("samples", "moments"):
-        raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
+    check_store(store)
+    batch_size = check_count(batch_size, "batch_size")
     pixels = image_batch(processor, images)
-    n = pixels.shape[0]
-    if texts is not None and len(texts) != n:
-        raise ValueError(f"got {len(texts)} texts for {n} images")
-    sites = select_layers(open_clip_heads(model), layers, "the image encoder")
-    n_layers, n_heads, d_head = len(sites), sites[0].n_heads, sites[0].d_head
-    collected = HeadStore(n, n_layers, n_heads, d_head, store)
-    pooled: list[torch.Tensor | None] = [None] * n_layers
-    sigma: dict[str, torch.Tensor] = {}
-
-    def make_hook(i: int):
-        def hook(module, args):
-            z = args[0]  # [B, T, H*dh], batch first
-            if pool == "cls":
-                pooled[i] = z[:, 0]
-            elif pool == "patches":
-                pooled[i] = z[:, 1:].mean(1)
-            else:
-                pooled[i] = z.mean(1)
-
-        return hook
-
-    def keep_sigma(module, args):
-        r = args[0]
-        r = r[:, 0] if r.ndim == 3 else r
-        sigma["s"] = torch.sqrt(r.float().var(-1, unbiased=False) + module.eps)
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with contextlib.ExitStack() as stack:
-            for i, site in enumerate(sites):
-                stack.callback(site.module.register_forward_pre_hook(make_hook(i)).remove)
-            if space == "joint":
-                stack.callback(model.visual.ln_post.register_forward_pre_hook(keep_sigma).remove)
-            starts = range(0, n, batch_size)
-            if progress:
-                from tqdm.auto import tqdm
-
-                starts = tqdm(starts, desc="recording heads", leave=False)
-            with torch.no_grad():
-                for start in starts:
-                    chunk = pixels[start : start + batch_size].to(device)
-                    model.encode_image(chunk)
-                    z = torch.stack(pooled, 1).float().cpu().reshape(len(chunk), n_layers, n_heads, d_head)  # type: ignore[arg-type]
-                    if space == "joint":
-                        z = z / sigma["s"].cpu()[:, None, None, None]
-                    collected.add(start, z)
-    finally:
-        model.train(was_training)
-
-    if space == "joint":
-        # The projection biases are not head contributions; in the joint space they are dropped.
-        with torch.no_grad():
-            return collected.finish(sites, texts, W_O=joint_space_map(model, sites), with_bias=False)
-    return collected.finish(sites, texts)
+    if prompts is not None and len(prompts) != pixels.shape[0]:
+        raise ValueError(f"got {len(prompts)} prompts for {pixels.shape[0]} images")
+    sites = choose_sites(open_clip_heads(model), layers, "the image encoder")
+    joint = space == "joint"  # the projection biases are not head contributions; in the joint space they are dropped
+    with torch.no_grad():
+        W_O = joint_space_map(model, sites) if joint else None
+    return record_rows(model, sites, ImageInputs(model, pixels, pool, joint), prompts, store=store,
+                       batch_size=batch_size, rows=len(pixels), progress=progress, W_O=W_O, with_bias=not joint)
 
 
 def image_batch(processor, images) -> torch.Tensor:

@@ -28,7 +28,8 @@ from hp_mini.parallel import (
     all_reduce_sum,
     exchange_status,
 )
-from hp_mini.record.activations import HeadActivations, HeadMoments, record_heads
+from hp_mini.record.activations import HeadActivations, HeadMoments, Stored, check_store, record_rows
+from hp_mini.record.prompts import Pool, PromptInputs, prompt_sites
 
 __all__ = ["interleave_batches", "record_stream"]
 
@@ -43,7 +44,7 @@ def _batches(prompts: Iterable[str], batch_size: int) -> Iterator[list[str]]:
 
 
 class _Digest:
-    """Iterates over ``prompts``, counting them and hashing their text (SHA-256)."""
+    """Iterates over ``prompts``, checking, counting and hashing them (SHA-256)."""
 
     def __init__(self, prompts: Iterable[str]):
         self.prompts, self.count, self.sha = prompts, 0, hashlib.sha256()
@@ -52,6 +53,8 @@ class _Digest:
         for text in self.prompts:
             if not isinstance(text, str):
                 raise TypeError(f"prompt {self.count} of the stream is a {type(text).__name__}, not a string")
+            if text == "":
+                raise ValueError(f"prompt {self.count} of the stream is empty; every prompt needs at least one token")
             data = text.encode("utf-8", "surrogatepass")
             self.sha.update(len(data).to_bytes(8, "little"))
             self.sha.update(data)
@@ -63,19 +66,43 @@ class _Digest:
 
 
 def _own_chunks(prompts: Iterable[str], batch_size: int, chunk_batches: int, ctx: DistContext):
-    """This rank's batches (``b % world_size == rank``), ``chunk_batches`` at a time."""
+    """This rank's batches (``b % world_size == rank``), ``chunk_batches`` at a time.
+
+    Yields ``(chunk, starts)``: the prompts, and the index in the stream of
+    each of the chunk's batches' first prompt.
+    """
     chunk: list[str] = []
-    held = 0
+    starts: list[int] = []
     for b, batch in enumerate(_batches(prompts, batch_size)):
         if b % ctx.world_size != ctx.rank:
             continue
         chunk.extend(batch)
-        held += 1
-        if held == chunk_batches:
-            yield chunk
-            chunk, held = [], 0
+        starts.append(b * batch_size)
+        if len(starts) == chunk_batches:
+            yield chunk, starts
+            chunk, starts = [], []
     if chunk:
-        yield chunk
+        yield chunk, starts
+
+
+def _record_own(model, tokenizer, stream: _Digest, *, pool: Pool, batch_size: int, store: Stored,
+                chunk_batches: int, layers: Sequence[int] | None, ctx: DistContext, bar) -> HeadActivations | None:
+    """This rank's batches, recorded chunk by chunk (moments merged as they come); None without any."""
+    own: HeadActivations | None = None
+    parts: list[HeadActivations] = []
+    sites = None
+    for chunk, starts in _own_chunks(stream, batch_size, chunk_batches, ctx):
+        sites = sites or prompt_sites(model, None, layers)
+        inputs = PromptInputs(model, tokenizer, chunk, pool=pool,
+                              index=lambda i, starts=starts: starts[i // batch_size] + i % batch_size)
+        acts = record_rows(model, sites, inputs, None, store=store, batch_size=batch_size, rows=len(chunk))
+        if store == "moments":
+            own = acts if own is None else HeadActivations.concatenate([own, acts])
+        else:
+            parts.append(acts)
+        if bar is not None:
+            bar.update(len(starts) * ctx.world_size)
+    return HeadActivations.concatenate(parts) if parts else own
 
 
 def record_stream(
@@ -85,7 +112,7 @@ def record_stream(
     *,
     pool: Literal["mean", "last"] = "mean",
     batch_size: int = 16,
-    store: Literal["samples", "moments"] = "moments",
+    store: Stored = "moments",
     chunk_batches: int = 8,
     layers: Sequence[int] | None = None,
     ctx: DistContext | None = None,
@@ -103,7 +130,8 @@ def record_stream(
         ranks' streams must be the same, which is checked (their count and a
         SHA-256 of their text) before anything is combined.
     pool : {"mean", "last"}, default "mean"
-        As for :func:`hp_mini.record_heads`.
+        As for :func:`hp_mini.record_heads` (a list of masks or a function
+        too; not None: rows are pooled per prompt).
     batch_size : int, default 16
         Prompts per forward pass; batch ``b`` goes to rank ``b % world_size``.
     store : {"samples", "moments"}, default "moments"
@@ -112,8 +140,8 @@ def record_stream(
         prompts. ``"samples"``: the pooled ``z`` of every prompt, gathered
         from all ranks in prompt order (needed by ``criterion="l1"``).
     chunk_batches : int, default 8
-        Batches handed to :func:`hp_mini.record_heads` at a time: at most
-        ``chunk_batches * batch_size`` prompts are held in memory.
+        Batches recorded at a time: at most ``chunk_batches * batch_size``
+        prompts are held in memory.
     layers : list of int, optional
         Record only these layers.
     ctx : DistContext, optional
@@ -124,8 +152,9 @@ def record_stream(
     Returns
     -------
     HeadActivations
-        The same on every rank. ``texts`` is empty (the prompts are not
-        kept). With ``store="samples"``, ``z`` equals the ``z`` of
+        The same on every rank, ``z [n, layers, heads, d_head]`` (or None
+        with moments only). ``prompts`` is empty (the prompts are not kept).
+        With ``store="samples"``, ``z`` equals the ``z`` of
         ``record_heads(model, tokenizer, list(prompts), batch_size=batch_size)``
         exactly; with ``store="moments"`` the moments equal its moments up to
         the order of float64 additions.
@@ -138,37 +167,13 @@ def record_stream(
         own error); see :func:`exchange_status`.
     """
     ctx = ctx or DistContext()
-    if store not in ("samples", "moments"):
-        raise ValueError(f"store must be 'samples' or 'moments', got {store!r}")
-    batch_size = check_count(batch_size, "batch_size")
-    chunk_batches = check_count(chunk_batches, "chunk_batches")
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be an iterable of prompts, not one string")
-    check_weights_loaded(model, "record_stream")
-
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm.auto import tqdm
-
-        total = math.ceil(len(prompts) / batch_size) if hasattr(prompts, "__len__") else None
-        bar = tqdm(total=total, desc=f"recording heads ({ctx.world_size} process"
-                   f"{'es' if ctx.world_size > 1 else ''})", unit="batch", leave=False)
-
-    own: HeadActivations | None = None  # this rank's prompts so far (moments: merged as they come)
-    parts: list[HeadActivations] = []
+    batch_size, chunk_batches = _check_arguments(model, prompts, pool, batch_size, store, chunk_batches)
+    bar = _bar(prompts, batch_size, ctx) if progress and ctx.is_main else None
     stream = _Digest(prompts)
-    error: Exception | None = None
+    own, error = None, None
     try:
-        for chunk in _own_chunks(stream, batch_size, chunk_batches, ctx):
-            acts = record_heads(model, tokenizer, chunk, pool=pool, batch_size=batch_size, layers=layers,
-                                store=store, progress=False)
-            acts.texts = []  # the prompts are not kept
-            if store == "moments":
-                own = acts if own is None else HeadActivations.concatenate([own, acts])
-            else:
-                parts.append(acts)
-            if bar is not None:
-                bar.update(math.ceil(len(chunk) / batch_size) * ctx.world_size)
+        own = _record_own(model, tokenizer, stream, pool=pool, batch_size=batch_size, store=store,
+                          chunk_batches=chunk_batches, layers=layers, ctx=ctx, bar=bar)
     except Exception as err:  # told to the other ranks below, then raised here
         error = err
     finally:
@@ -177,22 +182,42 @@ def record_stream(
     exchange_status(ctx, error, same={"the prompts they read": stream.summary()})
     if stream.count == 0:
         raise ValueError("the prompt stream is empty; give at least one prompt")
-    if parts:
-        own = HeadActivations.concatenate(parts)
+    return _combine(own, store, batch_size, ctx)
 
+
+def _check_arguments(model, prompts, pool, batch_size, store, chunk_batches) -> tuple[int, int]:
+    """Refuse bad arguments of :func:`record_stream` before any prompt is read; the two counts as ``int``."""
+    check_store(store)
+    counts = check_count(batch_size, "batch_size"), check_count(chunk_batches, "chunk_batches")
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be an iterable of prompts, not one string")
+    if pool is None:
+        raise ValueError("record_stream pools every prompt: pool must be 'mean', 'last', a list of masks or a "
+                         "function; record per-token rows with record_heads(..., pool=None)")
+    check_weights_loaded(model, "record_stream")
+    return counts
+
+
+def _bar(prompts: Iterable[str], batch_size: int, ctx: DistContext):
+    """A progress bar over the stream's batches (of unknown total when the stream has no length)."""
+    from tqdm.auto import tqdm
+
+    total = math.ceil(len(prompts) / batch_size) if hasattr(prompts, "__len__") else None
+    return tqdm(total=total, desc=f"recording heads ({ctx.world_size} process"
+                f"{'es' if ctx.world_size > 1 else ''})", unit="batch", leave=False)
+
+
+def _combine(own: HeadActivations | None, store: Stored, batch_size: int, ctx: DistContext) -> HeadActivations:
+    """Every rank's recordings as one, the same on every rank: moments summed, samples put in prompt order."""
     # Rank 0 always holds batch 0, so its projections are the reference ones.
     frame = None if own is None else (own.W_O, own.bias, list(own.layers), own.bias_factor is not None)
     W_O, bias, recorded, folded = broadcast_object(frame, ctx)
     width = (W_O.shape[0], W_O.shape[1], W_O.shape[3])
-
     if store == "moments":
-        mine = own.moments if own is not None else HeadMoments(
-            0, torch.zeros(width, dtype=torch.float64), torch.zeros(*width, width[-1], dtype=torch.float64)
-        )
-        n = int(all_reduce_sum(torch.tensor([mine.count], dtype=torch.long), ctx)[0])
-        moments = HeadMoments(n, all_reduce_sum(mine.sum, ctx), all_reduce_sum(mine.second, ctx))
+        mine = own.moments if own is not None else HeadMoments.zeros(width)
+        n = int(all_reduce_sum(torch.tensor([mine.count], dtype=torch.long), ctx)[0])  # type: ignore[union-attr]
+        moments = HeadMoments(n, all_reduce_sum(mine.sum, ctx), all_reduce_sum(mine.second, ctx))  # type: ignore[union-attr]
         return HeadActivations(None, W_O, bias, recorded, moments, [], None)
-
     z_own = own.z if own is not None else torch.zeros(0, *width)
     z = interleave_batches(all_gather_rows(z_own, ctx), batch_size)
     factor = None

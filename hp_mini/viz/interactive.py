@@ -28,26 +28,22 @@ Example
 from __future__ import annotations
 
 import html
-import json
 import math
-import operator
 import uuid
 from collections.abc import Mapping, Sequence
 
 import torch
 
+from hp_mini.checks import check_count
 from hp_mini.model.sites import Head, head_label
 from hp_mini.rank.ranking import HeadRanking, check_ranking_inputs
 from hp_mini.read.dictionary import Dictionary
-from hp_mini.read.lens import mean_head_writes
+from hp_mini.read.lens import logit_lens
 from hp_mini.record.activations import HeadActivations
+from hp_mini.viz.markup import RDBU_R, VIRIDIS, colour, json_for_html
 
 __all__ = ["RankingHeatmap", "logit_lens_atoms", "ranking_heatmap"]
 
-
-#: Colour maps as evenly spaced anchors (matplotlib's viridis and RdBu_r at 0, 1/8, ..., 1).
-_VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
-_RDBU_R = ("#053061", "#2a71b2", "#6bacd1", "#c2ddec", "#f7f6f6", "#fbccb4", "#e48066", "#ba2832", "#67001f")
 
 #: The script shared by every heatmap of a page: defined once, then called with each heatmap's id.
 #: It writes the panel with textContent only, so token strings are never parsed as HTML.
@@ -62,8 +58,8 @@ _SCRIPT = r"""
       root.setAttribute("data-ready", "1");
       var data = JSON.parse(root.querySelector("script.hp-heatmap-data").textContent);
       var panel = root.querySelector(".hp-heatmap-panel");
-      var heads = data.heads, pinned = data.start, shown = null, at = {};
-      heads.forEach(function (h, i) { at[h.layer + ":" + h.head] = i; });
+      var cells = data.cells, pinned = data.start, shown = null, at = {};
+      cells.forEach(function (h, i) { at[h.layer + ":" + h.head] = i; });
       function el(tag, cls, text) {
         var e = document.createElement(tag);
         if (cls) e.className = cls;
@@ -99,7 +95,7 @@ _SCRIPT = r"""
         if (shown !== null) mark(shown, false);
         shown = i;
         mark(i, true);
-        var h = heads[i];
+        var h = cells[i];
         panel.textContent = "";
         var top = el("div", "hp-heatmap-head");
         top.appendChild(el("strong", "hp-heatmap-label", h.label));
@@ -107,7 +103,7 @@ _SCRIPT = r"""
         panel.appendChild(top);
         data.methods.forEach(function (m) {
           panel.appendChild(el("div", "hp-heatmap-score", m.name + ": " + m.score + " " +
-            Number(h[m.key]).toPrecision(3) + " (rank " + h[m.key + "_rank"] + " of " + heads.length + ")"));
+            Number(h[m.key]).toPrecision(3) + " (rank " + h[m.key + "_rank"] + " of " + cells.length + ")"));
           panel.appendChild(atoms(h[m.key + "_atoms"]));
         });
       }
@@ -124,7 +120,7 @@ _SCRIPT = r"""
       root.addEventListener("keydown", function (e) {
         var d = {ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0]}[e.key];
         if (!d) return;
-        var h = heads[pinned], j = at[data.layers[data.layers.indexOf(h.layer) + d[0]] + ":" + (h.head + d[1])];
+        var h = cells[pinned], j = at[data.layers[data.layers.indexOf(h.layer) + d[0]] + ":" + (h.head + d[1])];
         if (j === undefined) return;
         e.preventDefault();
         pinned = j;
@@ -143,18 +139,6 @@ _SCRIPT = r"""
 # --------------------------------------------------------------------------- #
 
 
-def _check_n_atoms(n_atoms) -> int:
-    try:
-        if isinstance(n_atoms, bool):
-            raise TypeError
-        n = operator.index(n_atoms)
-    except TypeError:
-        raise TypeError(f"n_atoms must be an integer, got {n_atoms!r}") from None
-    if n < 0:
-        raise ValueError(f"n_atoms must be at least 0, got {n}")
-    return n
-
-
 def logit_lens_atoms(
     acts: HeadActivations, dictionary: Dictionary | torch.Tensor, *, n_atoms: int = 5
 ) -> dict[Head, list[str]]:
@@ -163,7 +147,9 @@ def logit_lens_atoms(
     A head's logit for atom ``d_j`` is ``d_j . x_h``, averaged over the prompts
     (``x_h`` its pooled contribution, uncentred); its atoms are those with the
     largest mean logit. The mean of these logits over all atoms is the head's
-    score in ``rank_heads(..., method="logit_lens")``.
+    score in ``rank_heads(..., method="logit_lens")``. Both come from
+    :func:`hp_mini.read.lens.logit_lens`; this function checks its inputs as
+    ranking does.
 
     Parameters
     ----------
@@ -190,15 +176,9 @@ def logit_lens_atoms(
     """
     if not isinstance(acts, HeadActivations):
         raise TypeError(f"acts must be HeadActivations (from hp_mini.record_heads), got {type(acts).__name__}")
-    k = _check_n_atoms(n_atoms)
+    k = check_count(n_atoms, "n_atoms", minimum=0)
     dic, _ = check_ranking_inputs(acts, dictionary)
-    k = min(k, len(dic))
-    logits = mean_head_writes(acts) @ dic.atoms.double().T  # [L, H, v]
-    top = torch.topk(logits, k, dim=-1).indices if k else torch.empty(*logits.shape[:2], 0, dtype=torch.long)
-    return {
-        (layer, head): [dic.labels[int(j)] for j in top[acts.layers.index(layer), head]]
-        for layer, head in acts.heads
-    }
+    return logit_lens(acts, dic).top_atoms(k)
 
 
 def _check_ranking(ranking, name: str, method: str) -> None:
@@ -247,7 +227,7 @@ def _heatmap_data(somp: HeadRanking, lens: HeadRanking, lens_atoms, n_atoms: int
     lens_rank = {h: i + 1 for i, h in enumerate(lens.heads)}
     somp_score = dict(zip(somp.heads, somp.scores.tolist()))
     lens_score = dict(zip(lens.heads, lens.scores.tolist()))
-    heads = [
+    cells = [
         {
             "label": head_label(layer, head),
             "layer": layer,
@@ -262,10 +242,10 @@ def _heatmap_data(somp: HeadRanking, lens: HeadRanking, lens_atoms, n_atoms: int
         for layer, head in sorted(somp.heads)
     ]
     return {
-        "layers": sorted({h["layer"] for h in heads}),
-        "n_heads": max(h["head"] for h in heads) + 1,
-        "heads": heads,
-        "start": next(i for i, h in enumerate(heads) if (h["layer"], h["head"]) == somp.heads[0]),
+        "layers": sorted({cell["layer"] for cell in cells}),
+        "n_heads": max(cell["head"] for cell in cells) + 1,
+        "cells": cells,
+        "start": next(i for i, cell in enumerate(cells) if (cell["layer"], cell["head"]) == somp.heads[0]),
     }
 
 
@@ -274,22 +254,13 @@ def _heatmap_data(somp: HeadRanking, lens: HeadRanking, lens_atoms, n_atoms: int
 # --------------------------------------------------------------------------- #
 
 
-def _colour(anchors: Sequence[str], t: float) -> str:
-    """The colour at ``t`` in [0, 1] of a map given by evenly spaced anchors (linear in RGB)."""
-    t = min(max(t, 0.0), 1.0) * (len(anchors) - 1)
-    i = min(int(t), len(anchors) - 2)
-    f = t - i
-    a, b = (tuple(int(c[k : k + 2], 16) for k in (1, 3, 5)) for c in anchors[i : i + 2])
-    return "#" + "".join(f"{round(x + (y - x) * f):02x}" for x, y in zip(a, b))
-
-
 def _fmt(x: float) -> str:
     return f"{x:#.3g}"
 
 
 def _map_svg(data: dict, key: str, name: str, score: str, anchors, vmin: float, vmax: float) -> str:
     """One map: a cell per head (with its tooltip), axes, and a colour bar."""
-    layers, n_heads, heads = data["layers"], data["n_heads"], data["heads"]
+    layers, n_heads, cells = data["layers"], data["n_heads"], data["cells"]
     cw = max(8, min(20, 200 // n_heads))
     ch = max(6, min(12, 360 // len(layers)))
     left, top = 34, 34
@@ -307,10 +278,10 @@ def _map_svg(data: dict, key: str, name: str, score: str, anchors, vmin: float, 
         f'<text x="{left}" y="24" fill="currentColor">{html.escape(score)}</text>',
         '<g shape-rendering="crispEdges">',
     ]
-    for i, h in enumerate(heads):
+    for i, h in enumerate(cells):
         x, y = left + h["head"] * cw, top + rows[h["layer"]] * ch
-        fill = _colour(anchors, (h[key] - vmin) / span)
-        tip = f'{h["label"]}: {_fmt(h[key])} (rank {h[key + "_rank"]} of {len(heads)})'
+        fill = colour(anchors, (h[key] - vmin) / span)
+        tip = f'{h["label"]}: {_fmt(h[key])} (rank {h[key + "_rank"]} of {len(cells)})'
         out.append(
             f'<rect data-i="{i}" x="{x}" y="{y}" width="{cw - 1}" height="{ch - 1}" fill="{fill}">'
             f"<title>{html.escape(tip)}</title></rect>"
@@ -338,7 +309,7 @@ def _map_svg(data: dict, key: str, name: str, score: str, anchors, vmin: float, 
     for s in range(n_steps):
         out.append(
             f'<rect x="{left + s * bar_w / n_steps:.2f}" y="{bar_y}" width="{bar_w / n_steps + 0.5:.2f}" '
-            f'height="8" fill="{_colour(anchors, s / (n_steps - 1))}"/>'
+            f'height="8" fill="{colour(anchors, s / (n_steps - 1))}"/>'
         )
     out.append("</g>")
     out.append(f'<text x="{left}" y="{bar_y + 19}" fill="currentColor">{_fmt(vmin)}</text>')
@@ -349,19 +320,13 @@ def _map_svg(data: dict, key: str, name: str, score: str, anchors, vmin: float, 
     return "".join(out)
 
 
-def _json_for_html(data) -> str:
-    """JSON that is safe inside a ``<script>`` element (no ``<``, ``>`` or ``&`` left)."""
-    text = json.dumps(data, ensure_ascii=True, allow_nan=False)
-    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-
-
 class RankingHeatmap:
     """Two layer-by-head maps (SOMP and logit lens) and a panel, explored in the browser.
 
     Made by :func:`ranking_heatmap`; shows itself in a notebook and in the book
     through ``_repr_html_``. ``data`` holds what is embedded: ``layers``,
     ``n_heads``, ``start`` (the index of the best SOMP head, shown first) and
-    ``heads``, one dict per head, layer-major, with ``label``, ``layer``,
+    ``cells``, one dict per head (its cell in each map), layer-major, with ``label``, ``layer``,
     ``head``, ``somp``/``lens`` (scores), ``somp_rank``/``lens_rank`` (1 =
     best) and ``somp_atoms``/``lens_atoms`` (atom labels).
     """
@@ -375,9 +340,9 @@ class RankingHeatmap:
         self.lens_score = lens_score
 
     def __repr__(self) -> str:
-        best = self.data["heads"][self.data["start"]]
+        best = self.data["cells"][self.data["start"]]
         return (
-            f"RankingHeatmap({self.title!r}, {len(self.data['heads'])} heads, "
+            f"RankingHeatmap({self.title!r}, {len(self.data['cells'])} heads, "
             f"best SOMP head {best['label']} ({self.somp_score} {_fmt(best['somp'])}))"
         )
 
@@ -394,9 +359,9 @@ class RankingHeatmap:
         uid = element_id if element_id is not None else f"hp-heatmap-{uuid.uuid4().hex[:12]}"
         if not isinstance(uid, str) or not uid or not all(c.isascii() and (c.isalnum() or c in "-_") for c in uid):
             raise ValueError(f"element_id must be letters, digits, '-' and '_', got {uid!r}")
-        heads = self.data["heads"]
-        somp = [h["somp"] for h in heads]
-        lens_lim = max(abs(h["lens"]) for h in heads) or 1.0
+        cells = self.data["cells"]
+        somp = [cell["somp"] for cell in cells]
+        lens_lim = max(abs(cell["lens"]) for cell in cells) or 1.0
         payload = {
             **self.data,
             "methods": [
@@ -405,9 +370,9 @@ class RankingHeatmap:
             ],
         }
         maps = (
-            _map_svg(self.data, "somp", "SOMP", self.somp_score, _VIRIDIS, min(0.0, min(somp)),
+            _map_svg(self.data, "somp", "SOMP", self.somp_score, VIRIDIS, min(0.0, min(somp)),
                      max(somp) if self.somp_vmax is None else self.somp_vmax),
-            _map_svg(self.data, "lens", "Logit lens", self.lens_score, _RDBU_R, -lens_lim, lens_lim),
+            _map_svg(self.data, "lens", "Logit lens", self.lens_score, RDBU_R, -lens_lim, lens_lim),
         )
         title = f'<div style="font-weight: bold; margin-bottom: 4px">{html.escape(self.title)}</div>' if self.title else ""
         panel = (
@@ -424,7 +389,7 @@ class RankingHeatmap:
             + "".join(maps)
             + panel
             + "</div>"
-            + f'<script type="application/json" class="hp-heatmap-data">{_json_for_html(payload)}</script>'
+            + f'<script type="application/json" class="hp-heatmap-data">{json_for_html(payload)}</script>'
             + f"<script>{_SCRIPT.replace('__ID__', uid)}</script></div>"
         )
 
@@ -482,7 +447,7 @@ def ranking_heatmap(
         Rankings made with the wrong method, of different heads, empty, with
         NaN scores, or ``lens_atoms`` missing a head.
     """
-    k = _check_n_atoms(n_atoms)
+    k = check_count(n_atoms, "n_atoms", minimum=0)
     for name, value in (("title", title), ("somp_score", somp_score), ("lens_score", lens_score)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a string, got {type(value).__name__}")

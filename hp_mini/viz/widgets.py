@@ -29,9 +29,7 @@ Example
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -40,19 +38,16 @@ from typing import Literal
 
 import torch
 
+from hp_mini.checks import check_count
 from hp_mini.edit.generation import generate
 from hp_mini.edit.scaling import scale_heads
 from hp_mini.model.sites import Head, head_label
 from hp_mini.pursuit import PursuitResult, somp
 from hp_mini.rank.ranking import HeadRanking
-from hp_mini.read.dictionary import (
-    Dictionary,
-    as_dictionary,
-    concept_names,
-    concept_words,
-    unembedding_dictionary,
-)
+from hp_mini.read.dictionary import Dictionary, concept_names, concept_words, unembedding_dictionary
+from hp_mini.read.lens import logit_lens
 from hp_mini.record.activations import HeadActivations
+from hp_mini.viz.markup import error_html, figure_html, table_html
 
 __all__ = ["ConceptBuilder", "EditingPlayground", "HeadExplorer", "HeadView"]
 
@@ -74,32 +69,6 @@ def _token(label: str) -> str:
 
 def _mpl_text(text: str) -> str:
     return text.replace("$", r"\$")
-
-
-def _figure_html(fig, *, alt: str) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # glyphs missing from the font for exotic tokens
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width:100%">'
-
-
-def _table_html(frame, *, caption: str = "") -> str:
-    # pandas writes a newline as the two characters "\n": keep generated line breaks as <br>.
-    newline = "\u2029"
-    frame = frame.map(lambda v: v.replace("\n", newline) if isinstance(v, str) else v)
-    table = frame.to_html(index=False, escape=True, border=0, classes="hp-mini-table")
-    table = table.replace(newline, "<br>")
-    # Long tokens or generated text wrap inside their cell between words (a word is split
-    # only where it alone is wider than its column).
-    table = table.replace("<table ", '<table style="overflow-wrap: break-word" ', 1)
-    if caption:
-        table = table.replace(">", f"><caption>{html.escape(caption)}</caption>", 1)
-    return f'<div style="overflow-x: auto">{table}</div>'
 
 
 class _Interactive:
@@ -138,20 +107,39 @@ class _Interactive:
 
 @dataclass
 class HeadView:
-    """What the explorer shows for one head."""
+    """What the explorer shows for one head (made by :meth:`HeadExplorer.view`).
+
+    Attributes
+    ----------
+    head : (layer, head)
+    pursuit : PursuitResult
+        SOMP of the head's outputs in the dictionary.
+    lens_labels : list of str
+        The atoms with the largest mean logit (the logit lens), largest first.
+    lens_logits : Tensor ``[k]``, float64
+        Their mean logits.
+    prompts : list of str
+        The prompts on which the head writes the most (for a per-token
+        recording, each with the position of the token).
+    prompt_norms : Tensor ``[m]``
+        The norms ``||x_i||`` of its outputs on them.
+    """
 
     head: Head
-    pursuit: PursuitResult  #: SOMP of the head's outputs in the dictionary
-    lens_labels: list[str]  #: the dictionary's tokens with the largest mean logit
-    lens_logits: torch.Tensor  #: their mean logits ``[k]``
-    prompts: list[str]  #: the prompts on which the head writes the most
-    prompt_norms: torch.Tensor  #: the norms ``||x_i||`` of its outputs on them ``[m]``
+    pursuit: PursuitResult
+    lens_labels: list[str]
+    lens_logits: torch.Tensor
+    prompts: list[str]
+    prompt_norms: torch.Tensor
 
     @property
     def label(self) -> str:
+        """The head as ``L{layer}H{head}``."""
         return head_label(*self.head)
 
     def atoms_frame(self):
+        """A table, one row per SOMP step: the atom, its coefficient norm, the EVR, and the
+        logit-lens token of the same rank with its mean logit."""
         import pandas as pd
 
         k = len(self.pursuit)
@@ -167,6 +155,7 @@ class HeadView:
         )
 
     def prompts_frame(self):
+        """A table of :attr:`prompts` and their output norms."""
         import pandas as pd
 
         return pd.DataFrame({"prompt": self.prompts, "‖x‖": [round(float(v), 3) for v in self.prompt_norms]})
@@ -178,13 +167,15 @@ class HeadExplorer(_Interactive):
     Parameters
     ----------
     acts : HeadActivations
-        Recorded with ``store="samples"`` (the explorer needs each prompt's output).
+        Recorded with ``store="samples"`` (the explorer needs each prompt's output);
+        of a per-token recording (``pool=None``) it lists tokens rather than prompts.
     dictionary : Dictionary or Tensor ``[v, d_model]``
         Atoms to describe heads with, usually the full unembedding dictionary.
     n_atoms : int, default 10
         SOMP steps (and logit-lens tokens) shown.
     n_prompts : int, default 5
-        Prompts listed, those with the largest output norm ``||x_i||`` for the head.
+        Prompts listed, those with the largest output norm ``||x_i||`` for the head
+        (at most the number recorded).
     head : (layer, head), optional
         The head shown first (default: the first recorded).
     ranking : HeadRanking, optional
@@ -196,7 +187,16 @@ class HeadExplorer(_Interactive):
     -----
     The SOMP atoms are those of :func:`hp_mini.somp` on the head's outputs ``X`` ``[n, d_model]``
     (centred, L1 criterion), in selection order. The logit-lens tokens are the atoms with the
-    largest ``d_j . mean_i(x_i)``: the logit lens of the head's mean output.
+    largest ``d_j . mean_i(x_i)``: the logit lens of the head's mean output
+    (:func:`hp_mini.read.lens.logit_lens`).
+
+    Raises
+    ------
+    TypeError
+        ``acts`` is not :class:`~hp_mini.HeadActivations`, or a count is not an integer.
+    ValueError
+        Activations without per-prompt outputs, a dictionary that is empty or of another
+        width, ``n_atoms`` outside 1 .. the dictionary's size, or a head not recorded.
     """
 
     def __init__(
@@ -210,16 +210,16 @@ class HeadExplorer(_Interactive):
         ranking: HeadRanking | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        self._lens = logit_lens(acts, dictionary)  # checks both
         if acts.z is None:
             raise ValueError("the explorer needs per-prompt outputs: record with store='samples'")
         self.acts = acts
-        self.dictionary = as_dictionary(dictionary)
-        if self.dictionary.d_model != acts.d_model:
-            raise ValueError(f"the dictionary's atoms are {self.dictionary.d_model} wide; the heads write {acts.d_model}")
-        if n_atoms < 1 or n_atoms > len(self.dictionary):
+        self.dictionary = self._lens.dictionary
+        n_atoms = check_count(n_atoms, "n_atoms")
+        if n_atoms > len(self.dictionary):
             raise ValueError(f"n_atoms must be between 1 and {len(self.dictionary)}, got {n_atoms}")
         self.n_atoms = n_atoms
-        self.n_prompts = min(n_prompts, acts.n_prompts)
+        self.n_prompts = min(check_count(n_prompts, "n_prompts", minimum=0), acts.n_prompts)
         self.ranking = ranking
         self.dtype = dtype
         self.head: Head = tuple(head) if head is not None else acts.heads[0]  # type: ignore[assignment]
@@ -239,23 +239,29 @@ class HeadExplorer(_Interactive):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # early stop on a zero residual is shown
                 result = somp(X, self.dictionary, n_atoms=self.n_atoms, dtype=self.dtype)
-            logits = self.dictionary.atoms.float() @ X.mean(0)  # [v]
-            top = torch.topk(logits, self.n_atoms)
-            norms = X.norm(dim=1)
-            loud = torch.topk(norms, self.n_prompts)
-            texts = self.acts.texts or [f"prompt {i}" for i in range(self.acts.n_prompts)]
+            lens_labels, lens_logits = self._lens.top(*key, self.n_atoms)
+            loud = torch.topk(X.norm(dim=1), self.n_prompts)
             self._views[key] = HeadView(
                 head=key,
                 pursuit=result,
-                lens_labels=[self.dictionary.labels[int(i)] for i in top.indices],
-                lens_logits=top.values,
-                prompts=[texts[int(i)] for i in loud.indices],
+                lens_labels=lens_labels,
+                lens_logits=lens_logits,
+                prompts=[self._row_name(int(i)) for i in loud.indices],
                 prompt_norms=loud.values,
             )
         return self._views[key]
 
+    def _row_name(self, i: int) -> str:
+        """Row ``i`` of the recording: its prompt, and for a per-token recording the token's position."""
+        prompts, positions = self.acts.prompts, self.acts.positions
+        if positions is None:
+            return prompts[i] if prompts else f"prompt {i}"
+        p, t = positions[i].tolist()
+        return f"{prompts[p] if prompts else f'prompt {p}'} (token {t})"
+
     @property
     def current(self) -> HeadView:
+        """What the explorer shows for the selected head."""
         return self.view(*self.head)
 
     def select(self, layer: int, head: int) -> HeadView:
@@ -305,10 +311,10 @@ class HeadExplorer(_Interactive):
         evr = float(v.pursuit.evr[-1]) if len(v.pursuit) else 0.0
         return (
             '<div class="hp-mini-widget hp-mini-explorer">'
-            + _figure_html(self.static(), alt=f"Head {v.label}: SOMP atoms, logit-lens tokens and EVR curve")
+            + figure_html(self.static(), alt=f"Head {v.label}: SOMP atoms, logit-lens tokens and EVR curve")
             + f"<p>Head <b>{v.label}</b>: EVR {evr:.3f} after {len(v.pursuit)} SOMP steps. "
             "The prompts on which it writes the most:</p>"
-            + _table_html(v.prompts_frame())
+            + table_html(v.prompts_frame())
             + "</div>"
         )
 
@@ -413,7 +419,7 @@ class EditingPlayground(_Interactive):
         if self.concept not in self.rankings:
             raise ValueError(f"no ranking for {self.concept!r}; known: {', '.join(self.rankings)}")
         n = len(self.rankings[self.concept])
-        if not 1 <= self.n_heads <= n:
+        if not 1 <= check_count(self.n_heads, "n_heads") <= n:
             raise ValueError(f"n_heads must be between 1 and {n}, got {self.n_heads}")
 
     @property
@@ -426,9 +432,9 @@ class EditingPlayground(_Interactive):
         if todo:
             edits = dict(edit)
             with scale_heads(self.model, edits):
-                texts = generate(self.model, self.tokenizer, todo, max_new_tokens=self.max_new_tokens,
-                                 chat=self.chat, stop=self.stop)
-            for p, t in zip(todo, texts):
+                generated = generate(self.model, self.tokenizer, todo, max_new_tokens=self.max_new_tokens,
+                                     chat=self.chat, stop=self.stop)
+            for p, t in zip(todo, generated):
                 self._cache[(p, edit)] = t
         return [self._cache[(p, edit)] for p in prompts]
 
@@ -448,9 +454,9 @@ class EditingPlayground(_Interactive):
 
     def static_html(self) -> str:
         frame = self.run()
-        heads = ", ".join(head_label(*h) for h in self.heads)
-        caption = f"{self.concept}: the top {self.n_heads} heads scaled by alpha = {self.alpha:g} ({heads})"
-        return f'<div class="hp-mini-widget hp-mini-playground">{_table_html(frame, caption=caption)}</div>'
+        labels = ", ".join(head_label(*h) for h in self.heads)
+        caption = f"{self.concept}: the top {self.n_heads} heads scaled by alpha = {self.alpha:g} ({labels})"
+        return f'<div class="hp-mini-widget hp-mini-playground">{table_html(frame, caption=caption)}</div>'
 
     def _build(self):
         import ipywidgets as w
@@ -479,7 +485,7 @@ class EditingPlayground(_Interactive):
         try:
             self._output.value = self.static_html()
         except Exception as err:  # show the problem in the widget rather than losing it in a log
-            self._output.value = f"<p><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</p>"
+            self._output.value = error_html(err)
 
 
 # --------------------------------------------------------------------------- #
@@ -572,6 +578,8 @@ class ConceptBuilder(_Interactive):
         return pd.DataFrame(rows, columns=["word", "status", "tokens in the dictionary", "dropped variants (why)"])
 
     def summary(self) -> str:
+        """One sentence: the atoms, the words that gave them, those missing, and the variants
+        kept by their first token."""
         d = self.dictionary
         distinct = list(dict.fromkeys(self.words))
         twice = len(self.words) - len(distinct)
@@ -589,7 +597,7 @@ class ConceptBuilder(_Interactive):
 
     def static_html(self) -> str:
         return (f'<div class="hp-mini-widget hp-mini-concept"><p>{html.escape(self.summary())}</p>'
-                f"{_table_html(self.frame())}</div>")
+                f"{table_html(self.frame())}</div>")
 
     def _build(self):
         import ipywidgets as w
@@ -615,4 +623,4 @@ class ConceptBuilder(_Interactive):
         try:
             self._output.value = self.static_html()
         except Exception as err:
-            self._output.value = f"<p><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</p>"
+            self._output.value = error_html(err)
