@@ -116,6 +116,15 @@ def _split(text: str) -> list[str]:
     return text.split("\r")
 
 
+def _without_bom(path, what: str | None, head: bytes) -> tuple[bytes, int]:
+    """The file's first bytes without a UTF-8 byte-order mark, and the offset they start at."""
+    if head.startswith(_UTF16_BOMS):
+        raise _utf16_error(path, what)
+    if head.startswith(_UTF8_BOM):
+        return head[len(_UTF8_BOM):], len(_UTF8_BOM)
+    return head, 0
+
+
 def iter_lines(path: str | os.PathLike, *, what: str | None = None) -> Iterator[tuple[int, str]]:
     """Stream the lines of a UTF-8 text file, read once.
 
@@ -148,11 +157,7 @@ def iter_lines(path: str | os.PathLike, *, what: str | None = None) -> Iterator[
             start = offset
             offset += len(raw)
             if start == 0:
-                if raw.startswith(_UTF16_BOMS):
-                    raise _utf16_error(path, what)
-                if raw.startswith(_UTF8_BOM):
-                    raw = raw[len(_UTF8_BOM):]
-                    start = len(_UTF8_BOM)
+                raw, start = _without_bom(path, what, raw)
             text = _decode(path, what, raw, start, number + 1)
             for line in _split(text):
                 number += 1
@@ -169,10 +174,8 @@ def read_text(path: str | os.PathLike, *, what: str | None = None) -> str:
 
     Parameters
     ----------
-    path : str or path-like
-        The file (a regular file or a named pipe), or ``"-"`` for standard input.
-    what : str, optional
-        What the file is, for error messages (e.g. ``"--ranking"``).
+    path, what
+        As in :func:`iter_lines` (e.g. ``what="--ranking"``).
 
     Returns
     -------
@@ -191,7 +194,5 @@ def read_text(path: str | os.PathLike, *, what: str | None = None) -> str:
     finally:
         if not _is_stdin(path):
             f.close()
-    if data.startswith(_UTF16_BOMS):
-        raise _utf16_error(path, what)
-    start = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    return _decode(path, what, data[start:], start, 1)
+    data, start = _without_bom(path, what, data)
+    return _decode(path, what, data, start, 1)

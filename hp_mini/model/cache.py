@@ -656,7 +656,7 @@ def ensure_cached(
     Returns
     -------
     pathlib.Path
-        ``final``.
+        ``final``, intact: found so, built, or rebuilt.
 
     Raises
     ------
@@ -690,16 +690,7 @@ def ensure_cached(
             return final
         if present and not _made_by_hp_mini(final):
             raise _not_ours(final, what)
-        if source is not None:
-            try:
-                source()
-            except OSError as err:
-                if problem is None:
-                    raise
-                raise DamagedCacheError(
-                    f"the cached {what} at {final} is damaged ({problem}) and cannot be rebuilt: {err}\n"
-                    f"Remove it with: rm -rf '{final}'"
-                ) from err
+        _check_source(source, final, what, problem)
         if problem is not None:
             warnings.warn(
                 f"hp_mini: the cached {what} at {final} is damaged ({problem}); rebuilding it",
@@ -710,6 +701,21 @@ def ensure_cached(
         elif announce is not None:
             announce(f"hp_mini: building {what} in {final} (once)...")
         return write_atomically(final, fill)
+
+
+def _check_source(source: Callable[[], object] | None, final: Path, what: str, problem: str | None) -> None:
+    """Raise what ``source()`` raises; for a damaged folder, a :class:`DamagedCacheError` that says how to clear it."""
+    if source is None:
+        return
+    try:
+        source()
+    except OSError as err:
+        if problem is None:
+            raise
+        raise DamagedCacheError(
+            f"the cached {what} at {final} is damaged ({problem}) and cannot be rebuilt: {err}\n"
+            f"Remove it with: rm -rf '{final}'"
+        ) from err
 
 
 def _out_of_memory(err: BaseException) -> bool:
