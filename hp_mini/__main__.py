@@ -1,4 +1,4 @@
-"""Command line: ``python -m hp_mini prepare [NAME ...] [--verify]``.
+"""Command line: ``python -m hp_mini prepare [NAME ...] [--verify]``, and ``rank``, ``edit``, ``train`` (:mod:`hp_mini.cli`).
 
 ``prepare`` converts the embedded models' GGUF files once and caches them
 (all of them unless names are given). ``--verify`` checks every file in each
@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("--verify", action="store_true",
                          help="check every file of the cache against its manifest (hashing them all) "
                               "and rebuild what is damaged")
-    from hp_mini.cli import add_commands, dispatch
+    from hp_mini.cli import COMMANDS, add_commands, dispatch
 
     add_commands(sub)
     args = parser.parse_args(argv)
-    if args.command in ("rank", "edit"):
+    if args.command in COMMANDS:
         return dispatch(args, parser)
     if args.command == "prepare":
         unknown = [n for n in args.names if n not in EMBEDDED_MODELS]

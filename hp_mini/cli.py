@@ -1,4 +1,4 @@
-"""The ``rank`` and ``edit`` commands of ``python -m hp_mini``.
+"""The ``rank``, ``edit`` and ``train`` commands of ``python -m hp_mini``.
 
 ``rank`` records every head over a stream of prompts, ranks the heads for a
 concept by SOMP and writes ``ranking.csv``, ``heatmap.png`` and ``run.json``::
@@ -14,14 +14,27 @@ QA F1 (``--qa``) or a keyword count (``--keywords`` with ``--eval-prompts``)::
         --prompts prompts.txt --ranking runs/countries/ranking.csv \\
         --qa questions.jsonl --k 1 2 4 8 --alpha -1 --out runs/countries-edit
 
-Both run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
+``train`` trains one of hp_mini's shipped models again and writes its
+weights, with ``training.json`` beside them (settings, seconds, threads,
+first and final losses, SHA-256)::
+
+    python -m hp_mini train smollm2-llava --out retrained/weights.safetensors --threads 1
+
+``--tiny`` runs the whole training in seconds on a one-layer tower and a few
+steps (a check of the pipeline, not a useful model); ``--steps`` and
+``--tower-steps`` change the projector's and the tower's steps. The files are
+loaded with ``hp_mini.vision.llava.load_llava_smollm2(FILE)``, which checks the
+SHA-256 recorded in ``training.json``.
+
+``rank`` and ``edit`` run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
 launch``: the prompts are shared out for recording and the heads for SOMP
 (:mod:`hp_mini.parallel`); rank 0 writes the outputs.
 
 Outputs
     ``--out`` is a new folder, an empty one, or the folder of an earlier run,
     which is replaced as a whole only with ``--overwrite``; a folder holding
-    other files is refused. The results are written into a temporary folder
+    other files is refused. ``train``'s ``--out`` is the weights file: it and
+    ``training.json`` beside it are replaced only with ``--overwrite``. The results are written into a temporary folder
     beside ``--out`` (``NAME.incomplete-XXXXXXXX``) and renamed into place when
     complete, ``run.json`` included: an interrupted or failed run leaves the
     earlier results as they were. ``--out`` is checked to be writable before
@@ -75,10 +88,11 @@ import torch
 from hp_mini.checks import check_device
 from hp_mini.textfiles import STDIN, TextFileError, iter_lines, read_text
 
-__all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command"]
+__all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command", "run_train"]
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-COMMANDS = ("rank", "edit")
+COMMANDS = ("rank", "edit", "train")
+TRAINABLE = ("smollm2-llava",)
 PROMPT_FIELDS = ("prompt", "text")
 QUESTION_FIELDS = ("prompt", "question")
 ANSWER_FIELDS = ("answers", "answer")
@@ -153,7 +167,7 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers) -> None:
-    """Add the ``rank`` and ``edit`` subcommands to an ``argparse`` subparsers object."""
+    """Add the ``rank``, ``edit`` and ``train`` subcommands to an ``argparse`` subparsers object."""
     fmt = argparse.RawDescriptionHelpFormatter
     rank = subparsers.add_parser(
         "rank", help="rank every head for a concept (ranking.csv, heatmap.png, run.json)",
@@ -185,6 +199,27 @@ def add_commands(subparsers) -> None:
     edit.add_argument("--eval-prompts", type=Path, metavar="FILE",
                       help="prompts to continue for --keywords (.txt or .jsonl)")
     edit.add_argument("--max-new-tokens", type=_positive, default=8, help="tokens generated per prompt")
+    _add_train(subparsers)
+
+
+def _add_train(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train a shipped model again (weights and training.json)",
+        description="Train smollm2-llava's vision tower and projector from its recipe "
+                    "(hp_mini.vision.llava.TRAINING; 9,094 s on one thread) and write FILE and "
+                    "training.json beside it, whole or not at all.")
+    train.add_argument("name", choices=TRAINABLE, help="the model to train")
+    train.add_argument("--out", type=Path, default=Path("smollm2-llava") / "weights.safetensors", metavar="FILE",
+                       help="the weights file to write, a .safetensors file (default smollm2-llava/weights.safetensors); "
+                            "training.json is written beside it")
+    train.add_argument("--overwrite", action="store_true", help="replace FILE and training.json if they exist")
+    train.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    train.add_argument("--steps", type=_positive, default=None, help="projector steps (default: the recipe's)")
+    train.add_argument("--tower-steps", type=_positive, default=None,
+                       help="contrastive steps of the tower (default: the recipe's)")
+    train.add_argument("--tiny", action="store_true",
+                       help="a run of seconds (one-layer tower, few steps): checks the pipeline, not a useful model")
+    train.add_argument("--quiet", action="store_true", help="no progress bars, only errors and the summary line")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -299,6 +334,16 @@ def _probe(folder: Path, out: Path) -> None:
                            "written; choose a folder you can write to") from None
 
 
+def _check_parent(target: Path, out: Path) -> None:
+    """The first existing folder above ``target`` is a folder this process can write in (a probe file)."""
+    parent = target.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CommandError(f"--out: {out} cannot be created: {parent} is a file, not a folder")
+    _probe(parent, out)
+
+
 def _check_out(args: argparse.Namespace) -> None:
     """``--out`` can be written (a probe file in its parent) and replacing it loses nothing.
 
@@ -317,12 +362,7 @@ def _check_out(args: argparse.Namespace) -> None:
     cwd = Path(os.path.realpath(os.getcwd()))
     if target == cwd or target in cwd.parents:
         raise CommandError(f"--out: {out} holds the current folder; give a new folder for the results")
-    parent = target.parent
-    while not parent.exists() and parent.parent != parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CommandError(f"--out: {out} cannot be created: {parent} is a file, not a folder")
-    _probe(parent, out)
+    _check_parent(target, out)
     if not target.is_dir():
         return
     if args.command == "edit":
@@ -839,6 +879,59 @@ def _run_edit(args, ctx) -> dict:
     return {"info": info, "timings": timings, "write": write}
 
 
+def _check_train_out(args: argparse.Namespace) -> None:
+    """``train``'s ``--out`` is a new ``.safetensors`` file (or an earlier one, with ``--overwrite``) we can write."""
+    from hp_mini.vision.llava import TRAINING_RECORD
+
+    out = args.out
+    target = Path(os.path.realpath(out))
+    if target.is_dir():
+        raise CommandError(f"--out: {out} is a folder; give the weights file to write, e.g. {out / 'weights.safetensors'}")
+    if target.suffix != ".safetensors" or target.name == TRAINING_RECORD:
+        raise CommandError(f"--out: {out} is not a .safetensors file name; give e.g. {out.with_suffix('.safetensors')}")
+    existing = [p for p in (target, target.with_name(TRAINING_RECORD)) if p.exists() or p.is_symlink()]
+    for p in existing:
+        if not p.is_file():
+            raise CommandError(f"--out: {p} exists and is not a file; give another --out")
+    if existing and not args.overwrite:
+        verb, them = ("exists", "it") if len(existing) == 1 else ("exist", "them")
+        raise CommandError(f"--out: {' and '.join(str(p) for p in existing)} already {verb}: give --overwrite to "
+                           f"replace {them}, or another --out")
+    _check_parent(target, out)
+
+
+def _train_command(args: argparse.Namespace) -> str:
+    """The ``train`` command line that gives the same training as ``args`` (recorded in training.json)."""
+    words = ["python -m hp_mini train", args.name, "--threads", str(args.threads)]
+    words += ["--tiny"] * args.tiny
+    for flag, value in (("--steps", args.steps), ("--tower-steps", args.tower_steps)):
+        words += [flag, str(value)] if value is not None else []
+    return " ".join(words)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run a parsed ``train`` command: train, then write ``--out`` and ``training.json``, whole or not at all."""
+    from hp_mini.vision import llava
+
+    _check_train_out(args)
+    settings = dict(llava.TINY) if args.tiny else {}
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if args.tower_steps is not None:
+        settings["clip_steps"] = args.tower_steps
+    model, _, log = llava.train(settings, threads=args.threads, progress=not args.quiet)
+    _check_train_out(args)  # --out may have changed during the training
+    target = Path(os.path.realpath(args.out))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sha = llava.save_trained(model, target, log, command=_train_command(args))
+    except OSError as err:
+        raise CommandError(f"--out: writing {args.out} failed ({err.strerror or err}); nothing was replaced") from None
+    print(f"hp_mini train {args.name}: wrote {args.out} and {target.with_name(llava.TRAINING_RECORD).name} "
+          f"(SHA-256 {sha}, {log['seconds']:.1f} s on {args.threads} thread{'s' if args.threads > 1 else ''})")
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed ``rank`` or ``edit`` command; rank 0 writes its outputs and ``run.json``, whole or not at all."""
     from hp_mini.parallel import DistributedError, barrier, init_distributed, shutdown_distributed
@@ -866,7 +959,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m hp_mini rank|edit ...`` on its own (the package's ``__main__`` dispatches here too)."""
+    """``python -m hp_mini rank|edit|train ...`` on its own (the package's ``__main__`` dispatches here too)."""
     parser = argparse.ArgumentParser(prog="python -m hp_mini", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_commands(parser.add_subparsers(dest="command", required=True))
@@ -879,13 +972,14 @@ def dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from hp_mini.model.loading import ModelNotAvailableError
 
     sub = f"{parser.prog} {args.command}"
+    train = args.command == "train"
     try:
-        return run_command(args)
+        return run_train(args) if train else run_command(args)
     except (CommandError, TextFileError) as err:
         print(f"{sub}: error: {err}", file=sys.stderr)
         return 2
     except ModelNotAvailableError as err:
-        print(f"{sub}: error: --model: {err}", file=sys.stderr)
+        print(f"{sub}: error: {'' if train else '--model: '}{err}", file=sys.stderr)
         return 1
 
 

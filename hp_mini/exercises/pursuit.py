@@ -1,12 +1,14 @@
-"""Checkers for the chapter "The signal-processing view"."""
+"""Checkers for the chapters "The signal-processing view" and "Pursuing heads"."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
-from hp_mini.pursuit import matching_pursuit, omp
+from hp_mini.pursuit import matching_pursuit, omp, somp
 from hp_mini.pursuit.reference import reference_somp
-from hp_mini.exercises import checker
+from hp_mini.exercises import checker, head_answer
 
 
 def _dictionary(seed: int, v: int = 60, d: int = 16) -> torch.Tensor:
@@ -146,3 +148,81 @@ def _check_fool_mp(answer) -> None:
     assert found == set(support), (
         f"OMP found {sorted(found)}, not the support {sorted(support)}: keep a decoy-free dictionary so that OMP succeeds"
     )
+
+
+def _top_atoms(scores: torch.Tensor, k: int) -> list[int]:
+    return [int(j) for j in scores.topk(k).indices]
+
+
+@checker("pursuit.centred_lens")
+def _check_centred_lens(centred_lens) -> None:
+    g = torch.Generator().manual_seed(21)
+    d, n = 16, 200
+    atoms = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64)).Q.T[:12]  # orthonormal rows
+    coef = torch.zeros(n, len(atoms), dtype=torch.float64)
+    coef[:, 0] = 8.0  # a large constant write along atom 0: no variation
+    coef[:, 1] = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)  # steady variation along atom 1
+    coef[0, 2] = 25.0  # one very large write along atom 2, on a single prompt
+    coef[:, 3] = 0.6 * torch.randn(n, generator=g, dtype=torch.float64)
+    X = coef @ atoms + 0.01 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    logits = (X - X.mean(0)) @ atoms.T
+    expected = _top_atoms(logits.abs().mean(0), 3)
+    got = [int(j) for j in centred_lens(X.clone(), atoms.clone(), 3)]
+    assert len(got) == 3, f"returned {len(got)} atoms, expected k = 3"
+    if got[0] == _top_atoms(X.mean(0) @ atoms.T, 1)[0] and expected[0] != got[0]:
+        raise AssertionError("atom 0 has the largest mean logit but never varies: centre X (subtract X.mean(0)) first")
+    if got[:2] == _top_atoms(logits.pow(2).mean(0), 2) and got[:2] != expected[:2]:
+        raise AssertionError("that is the order of the mean *squared* logit, led by one prompt; "
+                             "use the mean absolute logit (SOMP's L1 criterion)")
+    assert got == expected, (
+        f"returned atoms {got}, expected {expected}: the k atoms with the largest mean |logit| "
+        "over the centred rows, largest first"
+    )
+
+
+@lru_cache(maxsize=1)
+def mean_token_direction() -> torch.Tensor:
+    """The unit mean of SmolLM2's unit unembedding rows (float64): the direction all tokens share."""
+    from hp_mini.model.loading import load_model
+    from hp_mini.read.dictionary import unembedding_dictionary
+
+    model, tokenizer = load_model(progress=False)
+    mean = unembedding_dictionary(model, tokenizer).atoms.double().mean(0)
+    return mean / mean.norm()
+
+
+@checker("pursuit.projection_drop")
+def _check_projection_drop(answer) -> None:
+    from hp_mini.read.dictionary import Dictionary
+    from hp_mini.record.activations import HeadActivations
+
+    if not (isinstance(answer, (tuple, list)) and len(answer) == 3):
+        raise AssertionError("pass a triple: (your head, the HeadActivations (acts), the control dictionary)")
+    head, acts, control = answer
+    assert isinstance(acts, HeadActivations), "the second item must be the chapter's HeadActivations (acts)"
+    assert isinstance(control, Dictionary), (
+        "the third item must be the control dictionary: same_size['tokens never in the prompts']"
+    )
+    layer, head = head_answer(head, (acts.n_layers, acts.n_heads))
+    assert layer == 0, f"L{layer}H{head} is not in layer 0: the question is about layer 0's heads"
+    u = mean_token_direction()
+    assert u.shape[0] == acts.d_model, (
+        f"these activations are {acts.d_model} wide, SmolLM2's token rows {u.shape[0]}: record SmolLM2's heads"
+    )
+    n_atoms = min(20, len(control))
+    before, drops = [], []
+    for h in range(acts.n_heads):
+        X = acts.head(0, h).double()
+        kept = X - (X @ u)[:, None] * u
+        evr = [float(somp(x, control, n_atoms=n_atoms).evr[-1]) for x in (X, kept)]
+        before.append(evr[0])
+        drops.append(evr[0] - evr[1])
+    best = max(range(acts.n_heads), key=drops.__getitem__)
+    if head != best and drops[head] < drops[best] - 1e-6:
+        if head == max(range(acts.n_heads), key=before.__getitem__):
+            raise AssertionError(f"L0H{head} has the highest generic EVR as recorded; the question is which head "
+                                 "*loses* the most when the direction is projected out")
+        raise AssertionError(
+            f"L0H{head} loses {drops[head]:.3f} of EVR, but another head of layer 0 loses more: compare, head by "
+            f"head, the EVR after {n_atoms} atoms with and without the shared direction"
+        )

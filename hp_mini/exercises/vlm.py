@@ -43,24 +43,15 @@ def _check_image_weights(image_weights) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def _digits_vlm():
-    """``digits-vlm`` and its held-out digits, loaded once per process for the checks."""
+def _llava():
+    """``smollm2-llava``, loaded once per process for the checks."""
     from hp_mini.model.loading import load_model
-    from hp_mini.vision import digits
 
-    model, processor = load_model("digits-vlm")
-    return model, processor, digits.digits_dataset("test"), digits.digits_dataset("test", per_class=10)
+    return load_model("smollm2-llava", progress=False)
 
 
-@checker("vlm.form_head")
-def _check_form_head(answer) -> None:
-    """``{"head": (layer, head), "answers_in": "word" | "numeral" | "other", "either_form": float}``."""
-    from hp_mini.edit.scaling import scale_heads
-    from hp_mini.model.sites import head_label
-    from hp_mini.vision import digits, digits_vlm
-    from hp_mini.experiments.classification import one_head_at_a_time
-
-    keys = {"head", "answers_in", "either_form"}
+def _reader_answer(answer) -> tuple[tuple[int, int], float, float]:
+    keys = {"head", "share", "accuracy_left"}
     assert isinstance(answer, dict) and keys <= set(answer), (
         f"pass a dict with the keys {sorted(keys)}; got {answer!r:.80}"
     )
@@ -69,102 +60,59 @@ def _check_form_head(answer) -> None:
     except (TypeError, ValueError):
         raise AssertionError(f"answer['head'] must be a (layer, head) pair of ints, got {answer['head']!r}") from None
     assert len(head) == 2, f"answer['head'] must be a (layer, head) pair, got {answer['head']!r}"
-    assert answer["answers_in"] in ("word", "numeral", "other"), (
-        f"answer['answers_in'] must be 'word', 'numeral' or 'other', got {answer['answers_in']!r}"
-    )
-    model, processor, test, small = _digits_vlm()
-    n_layers, n_heads = model.config.text_config.num_hidden_layers, model.config.text_config.num_attention_heads
-    assert 0 <= head[0] < n_layers and 0 <= head[1] < n_heads, (
-        f"digits-vlm has {n_layers} layers of {n_heads} heads; {head} is not one of them"
-    )
-    # Which head: every head, one at a time, on a few held-out digits of every class.
-    scan = one_head_at_a_time(
-        model,
-        digits_vlm.evaluator(model, processor, small["image"], small["label"]),
-        [(layer, h) for layer in range(n_layers) for h in range(n_heads)],
-    )
-    worst = set(scan.index[scan["accuracy"] == scan["accuracy"].min()])  # ties: any of them
-    assert head_label(*head) in worst, (
-        f"inverting {head_label(*head)} alone leaves {scan.loc[head_label(*head), 'accuracy']:.2f} of the "
-        f"accuracy on {len(small['label'])} held-out digits, but another head leaves {scan['accuracy'].min():.2f}: invert every "
-        "head in turn (classification_edits.one_head_at_a_time) and take the one that leaves least"
-    )
-    # What the model answers then: on all held-out digits.
-    evaluate = digits_vlm.evaluator(model, processor, test["image"], test["label"], "word")
-    with scale_heads(model, {head: -1.0}):
-        scores = evaluate()
-    answers = evaluate.answers
-    shares = {
-        "word": sum(a in digits.DIGIT_WORDS for a in answers) / len(answers),
-        "numeral": sum(a in digits.NUMERALS for a in answers) / len(answers),
-    }
-    shares["other"] = 1 - shares["word"] - shares["numeral"]
-    form = max(shares, key=shares.get)
-    assert answer["answers_in"] == form, (
-        f"with {head_label(*head)} inverted, {shares[form]:.0%} of the answers are of the form {form!r}, "
-        f"not {answer['answers_in']!r}: look at the answers themselves (evaluate.answers), not only at the accuracy"
-    )
     try:
-        either = float(answer["either_form"])
+        share, left = float(answer["share"]), float(answer["accuracy_left"])
     except (TypeError, ValueError):
-        raise AssertionError(f"answer['either_form'] must be a number, got {answer['either_form']!r}") from None
-    if abs(either - scores["accuracy"]) < 1e-9 and abs(either - scores["either_form"]) > 0.01:
-        raise AssertionError(
-            "that is the exact-match accuracy; count an answer as right when it names the right digit "
-            "as a word OR as a numeral ('7' and 'seven' for a 7)"
-        )
-    assert abs(either - scores["either_form"]) <= 0.01, (
-        f"answer['either_form'] = {either:.3f}, but {scores['either_form']:.3f} of the answers on the {len(test['label'])} "
-        "held-out digits name the right digit in one form or the other"
-    )
+        raise AssertionError("answer['share'] and answer['accuracy_left'] must be numbers") from None
+    return head, share, left  # type: ignore[return-value]
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_vlm_somp():
-    """The chapter's SOMP ranking of digits-vlm's heads for the digit names and numerals."""
-    from hp_mini.record.activations import record_heads
-    from hp_mini.read.dictionary import unembedding_dictionary
-    from hp_mini.rank.ranking import rank_heads
-    from hp_mini.vision import digits, digits_vlm
+@checker("vlm.image_reader")
+def _check_image_reader(answer) -> None:
+    """``{"head": (layer, head), "share": float, "accuracy_left": float}`` on smollm2-llava.
 
-    model, processor, test, _ = _digits_vlm()
-    acts = record_heads(model, processor, [digits_vlm.question_prompt("word")] * len(test["image"]),
-                        images=test["image"], pool="image", progress=False)
-    dictionary = unembedding_dictionary(model, processor.tokenizer, list(digits.DIGIT_WORDS) + list(digits.NUMERALS))
-    return rank_heads(acts, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
-
-
-@checker("vlm.half_k")
-def _check_half_k(k_half) -> None:
-    """The smallest ``k`` whose top-``k`` SOMP heads outside layer 0 leave less than half the accuracy.
-
-    Measured on the 100 digits of ``digits_dataset("test", per_class=10)``; the
-    ranking is the chapter's, on all held-out digits.
+    On the 10 digits of ``digits_dataset("test", per_class=1)`` and the
+    ``"name"`` question: the head whose attention at the answer position falls
+    most on the image tokens, that share, and the exact-match accuracy left
+    (divided by the unedited one) when the 8 heads of layers 1 and up that read
+    the image most are removed together (alpha = 0).
     """
     from hp_mini.edit.scaling import scale_heads
-    from hp_mini.vision import digits_vlm
+    from hp_mini.experiments.vision import image_attention, top_heads
+    from hp_mini.model.sites import head_label
+    from hp_mini.vision import digits, llava
 
-    assert k_half is not None and not isinstance(k_half, bool), "pass the number k (an int), not None"
-    try:
-        k_half = int(k_half)
-    except (TypeError, ValueError):
-        raise AssertionError(f"pass the number k (an int), got {k_half!r}") from None
-    model, processor, _, small = _digits_vlm()
-    heads = [h for h in _digits_vlm_somp().heads if h[0] != 0]
-    assert 1 <= k_half <= len(heads), f"k must be between 1 and {len(heads)} (the heads outside layer 0), got {k_half}"
-    # on the 100 digits of digits_dataset("test", per_class=10), as the exercise says
-    evaluate = digits_vlm.evaluator(model, processor, small["image"], small["label"], "word")
-    base = evaluate()["accuracy"]
-
-    def left(k: int) -> float:
-        with scale_heads(model, {h: -1.0 for h in heads[:k]}):
-            return evaluate()["accuracy"] / base
-
-    at = left(k_half)
-    assert at < 0.5, (
-        f"inverting the top {k_half} SOMP heads outside layer 0 leaves {at:.2f} of the accuracy, not less than half"
-        + ("; did you include layer 0's heads?" if k_half < len(heads) else "")
+    head, share, left = _reader_answer(answer)
+    model, processor = _llava()
+    test = digits.digits_dataset("test", per_class=1)
+    text = llava.prompt(processor, "name")
+    reads = image_attention(model, processor, test["image"], text)
+    n_layers, n_heads = reads.shape
+    assert 0 <= head[0] < n_layers and 0 <= head[1] < n_heads, (
+        f"smollm2-llava has {n_layers} layers of {n_heads} heads; {head} is not one of them"
     )
-    for k in range(1, k_half):
-        smaller = left(k)
-        assert smaller >= 0.5, f"k = {k} already leaves {smaller:.2f} of the accuracy: look for the smallest k"
+    best = top_heads(reads, 1)[0]
+    if head != best:
+        before = top_heads(image_attention(model, processor, test["image"], text, position=-2), 1)[0]
+        raise AssertionError(
+            f"{head_label(*head)} gives {float(reads[head]):.3f} of its attention at the answer position to the "
+            f"image, {head_label(*best)} gives {float(reads[best]):.3f}"
+            + (": you read the position before; read the last one (position=-1)" if head == before
+               else ": take the largest share at the last position")
+        )
+    assert abs(share - float(reads[best])) <= 0.005, (
+        f"{head_label(*best)} gives {float(reads[best]):.3f} of its attention to the image tokens, not {share:.3f}: "
+        "sum its attention weights over the image positions, then average over the digits"
+    )
+    readers = [h for h in top_heads(reads) if h[0] >= 1][:8]
+    evaluate = llava.evaluator(model, processor, test["image"], test["label"], "name")
+    base = evaluate()["accuracy"]
+    with scale_heads(model, {h: 0.0 for h in readers}):
+        edited = evaluate()["accuracy"]
+    want = edited / base
+    if abs(left - edited) < 1e-9 and abs(left - want) > 1e-9:
+        raise AssertionError("that is the accuracy itself: divide it by the unedited accuracy")
+    assert abs(left - want) <= 0.01, (
+        f"removing the 8 heads of layers 1 and up that read the image most ({', '.join(head_label(*h) for h in readers)}) "
+        f"leaves {want:.2f} of the accuracy, not {left:.2f}"
+    )

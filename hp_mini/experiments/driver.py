@@ -5,12 +5,22 @@ random control sets drawn like them, :func:`hp_mini.random_heads_like`) and
 scores the model under each edit with an evaluator
 (:mod:`hp_mini.experiments.evaluators`), returning one tidy table;
 :func:`hp_mini.experiments.tables.edit_table` lays it out as the paper does.
-:func:`head_counts` gives the paper's numbers of heads: 1%, 2% and 4% of a
-model's heads.
+:func:`head_counts` gives numbers of heads as shares of a model's heads: 1%,
+2% and 4% by default; :func:`head_count_sets` gives those beside the paper's
+own shares (8, 16 and 32 of 1,024 heads: 0.8%, 1.6% and 3.1%).
+
+An evaluator may score part of its output with the model unedited (e.g. the
+fluency of :func:`hp_mini.experiments.evaluators.qa_evaluator` with
+``fluency=True``): when ``evaluate`` has a callable attribute
+``score_unedited``, the driver calls it right after each edit's block has
+exited, and adds its scores (and the per-prompt values it sets) to the edit's.
 
 Besides its rows, the table keeps in ``table.attrs``: ``"random_moved"`` (per
 ``k``, how many heads of each control set were taken from neighbouring layers),
 ``"distinct_random"`` (per ``k``, the distinct control sets scored),
+``"random_controls"`` (per control method, ``"random"`` and one
+``"random (<selection>)"`` for every further name in ``random_like``: the
+selection it matches, and per ``k`` the heads moved and the distinct sets),
 ``"per_prompt"`` (per edit ``(method, k, draw)``, the evaluator's per-prompt
 values, for :func:`hp_mini.experiments.statistics.add_intervals`) and, with
 ``keep=``, ``"outputs"`` (per edit, what the evaluator kept).
@@ -24,6 +34,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,7 +43,13 @@ from hp_mini.checks import renamed_keywords
 from hp_mini.edit.scaling import scale_heads
 from hp_mini.model.sites import Head, head_label
 
-__all__ = ["evaluate_head_edits", "head_counts"]
+__all__ = ["HEAD_SHARES", "evaluate_head_edits", "head_count_sets", "head_counts", "is_random", "random_method"]
+
+HEAD_SHARES: dict[str, tuple[float, ...]] = {
+    "1-2-4%": (0.01, 0.02, 0.04),
+    "paper": (8 / 1024, 16 / 1024, 32 / 1024),
+}
+"""Shares of a model's heads to edit: round percentages, and the paper's (8, 16 and 32 of its models' 1,024 heads)."""
 
 def head_counts(n_heads: int, fractions: Sequence[float] = (0.01, 0.02, 0.04)) -> list[int]:
     """Numbers of heads to edit for fractions of a model's heads, as the paper's 1%, 2%, 4%.
@@ -61,6 +78,33 @@ def head_counts(n_heads: int, fractions: Sequence[float] = (0.01, 0.02, 0.04)) -
     return counts
 
 
+def head_count_sets(n_heads: int, shares: Mapping[str, Sequence[float]] | None = None) -> dict[str, list[int]]:
+    """Numbers of heads to edit for each set of shares: by default 1%, 2%, 4% and the paper's 0.8%, 1.6%, 3.1%.
+
+    The paper edits 8, 16 and 32 of its models' 1,024 heads; :func:`head_counts`
+    gives each set for ``n_heads``. Run the union of the counts (sorted, each
+    once) to have both.
+
+    Examples
+    --------
+    >>> from hp_mini.experiments.driver import head_count_sets
+    >>> head_count_sets(270), head_count_sets(1024)["paper"]
+    ({'1-2-4%': [3, 5, 11], 'paper': [2, 4, 8]}, [8, 16, 32])
+    """
+    shares = HEAD_SHARES if shares is None else shares
+    return {name: head_counts(n_heads, fractions) for name, fractions in shares.items()}
+
+
+def random_method(like: str, first: bool) -> str:
+    """The method name of random controls drawn like the selection ``like``: ``"random"`` for the first."""
+    return "random" if first else f"random ({like})"
+
+
+def is_random(method: str) -> bool:
+    """Whether a method name of :func:`evaluate_head_edits` is a random control (``"random"``, ``"random (...)"``)."""
+    return method == "random" or method.startswith("random (")
+
+
 @renamed_keywords(pool="control_pool", heads="sites")
 def evaluate_head_edits(
     model,
@@ -69,7 +113,7 @@ def evaluate_head_edits(
     *,
     ks: Sequence[int],
     alpha: float = -1.0,
-    control_pool=None, random_like: str | None = None, n_random: int = 10, seed: int = 0, random_fill: str = "exact",
+    control_pool=None, random_like: str | Sequence[str] | None = None, n_random: int = 10, seed: int = 0, random_fill: str = "exact",
     sites=None,
     baseline: Mapping[str, float] | None = None,
     keep: str | None = None,
@@ -95,9 +139,10 @@ def evaluate_head_edits(
     control_pool : HeadActivations or list of (layer, head), optional
         All heads, to draw random controls from (:func:`hp_mini.random_heads_like`);
         no random controls without it. ``pool=`` is its old name (deprecated).
-    random_like : str, optional
+    random_like : str or list of str, optional
         The selection whose top ``k`` the controls match layer by layer and
-        avoid (default: the first one).
+        avoid (default: the first one). Several names draw controls like each:
+        method ``"random"`` for the first, ``"random (<name>)"`` for the rest.
     n_random : int, default 10
         Random control sets per ``k``, drawn with the seed ``seed + k``.
     seed : int, default 0
@@ -125,23 +170,22 @@ def evaluate_head_edits(
     -------
     pandas.DataFrame
         One row per (edit, metric): ``method`` ("unedited", each selection
-        name, "random"), ``k``, ``draw``, ``heads`` (labels), ``metric``,
+        name, "random", "random (<name>)"), ``k``, ``draw``, ``heads`` (labels), ``metric``,
         ``value``, ``baseline`` (the unedited value) and ``normalised``
         (``value / baseline``; NaN where the baseline is 0). ``table.attrs``
-        holds ``random_moved``, ``distinct_random``, ``per_prompt`` and
-        ``outputs`` (see the module docstring).
+        holds ``random_moved``, ``distinct_random``, ``random_controls``,
+        ``per_prompt`` and ``outputs`` (see the module docstring).
     """
-    jobs, moved = _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random_fill)
+    jobs, controls = _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random_fill)
     runs = _Runs(evaluate, keep)
     baseline = dict(runs.score(("unedited", 0, 0)) if baseline is None else baseline)
     rows = [("unedited", 0, 0, "", m, v) for m, v in baseline.items()]
     for name, k, d, chosen in _with_progress(jobs, alpha) if progress else jobs:
         scores = runs.reused((name, k, d), chosen) if reuse else None
         if scores is None:
-            with scale_heads(model, {h: alpha for h in chosen}, sites=sites):
-                scores = runs.score((name, k, d), chosen)
+            scores = runs.score((name, k, d), chosen, scale_heads(model, {h: alpha for h in chosen}, sites=sites))
         rows.extend((name, k, d, " ".join(head_label(*h) for h in chosen), m, v) for m, v in scores.items())
-    return _table(rows, baseline, runs, moved, jobs)
+    return _table(rows, baseline, runs, controls, jobs)
 
 
 def _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random_fill):
@@ -154,10 +198,11 @@ def _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random
     if any(k < 1 for k in ks):
         raise ValueError(f"every k must be at least 1, got {ks}")
     names = list(selections)
-    random_like = names[0] if random_like is None else random_like
-    if random_like not in selections:
-        raise KeyError(f"random_like={random_like!r} is not one of the selections {names}")
-    moved: dict[int, int] = {}
+    likes = [names[0]] if random_like is None else [random_like] if isinstance(random_like, str) else list(random_like)
+    unknown = [like for like in likes if like not in selections]
+    if unknown or not likes or len(set(likes)) < len(likes):
+        raise KeyError(f"random_like={random_like!r} must name distinct selections among {names}")
+    controls = {random_method(like, i == 0): {"like": like, "moved": {}} for i, like in enumerate(likes)}
     jobs: list[tuple[str, int, int, list[Head]]] = []
     for k in ks:
         for name in names:
@@ -165,12 +210,12 @@ def _edit_jobs(selections, ks, control_pool, random_like, n_random, seed, random
             if len(ranked) < k:
                 raise ValueError(f"selection {name!r} has {len(ranked)} heads, fewer than k={k}")
             jobs.append((name, k, 0, ranked[:k]))
-        if control_pool is not None and n_random > 0:
-            target = [tuple(h) for h in selections[random_like]][:k]
+        for method, control in controls.items() if control_pool is not None and n_random > 0 else ():
+            target = [tuple(h) for h in selections[control["like"]]][:k]
             draws = random_heads_like(target, control_pool, n_draws=n_random, seed=seed + k, fill=random_fill)
-            moved[k] = heads_moved(target, control_pool)
-            jobs.extend(("random", k, d, list(draw)) for d, draw in enumerate(draws))
-    return jobs, moved
+            control["moved"][k] = heads_moved(target, control_pool)
+            jobs.extend((method, k, d, list(draw)) for d, draw in enumerate(draws))
+    return jobs, controls
 
 
 def _with_progress(jobs, alpha: float):
@@ -188,9 +233,13 @@ class _Runs:
         self.per_prompt: dict[tuple, dict[str, np.ndarray]] = {}
         self.done: dict[tuple, tuple] = {}  # a head set, sorted -> (the key of its first run, its scores)
 
-    def score(self, key: tuple, chosen: list[Head] | None = None) -> dict[str, float]:
-        """Score the model as it is now, keeping what ``evaluate`` kept."""
-        scores = dict(self.evaluate())
+    def score(self, key: tuple, chosen: list[Head] | None = None, edit=None) -> dict[str, float]:
+        """Score the model inside ``edit`` (as it is, without one), then ``evaluate.score_unedited`` outside it."""
+        with edit if edit is not None else contextlib.nullcontext():
+            scores = dict(self.evaluate())
+        unedited = getattr(self.evaluate, "score_unedited", None)
+        if callable(unedited):
+            scores.update(unedited())
         if self.keep is not None:
             self.outputs[key] = getattr(self.evaluate, self.keep)
         per_prompt = getattr(self.evaluate, "per_prompt", None)
@@ -212,9 +261,11 @@ class _Runs:
         return scores
 
 
-def _table(rows, baseline: dict[str, float], runs: _Runs, moved: dict[int, int], jobs):
+def _table(rows, baseline: dict[str, float], runs: _Runs, controls: dict[str, dict], jobs):
     """The tidy table of the runs, normalised by the baseline, with its ``attrs``."""
     import pandas as pd
+
+    from hp_mini.rank.controls import distinct_sets
 
     table = pd.DataFrame(rows, columns=["method", "k", "draw", "heads", "metric", "value"])
     table["baseline"] = table["metric"].map(baseline)
@@ -224,8 +275,10 @@ def _table(rows, baseline: dict[str, float], runs: _Runs, moved: dict[int, int],
         table.attrs["outputs"] = runs.outputs
     if runs.per_prompt:
         table.attrs["per_prompt"] = runs.per_prompt
-    table.attrs["random_moved"] = moved
-    table.attrs["distinct_random"] = {
-        k: len({tuple(sorted(c)) for n, kk, _, c in jobs if n == "random" and kk == k}) for k in moved
-    }
+    for method, control in controls.items():
+        control["distinct"] = {k: distinct_sets([c for n, kk, _, c in jobs if n == method and kk == k])
+                               for k in control["moved"]}
+    table.attrs["random_moved"] = controls["random"]["moved"]
+    table.attrs["distinct_random"] = controls["random"]["distinct"]
+    table.attrs["random_controls"] = controls
     return table

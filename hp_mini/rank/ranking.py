@@ -243,8 +243,9 @@ class HeadRanking:
     scores : Tensor ``[n_heads]``
         Their scores, in the same order.
     method : str
-        ``"somp"`` (score: EVR after ``n_atoms`` steps) or ``"logit_lens"``
-        (score: mean logit given to the dictionary's tokens).
+        ``"somp"`` (score: EVR after ``n_atoms`` steps), ``"logit_lens"``
+        (score: mean logit given to the dictionary's tokens) or ``"specificity"``
+        (score: the EVR minus a control dictionary's).
     results : dict of (layer, head) to PursuitResult, or None
         The pursuit of every head (``method="somp"``).
     """
@@ -435,7 +436,7 @@ def rank_heads(
     acts: HeadActivations,
     dictionary: Dictionary | torch.Tensor,
     *,
-    method: Literal["somp", "logit_lens"] = "somp",
+    method: Literal["somp", "logit_lens", "specificity"] = "somp",
     n_atoms: int = 50,
     criterion: Literal["l1", "l2"] = "l1",
     center: bool = True,
@@ -443,6 +444,7 @@ def rank_heads(
     dtype: torch.dtype = torch.float64,
     out_dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    control: Dictionary | torch.Tensor | None = None,
 ) -> HeadRanking:
     """Rank every recorded head for a dictionary, best first.
 
@@ -457,7 +459,12 @@ def rank_heads(
         Pursuit). ``"logit_lens"``: the mean, over prompts and over the
         dictionary's atoms, of the logit ``d_j . x_h`` the head's contribution
         gives (uncentred): ``logit_lens(acts, dictionary).scores`` of
-        :func:`hp_mini.read.lens.logit_lens`.
+        :func:`hp_mini.read.lens.logit_lens`. ``"specificity"``: the EVR with
+        ``dictionary`` minus the EVR with ``control`` (a dictionary of the same
+        size that holds no concept, e.g. :func:`~hp_mini.read.dictionary.random_atoms`),
+        both after ``n_atoms`` SOMP steps: how much more the concept explains a head
+        than any tokens would. Heads that any dictionary explains well (the
+        generic heads of the first layers) fall to the bottom.
     n_atoms : int, default 50
         SOMP steps (capped at the dictionary's size, with a warning).
     criterion : {"l1", "l2"}, default "l1"
@@ -467,39 +474,69 @@ def rank_heads(
         precision in which the scores are sorted and returned.
     progress : bool, default True
         Show a progress bar over heads.
+    control : Dictionary or Tensor ``[v, d_model]``, optional
+        The control dictionary of ``method="specificity"`` (required there,
+        refused elsewhere); it must have as many atoms as ``dictionary``.
 
     Returns
     -------
     HeadRanking
+        With ``method="specificity"``, ``results`` holds the pursuits with
+        ``dictionary`` (the control's are not kept).
 
     Raises
     ------
     ValueError
         Fewer than 2 prompts, an empty dictionary, a dictionary of another
         width, or NaN or infinite values in the activations or the dictionary
-        (see :func:`check_ranking_inputs`).
+        (see :func:`check_ranking_inputs`); ``method="specificity"`` without a
+        ``control`` or with one of another size; a ``control`` with another method.
     """
-    if method not in ("somp", "logit_lens"):
-        raise ValueError(f"method must be 'somp' or 'logit_lens', got {method!r}")
-    dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms if method == "somp" else None)
-    if method == "somp":
-        results = pursue_heads(
-            acts,
-            dic,
-            n_atoms=n_atoms,
-            criterion=criterion,
-            center=center,
-            batch_heads=batch_heads,
-            dtype=dtype,
-            out_dtype=out_dtype,
-            progress=progress,
+    if method not in ("somp", "logit_lens", "specificity"):
+        raise ValueError(f"method must be 'somp', 'logit_lens' or 'specificity', got {method!r}")
+    if (control is None) == (method == "specificity"):
+        raise ValueError(
+            "method='specificity' needs control=, a dictionary of as many atoms that holds no concept "
+            "(e.g. hp_mini.read.dictionary.random_atoms(unembedding, size))"
+            if control is None else f"control= is only used by method='specificity', not by method={method!r}"
         )
-        return HeadRanking.from_pursuit(results, dtype=out_dtype)
+    dic, n_atoms = check_ranking_inputs(acts, dictionary, n_atoms=n_atoms if method != "logit_lens" else None)
+    ctl = _check_control(acts, dic, control) if method == "specificity" else None
+    if method != "logit_lens":
+        options = dict(n_atoms=n_atoms, criterion=criterion, center=center, batch_heads=batch_heads, dtype=dtype,
+                       out_dtype=out_dtype, progress=progress)
+        ranking = HeadRanking.from_pursuit(pursue_heads(acts, dic, **options), dtype=out_dtype)
+        return ranking if ctl is None else _specificity(acts, ranking, ctl, options)
     lens = logit_lens(acts, dic)
     heads = lens.heads
     scores = lens.scores.reshape(-1).to(out_dtype)  # layer-major, as lens.heads
     order = torch.argsort(scores, descending=True, stable=True)
     return HeadRanking([heads[int(i)] for i in order], scores[order], method, None)
+
+
+def _check_control(acts: HeadActivations, dictionary: Dictionary, control) -> Dictionary:
+    """The control dictionary of a specificity ranking, checked against the concept's."""
+    try:
+        ctl, _ = check_ranking_inputs(acts, control, n_atoms=None)
+    except ValueError as err:
+        raise ValueError(f"control: {err}") from None
+    if ctl.atoms.shape[0] != dictionary.atoms.shape[0]:
+        raise ValueError(
+            f"control has {ctl.atoms.shape[0]} atoms and the dictionary {dictionary.atoms.shape[0]}: a specificity "
+            "compares dictionaries of the same size (draw it with random_atoms(unembedding, size))"
+        )
+    return ctl
+
+
+def _specificity(acts: HeadActivations, concept: HeadRanking, control: Dictionary, options: dict) -> HeadRanking:
+    """Rank by the concept's EVR minus the control's, head by head."""
+    evr = dict(zip(concept.heads, concept.scores.tolist()))
+    base = HeadRanking.from_pursuit(pursue_heads(acts, control, **options), dtype=options["out_dtype"])
+    heads = [h for h in acts.heads if h in evr]
+    lost = dict(zip(base.heads, base.scores.tolist()))
+    scores = torch.tensor([evr[h] - lost[h] for h in heads], dtype=torch.float64).to(options["out_dtype"])
+    order = torch.argsort(scores, descending=True, stable=True)
+    return HeadRanking([heads[int(i)] for i in order], scores[order], "specificity", concept.results)
 
 
 def evr_grid(acts: HeadActivations, dictionary: Dictionary | torch.Tensor, *, n_atoms: int = 50,

@@ -3,8 +3,11 @@
 The dictionary of Head Pursuit is the unembedding matrix: one row (atom) per
 vocabulary token, the direction whose dot product with the residual stream is
 that token's logit. :func:`unembedding_dictionary` builds it for the full
-vocabulary or restricted to the tokens of a concept's words, and
-:func:`concept_words` returns the word lists shipped with hp_mini.
+vocabulary or restricted to the tokens of a concept's words,
+:func:`concept_words` returns the word lists shipped with hp_mini, and
+:func:`concept_family` the wider family of words that count as the concept
+when a head's description is read (country names *and* nationality
+adjectives, month names *and* their abbreviations).
 
 Example
 -------
@@ -30,8 +33,10 @@ from torch import nn
 from hp_mini.model.architectures import model_parts
 
 __all__ = [
+    "ConceptFamily",
     "Dictionary",
     "as_dictionary",
+    "concept_family",
     "concept_names",
     "concept_words",
     "random_atoms",
@@ -187,6 +192,97 @@ def concept_words(name: str) -> list[str]:
         raise ValueError(f"no concept word list named {name!r}; available: {', '.join(names)}")
     text = (resources.files("hp_mini") / "data" / "concepts" / f"{name}.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+@dataclass(frozen=True)
+class ConceptFamily:
+    """The words that count as a concept when a description is read (see :func:`concept_family`).
+
+    Attributes
+    ----------
+    name : str
+        The concept.
+    words : tuple of str
+        Its words, in the order of the family's file, without repeats.
+    """
+
+    name: str
+    words: tuple[str, ...]
+    _folded: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_folded", frozenset(_fold(w) for w in self.words))
+
+    def __contains__(self, token: object) -> bool:
+        """Whether ``token``, without its surrounding spaces and case, is a word of the family."""
+        return isinstance(token, str) and _fold(token) in self._folded
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def count(self, tokens) -> int:
+        """How many of ``tokens`` (decoded token strings) are words of the family."""
+        if isinstance(tokens, str):
+            raise TypeError("give a list of tokens, not one string")
+        return sum(token in self for token in tokens)
+
+
+def _fold(token: str) -> str:
+    return token.strip().casefold()
+
+
+def concept_family(name: str) -> ConceptFamily:
+    """The family of words that count as concept ``name`` when a head's top tokens are read.
+
+    A concept's word list (:func:`concept_words`) holds one form of each member:
+    country names, month names. A reader who sees ``' Japanese'`` or ``'Feb'``
+    among a head's top tokens still reads the concept there, so the family adds the
+    other common forms: nationality adjectives to the countries, the usual
+    abbreviations to the months and weekdays, the other number words and the
+    ordinals to the numbers, more colour names to the colours. Cities, capitals
+    and other related words are not members. The families are shipped as
+    ``hp_mini/data/concepts/families/{name}.txt`` (a line ``@list`` takes in a
+    whole word list); a concept without a family file is its own word list.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`concept_names`.
+
+    Returns
+    -------
+    ConceptFamily
+        ``token in family`` compares the token without its surrounding spaces
+        and case; ``family.count(tokens)`` counts the members among ``tokens``.
+        A word of several tokens (``"South Korea"``) matches no single token.
+
+    Examples
+    --------
+    >>> from hp_mini.read.dictionary import concept_family
+    >>> concept_family("countries").count([" Japanese", " Albanian", " Amsterdam"])
+    2
+    >>> " Feb" in concept_family("months")
+    True
+    """
+    names = concept_names()
+    if name not in names:
+        raise ValueError(f"no concept called {name!r}; available: {', '.join(names)}")
+    path = resources.files("hp_mini") / "data" / "concepts" / "families" / f"{name}.txt"
+    if not path.is_file():
+        return ConceptFamily(name, tuple(dict.fromkeys(concept_words(name))))
+    words: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("@"):
+            try:
+                words.extend(concept_words(line[1:].strip()))
+            except ValueError as err:
+                raise ValueError(f"the family file of {name!r} takes in an unknown word list: {err}") from None
+        else:
+            words.append(line)
+    return ConceptFamily(name, tuple(dict.fromkeys(words)))
 
 
 # --------------------------------------------------------------------------- #

