@@ -429,7 +429,7 @@ def test_verify_checks_files_missing_from_the_manifest(embedded):
 _READ_ONLY = """
 import sys
 from pathlib import Path
-from hp_mini import cache
+from hp_mini.model import cache
 root = Path(sys.argv[1])
 def fill(tmp):
     (tmp / "a.txt").write_text("a")
