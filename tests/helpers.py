@@ -246,6 +246,16 @@ def concept_prompts(n: int) -> list[str]:
         out.append(templates[i % len(templates)].format(**fill))
 
 
+def tiny_edit_llama():
+    """A 3-layer Llama with 4 heads a layer and a 50-token vocabulary (seed 0), for the edit experiments' tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=50)
+    return LlamaForCausalLM(cfg).eval()
+
+
 def save_tiny_llama(out: Path, n_layers: int = 2, seed: int = 0) -> Path:
     """A tiny random Llama (4 heads of width 8) and a word-level tokenizer covering the
     test prompts and three concept word lists, saved with ``save_pretrained``."""

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hp_mini
+from helpers import tiny_edit_llama
 from hp_mini.experiments.driver import evaluate_head_edits, head_count_sets, head_counts, is_random
 from hp_mini.experiments.evaluators import continuation_nll, qa_evaluator, toxicity_evaluator
 from hp_mini.experiments.tables import edit_table
@@ -18,12 +19,7 @@ POOL = [(layer, head) for layer in range(3) for head in range(4)]
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=50)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_edit_llama()
 
 
 class LetterTokenizer:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import hp_mini
+from helpers import tiny_edit_llama
 from hp_mini.experiments.words import count_words, lexical_rate, profanity_probability
 from hp_mini.experiments.tables import edit_table, summarize_edits
 from hp_mini.experiments.driver import evaluate_head_edits
@@ -48,12 +49,7 @@ def test_profanity_probability_orders_texts():
 
 @pytest.fixture(scope="module")
 def tiny():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=50)
-    return LlamaForCausalLM(cfg).eval()
+    return tiny_edit_llama()
 
 
 def test_evaluate_head_edits_table_and_controls(tiny):
