@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import itertools
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -565,3 +567,19 @@ def direct_logits_by_hook(model, tok, prompt: str, word: str) -> torch.Tensor:
     token = tok.encode(word, add_special_tokens=False)[0]
     U = parts.unembedding.weight
     return torch.stack([(s.contributions(z[s.layer]) * parts.final_norm.gain) @ U[token] for s in sites])
+
+
+# --------------------------------------------------------------------------- #
+# The browser checker (a script, not a module of the package)
+# --------------------------------------------------------------------------- #
+
+
+def load_check_pages():
+    """tests/browser/check_pages.py, loaded once as the module ``check_pages``."""
+    if "check_pages" not in sys.modules:
+        path = Path(__file__).resolve().parent / "browser" / "check_pages.py"
+        spec = importlib.util.spec_from_file_location("check_pages", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["check_pages"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["check_pages"]

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_check_pages
+
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("check_pages", ROOT / "tests" / "browser" / "check_pages.py")
-check_pages = importlib.util.module_from_spec(spec)
-sys.modules["check_pages"] = check_pages
-spec.loader.exec_module(check_pages)
+check_pages = load_check_pages()
 
 PNG = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d4944415478da63f8cf"
@@ -293,3 +292,51 @@ def test_checker_points_at_heads_of_interactive_heatmaps(tmp_path: Path):
     assert len(failures) == 2, failures
     assert failures[0].startswith("interactive heatmap 1: after a hover on L") and "not a head label" in failures[0]
     assert failures[1].startswith("interactive heatmap 1: after a click on L"), failures
+
+
+class FakeDriver:
+    def __init__(self, started: list):
+        started.append(self)
+        self.quit_called = False
+
+    def quit(self):
+        self.quit_called = True
+
+
+def test_a_browser_that_dies_under_a_page_is_started_afresh_once_and_other_errors_are_raised():
+    exceptions = pytest.importorskip("selenium.common.exceptions")
+    started: list[FakeDriver] = []
+    browser = check_pages.Browser(lambda: FakeDriver(started))
+    died = exceptions.InvalidSessionIdException(
+        "invalid session id: session deleted as the browser has closed the connection\n"
+        "from disconnected: Unable to receive message from renderer")
+    calls = []
+
+    def dies_once(driver):
+        calls.append(driver)
+        if len(calls) == 1:
+            raise died
+        return "checked"
+
+    assert browser.run(dies_once) == "checked"
+    assert calls == started and len(started) == 2 and started[0].quit_called and browser.restarts == 1
+
+    def always_dies(driver):
+        raise died
+
+    with pytest.raises(exceptions.InvalidSessionIdException):
+        browser.run(always_dies)  # one fresh start per run, not more
+    assert len(started) == 3
+
+    def page_fails(driver):
+        raise AssertionError("the panel shows L0H0")
+
+    def page_errs(driver):
+        raise exceptions.NoSuchElementException("no such element: div.hp-heatmap")
+
+    for failing in (page_fails, page_errs):
+        with pytest.raises((AssertionError, exceptions.NoSuchElementException)):
+            browser.run(failing)
+    assert len(started) == 3  # a failed page is not a dead browser: no retry
+    browser.quit()
+    assert started[-1].quit_called

@@ -3,6 +3,7 @@ refused, and in headless Chromium hovering or clicking a head shows it in the pa
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import hp_mini
+from helpers import load_check_pages
 from hp_mini.record.activations import HeadActivations, HeadMoments
 from hp_mini.read.dictionary import Dictionary
 from hp_mini.viz.interactive import RankingHeatmap, logit_lens_atoms, ranking_heatmap
@@ -197,8 +199,6 @@ needs_browser = pytest.mark.skipif(
 
 @needs_browser
 def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -213,15 +213,9 @@ def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Pat
     page.write_text(f"<html><body>{heatmap._repr_html_()}{heatmap._repr_html_()}<p id='away'>away</p>"
                     "</body></html>", encoding="utf-8")
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=options)
-    try:
-        driver.set_window_size(1280, 900)
+    check_pages = load_check_pages()
+
+    def hover_and_click(driver):
         driver.get(page.as_uri())
         first, second = driver.find_elements(By.CSS_SELECTOR, "div.hp-heatmap")
         panels = [m.find_element(By.CSS_SELECTOR, ".hp-heatmap-panel") for m in (first, second)]
@@ -258,8 +252,13 @@ def test_hovering_and_clicking_show_the_head_in_chromium(rankings, tmp_path: Pat
         # The token that tries to close the script is shown as text; no script error on the page.
         ActionChains(driver).move_to_element(cell(first, "somp", (0, 0))).perform()
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+    browser = check_pages.Browser(functools.partial(
+        check_pages.start_browser, shutil.which("chromium"), "/usr/bin/chromedriver", tmp_path / "profile"))
+    try:
+        browser.run(hover_and_click)  # a browser that dies under the page is started afresh once
     finally:
-        driver.quit()
+        browser.quit()
 
 
 def test_somp_vmax_caps_the_colour_scale_not_the_scores(rankings):

@@ -180,6 +180,54 @@ def start_browser(chromium: str, chromedriver: str, profile: Path):
     return driver
 
 
+#: What Selenium reports when the browser itself died under a page (a renderer that crashed
+#: or a lost connection), as opposed to a page that failed a check.
+BROWSER_DEATHS = ("invalid session id", "disconnected", "chrome not reachable", "tab crashed",
+                  "unable to receive message from renderer")
+
+
+def browser_died(err: BaseException) -> bool:
+    """Whether ``err`` says that the browser died, rather than that a page failed."""
+    from selenium.common.exceptions import WebDriverException
+
+    return isinstance(err, WebDriverException) and any(s in str(err).lower() for s in BROWSER_DEATHS)
+
+
+class Browser:
+    """A headless Chromium that is started afresh when it dies under a page.
+
+    ``start`` returns a new driver. :meth:`run` calls ``action(driver)``; when the browser
+    itself died (:func:`browser_died`), it says so on stderr, starts a fresh browser and calls
+    ``action`` again, at most ``retries`` times. Any other error, a failed assertion
+    included, is raised at once.
+    """
+
+    def __init__(self, start, retries: int = 1):
+        self._start = start
+        self.retries = retries
+        self.restarts = 0
+        self.driver = start()
+
+    def run(self, action):
+        for attempt in range(self.retries + 1):
+            try:
+                return action(self.driver)
+            except Exception as err:
+                if attempt == self.retries or not browser_died(err):
+                    raise
+                print(f"the browser died ({str(err).splitlines()[0]}); starting a fresh one", file=sys.stderr)
+                self.quit()
+                self.driver = self._start()
+                self.restarts += 1
+        raise AssertionError("unreachable")
+
+    def quit(self) -> None:
+        try:
+            self.driver.quit()
+        except Exception:  # a dead browser may refuse to quit; its process is gone either way
+            pass
+
+
 _IMAGES_JS = """
 return Array.from(document.images).map(img => ({
     src: img.currentSrc || img.src, complete: img.complete, width: img.naturalWidth,
@@ -490,12 +538,12 @@ def main(argv: list[str] | None = None) -> int:
     args.screenshots.mkdir(parents=True, exist_ok=True)
     server, base = serve(root)
     profile = Path(tempfile.mkdtemp(prefix="hp_mini_chromium_"))
-    driver = start_browser(args.chromium, args.chromedriver, profile)
+    browser = Browser(functools.partial(start_browser, args.chromium, args.chromedriver, profile))
     results = []
     try:
         for page in pages:
             try:
-                result = check_page(driver, root, base, page, args.screenshots)
+                result = browser.run(lambda driver: check_page(driver, root, base, page, args.screenshots))  # noqa: B023
             except Exception as err:  # a page that breaks the checker is a failed page
                 result = {"page": page.relative_to(root).as_posix(), "ok": False,
                           "failures": [f"{type(err).__name__}: {err}"], "offline_external": []}
@@ -506,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             for failure in result["failures"]:
                 print(f"       {failure}")
     finally:
-        driver.quit()
+        browser.quit()
         server.shutdown()
         shutil.rmtree(profile, ignore_errors=True)
 
