@@ -186,6 +186,12 @@ def test_agreement_counts_the_prompts_that_differ(run, experiment):
     shifted = run.agreement(_fake_live(run, experiment, -1.0, positions), experiment,
                             prompts=[p + 1 for p in positions])
     assert shifted["agree"].min() < len(positions)
+    # random controls of every kind are left out: their draws are not the recording's
+    live = _fake_live(run, experiment, -1.0, positions)
+    column = "f1" if experiment == "qa" else "toxic_fraction"
+    for method in ("random", "random (layer-matched)", "random (SOMP)"):
+        live.attrs["per_prompt"][(method, 4, 0)] = {column: np.full(len(positions), 0.123)}
+    assert list(run.agreement(live, experiment, prompts=positions)["method"]) == ["unedited", "SOMP"]
 
 
 def test_agreement_rejects_bad_input(run):

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hp_mini.experiments.driver import is_random
+
 __all__ = ["EditResults", "VisionResults", "load_edit_results", "load_vision_results", "recorded_models"]
 
 _COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
@@ -161,7 +163,7 @@ class EditResults:
         n = int((recorded["method"] == "unedited").sum())
         rows = []
         for (method, k, _draw), values in per_prompt.items():
-            if method == "random":
+            if is_random(method):  # "random", "random (layer-matched)", ...: draws differ from run to run
                 continue
             mine = recorded[(recorded["method"] == method) & (recorded["k"] == k)].set_index("prompt")
             if mine.empty:
