@@ -67,7 +67,7 @@ from hp_mini.vision.digits_vlm import answers_of as digit_answers
 from hp_mini.vision.digits_vlm import score_answers
 from hp_mini.vision.scene_prompts import describe as describe_scene
 from hp_mini.vision.training import torch_threads
-from hp_mini.vision.vlm import cosine_schedule, image_processor
+from hp_mini.vision.vlm import cosine_schedule, image_processor, pad_examples
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -628,15 +628,8 @@ def _examples(processor, task: str, answers: Sequence[str]):
     p = _prompt_ids(processor, task)
     end = tok.convert_tokens_to_ids("<|im_end|>")
     rows = [p + tok.encode(a, add_special_tokens=False) + [end] for a in answers]
-    t = max(len(r) for r in rows)
-    ids = torch.full((len(rows), t), tok.pad_token_id)
-    labels = torch.full((len(rows), t), -100)
-    mask = torch.zeros((len(rows), t), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        labels[i, len(p) : len(r)] = torch.tensor(r[len(p) :])
-        mask[i, : len(r)] = 1
-    return ids, mask, labels
+    targets = [[-100] * len(p) + r[len(p) :] for r in rows]
+    return pad_examples(rows, targets, tok.pad_token_id)
 
 
 def _prefix_length(processor) -> int:
