@@ -296,8 +296,10 @@ class HeadExplorer(_Interactive):
         ax.set_xlabel("mean logit")
         ax.set_title("logit lens of the mean output")
         ax = axes[2]
-        ax.plot(range(1, k + 1), v.pursuit.evr.float().numpy(), marker="o", color="tab:green")
-        ax.set_ylim(0, 1)
+        evr = v.pursuit.evr.float().numpy()
+        ax.plot(range(1, k + 1), evr, marker="o", color="tab:green")
+        # the curve's own scale (EVR of a single head is often a few percent), at most 0 .. 1
+        ax.set_ylim(0, min(1.0, max(0.05, 1.15 * float(evr.max()) if k else 0.05)))
         ax.set_xlabel("SOMP step")
         ax.set_ylabel("explained variance ratio")
         ax.set_title("EVR curve")
@@ -312,7 +314,8 @@ class HeadExplorer(_Interactive):
         return (
             '<div class="hp-mini-widget hp-mini-explorer">'
             + figure_html(self.static(), alt=f"Head {v.label}: SOMP atoms, logit-lens tokens and EVR curve")
-            + f"<p>Head <b>{v.label}</b>: EVR {evr:.3f} after {len(v.pursuit)} SOMP steps. "
+            + f"<p>Head <b>{v.label}</b>: EVR {evr:.3f} after {len(v.pursuit)} SOMP steps over "
+            f"its dictionary of {len(self.dictionary):,} atoms. "
             "The prompts on which it writes the most:</p>"
             + table_html(v.prompts_frame())
             + "</div>"
