@@ -72,8 +72,7 @@ from hp_mini.read.dictionary import concept_words, random_atoms, unembedding_dic
 from hp_mini.experiments.statistics import add_intervals
 from hp_mini.experiments.tables import edit_table
 from hp_mini.experiments.driver import evaluate_head_edits, head_count_sets, is_random
-from hp_mini.experiments.evaluators import qa_evaluator
-from hp_mini.experiments.evaluators import toxicity_evaluator
+from hp_mini.experiments.evaluators import FLUENCY_METRICS, qa_evaluator, toxicity_evaluator
 from hp_mini.edit.generation import generate
 from hp_mini.rank.ranking import HeadRanking, rank_heads
 from hp_mini.experiments.textdata import (
@@ -91,9 +90,9 @@ TOX_TOKENS = 20
 ALPHAS = {"qa": (-1.0, 0.0, 5.0), "toxicity": (-1.0, 0.0)}
 RANDOM_LIKE = ("SOMP", "SOMP specificity")  # random draws matched to each of these selections
 METRICS = {
-    "qa": ["f1_country", "f1_other", "f1_geography", "f1_non_geography", "nll", "perplexity"],
+    "qa": ["f1_country", "f1_other", "f1_geography", "f1_non_geography", *FLUENCY_METRICS],
     "toxicity": ["toxic_fraction", "toxic_count", "toxicity", "toxic_fraction_pc", "lexical", "lexical_hits",
-                 "nll", "perplexity"],
+                 *FLUENCY_METRICS],
 }
 QUICK = {"limit": 16, "n_random": 2}
 

@@ -70,10 +70,9 @@ COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metr
 
 
 def rankings(acts, dictionary) -> dict[str, list]:
-    """SOMP and logit-lens rankings of recorded heads, layer 0 left out."""
-    somp = hp_mini.rank_heads(acts, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
-    lens = hp_mini.rank_heads(acts, dictionary, method="logit_lens", progress=False)
-    return {name: [h for h in r.heads if h[0] >= SKIP_LAYERS] for name, r in (("SOMP", somp), ("logit lens", lens))}
+    """SOMP and logit-lens rankings of recorded heads, layer 0 left out, as lists of heads."""
+    found = vision.somp_and_lens_rankings(acts, dictionary, skip_layers=SKIP_LAYERS)
+    return {name: list(r.heads) for name, r in found.items()}
 
 
 def timed(seconds: dict, name: str, fn, *args, **kwargs):
@@ -226,7 +225,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     meta = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None else argv)),
-        "model": MODEL, "n_heads": 270, "ks": args.ks, "alphas": args.alphas, "n_random": args.n_random,
+        "model": MODEL, "ks": args.ks, "alphas": args.alphas, "n_random": args.n_random,
         "seed": args.seed, "skip_layers": SKIP_LAYERS, "random_fill": "nearest", "threads": args.threads,
         "date": datetime.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg()[0],
@@ -234,6 +233,7 @@ def main(argv=None) -> None:
         "weights_sha256": llava.WEIGHTS_SHA256, "experiments": {},
     }
     model, processor = hp_mini.load_model(MODEL, progress=False)
+    meta["n_heads"] = sum(site.n_heads for site in hp_mini.attention_heads(model))
     frames = []
     for name, run in (("mnist", mnist_row), ("caption", caption_edits)):
         if args.only in (None, name):

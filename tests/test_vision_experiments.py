@@ -22,6 +22,19 @@ def test_top_heads_refuses_a_flat_score_list_and_a_bad_k():
         vision.top_heads(torch.ones(2, 2), 5)
 
 
+def test_somp_and_lens_rankings_leave_out_the_first_layers_of_both_rankings(smollm2, smollm2_heads):
+    model, tok = smollm2
+    dictionary = hp_mini.unembedding_dictionary(model, tok, hp_mini.concept_words("colours"))
+    found = vision.somp_and_lens_rankings(smollm2_heads, dictionary, skip_layers=2)
+    somp = hp_mini.rank_heads(smollm2_heads, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
+    lens = hp_mini.rank_heads(smollm2_heads, dictionary, method="logit_lens", progress=False)
+    assert list(found) == ["SOMP", "logit lens"]
+    for name, full in (("SOMP", somp), ("logit lens", lens)):
+        kept = [(h, s) for h, s in zip(full.heads, full.scores.tolist()) if h[0] >= 2]
+        assert list(zip(found[name].heads, found[name].scores.tolist())) == kept
+        assert len(found[name].heads) == len(full.heads) - 2 * 9  # two layers of 9 heads left out
+
+
 def test_concept_dictionary_refuses_an_unknown_concept():
     with pytest.raises(ValueError, match="'digits' or one of"):
         vision.concept_dictionary(None, None, "shapes")

@@ -51,7 +51,7 @@ HEAD_SHARES: dict[str, tuple[float, ...]] = {
 }
 """Shares of a model's heads to edit: round percentages, and the paper's (8, 16 and 32 of its models' 1,024 heads)."""
 
-def head_counts(n_heads: int, fractions: Sequence[float] = (0.01, 0.02, 0.04)) -> list[int]:
+def head_counts(n_heads: int, fractions: Sequence[float] = HEAD_SHARES["1-2-4%"]) -> list[int]:
     """Numbers of heads to edit for fractions of a model's heads, as the paper's 1%, 2%, 4%.
 
     Each count is ``round(fraction * n_heads)``, at least 1 and more than the

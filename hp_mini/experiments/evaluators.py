@@ -287,7 +287,7 @@ def continuation_nll(
     prompts, continuations : list of str
         The same number of each: the texts the continuations followed, and the continuations.
     batch_size : int, default 16
-        Sequences per forward pass (right-padded).
+        Sequences per forward pass (left-padded, so that every continuation ends at the last position).
 
     Returns
     -------

@@ -163,7 +163,7 @@ class EditResults:
         n = int((recorded["method"] == "unedited").sum())
         rows = []
         for (method, k, _draw), values in per_prompt.items():
-            if is_random(method):  # "random", "random (layer-matched)", ...: draws differ from run to run
+            if is_random(method):  # "random", "random (SOMP specificity)": draws differ from run to run
                 continue
             mine = recorded[(recorded["method"] == method) & (recorded["k"] == k)].set_index("prompt")
             if mine.empty:

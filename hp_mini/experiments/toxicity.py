@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -59,7 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hp_mini.model.cache import CacheError, cache_dir, ensure_cached, load_cached
+from hp_mini.model.cache import CacheError, cache_dir, ensure_cached, file_sha256, load_cached
 from hp_mini.model.loading import MODEL_PACKAGES, ModelNotAvailableError
 
 __all__ = [
@@ -244,20 +243,12 @@ def _package_folder() -> Path:
         path = folder / name
         if not path.is_file():
             raise ModelNotAvailableError(f"{path} is missing; reinstall with `{PIP_COMMAND}`")
-        if _sha256(path) != want:
+        if file_sha256(path) != want:
             raise ModelNotAvailableError(
                 f"{path} is not the file of {_PACKAGE}=={_VERSION} (installed: {version}; its SHA-256 differs); "
                 f"install that version: `{PIP_COMMAND}`"
             )
     return folder
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:

@@ -12,6 +12,8 @@ recording, ranking and editing calls:
   of :func:`hp_mini.unembedding_dictionary`);
 - :func:`ranking_and_scoring_digits`: held-out MNIST digits split into a
   set to rank heads on and a disjoint set to score edits on;
+- :func:`somp_and_lens_rankings`: the two rankings the experiments compare,
+  the first layers left out;
 - :func:`image_attention`: how much each head's attention, at one position,
   falls on the image tokens: which heads *read* the image where the answer is
   written.
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 import torch
 
 from hp_mini.model.sites import Head
+from hp_mini.rank.ranking import HeadRanking, rank_heads
 from hp_mini.vision.digits import DIGIT_WORDS, NUMERALS
 from hp_mini.vision.shapes import COLOURS, COUNT_WORDS, SIZES
 
@@ -43,6 +46,7 @@ __all__ = [
     "concept_dictionary",
     "image_attention",
     "ranking_and_scoring_digits",
+    "somp_and_lens_rankings",
     "top_heads",
 ]
 
@@ -55,6 +59,33 @@ CAPTION_CONCEPTS: dict[str, tuple[str, ...]] = {
     "size": tuple(SIZES),
 }
 """The words of each caption concept: the scenes' colours, number words and sizes."""
+
+
+def somp_and_lens_rankings(acts, dictionary, *, skip_layers: int = 1) -> dict[str, HeadRanking]:
+    """The SOMP and logit-lens rankings of recorded heads, without the first ``skip_layers`` layers.
+
+    SOMP scores each head by its EVR after as many steps as the dictionary has
+    atoms (every class name can be picked); the logit lens by the mean logit its
+    pooled write gives the class names.
+
+    Parameters
+    ----------
+    acts : HeadActivations
+        The recorded heads (pooled over the image tokens, or at one position).
+    dictionary : Dictionary
+        The class names' unembeddings (:func:`concept_dictionary`).
+    skip_layers : int, default 1
+        How many first layers to leave out (layer 0's heads reach a high EVR
+        with any dictionary).
+
+    Returns
+    -------
+    dict
+        ``{"SOMP": HeadRanking, "logit lens": HeadRanking}``, best first.
+    """
+    somp = rank_heads(acts, dictionary, method="somp", n_atoms=len(dictionary), progress=False)
+    lens = rank_heads(acts, dictionary, method="logit_lens", progress=False)
+    return {"SOMP": somp.skip_layers(skip_layers), "logit lens": lens.skip_layers(skip_layers)}
 
 
 def concept_dictionary(model, tokenizer, concept: str):

@@ -88,6 +88,7 @@ __all__ = [
     "DamagedCacheError",
     "cache_dir",
     "ensure_cached",
+    "file_sha256",
     "find_damage",
     "load_cached",
     "remove_stale_temporaries",
@@ -149,9 +150,10 @@ def cache_dir() -> Path:
 # --------------------------------------------------------------------------- #
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, in hex, read in blocks."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while block := f.read(_CHUNK):
             digest.update(block)
     return digest.hexdigest()
@@ -180,7 +182,7 @@ def _manifest_of(folder: Path) -> dict:
     for rel in _files_in(folder):
         path = folder / rel
         st = path.stat()
-        files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": _sha256(path)}
+        files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": file_sha256(path)}
     return {"format": 1, "files": files}
 
 
@@ -265,7 +267,7 @@ def find_damage(folder: str | os.PathLike, *, full: bool = False) -> str | None:
             return f"{rel} has {st.st_size} bytes instead of {want['size']}"
         if full or st.st_mtime_ns != want["mtime_ns"]:
             try:
-                digest = _sha256(path)
+                digest = file_sha256(path)
             except OSError as err:
                 return f"{rel} cannot be read ({err.__class__.__name__}: {err})"
             if digest != want["sha256"]:

@@ -517,7 +517,7 @@ def rank_heads(
 def _check_control(acts: HeadActivations, dictionary: Dictionary, control) -> Dictionary:
     """The control dictionary of a specificity ranking, checked against the concept's."""
     try:
-        ctl, _ = check_ranking_inputs(acts, control, n_atoms=None)
+        ctl = check_dictionary(control, acts.d_model)  # the activations were checked by rank_heads
     except ValueError as err:
         raise ValueError(f"control: {err}") from None
     if ctl.atoms.shape[0] != dictionary.atoms.shape[0]:

@@ -47,7 +47,6 @@ Example
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 import hp_mini
+from hp_mini.model.cache import file_sha256
 from hp_mini.model.loading import ModelNotAvailableError
 from hp_mini.vision import digits, shapes
 from hp_mini.vision.contrastive import multi_positive_clip_loss
@@ -912,15 +912,6 @@ def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: tor
         for t in (tmp, record_tmp):
             t.unlink(missing_ok=True)
     return sha
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file, in hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 
