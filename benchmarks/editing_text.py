@@ -50,6 +50,14 @@ into ``--out`` and prints the tables as Markdown::
     python benchmarks/editing_text.py --model gemma3-270m --out hp_mini/data/results
     python benchmarks/editing_text.py --model smollm2-135m --n-random 2 --only qa --out /tmp/x   # a quick look
     python benchmarks/editing_text.py --quick --out /tmp/x    # every step on 16 prompts, 2 draws: a smoke test
+
+A run of some experiments and alphas can replace just those in a recorded run
+(``--merge``, or ``--merge-from`` for a run already written elsewhere); the
+JSON's ``parts`` then gives the command, date, threads and time of the run
+that made each (experiment, alpha)::
+
+    python benchmarks/editing_text.py --model smollm2-135m --only qa --alphas -1 0 --out /tmp/qa
+    python benchmarks/editing_text.py --model smollm2-135m --merge-from /tmp/qa --out hp_mini/data/results
 """
 
 from __future__ import annotations
@@ -214,6 +222,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke test of every step: {QUICK} unless given otherwise")
     parser.add_argument("--out", type=Path, required=True, help="folder for editing_<model>.csv and .json")
+    parser.add_argument("--merge", action="store_true",
+                        help="fold this run into the recorded run in --out: the experiments and alphas it makes "
+                             "replace the recorded ones, the others stay, and the JSON's 'parts' says which command "
+                             "made which")
+    parser.add_argument("--merge-from", type=Path, default=None, metavar="FOLDER",
+                        help="run nothing: fold the recorded run of --model in FOLDER (written by this script) into "
+                             "the one in --out, as --merge does")
     args = parser.parse_args(argv)
     if args.quick and args.limit is None:
         args.limit = QUICK["limit"]
@@ -252,14 +267,19 @@ def report(name, selections, info, tables, ks, start) -> tuple[dict, list, list]
     return exp, frames, prompts
 
 
-def write(out: Path, model: str, frames, prompts, meta) -> None:
-    """Write the three files whole: each to a temporary name first, then all moved into place."""
+def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> None:
+    """Write the three files whole: each to a temporary name first, then all moved into place.
+
+    With ``merge``, this run is folded into the recorded run already in ``out`` (:func:`merged`).
+    """
     out.mkdir(parents=True, exist_ok=True)
     columns = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
                "normalised", "ci_low", "ci_high"]
     tidy = pd.concat(frames, ignore_index=True).assign(model=model)[columns]
     stem = out / f"editing_{model}"
     per_prompt = pd.concat(prompts, ignore_index=True).assign(model=model)
+    if merge:
+        tidy, per_prompt, meta = merged(out, model, tidy, per_prompt, meta)
     per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
                                                                 ("model", "experiment", "alpha")]]
     paths = {stem.with_suffix(".csv"): lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
@@ -273,8 +293,65 @@ def write(out: Path, model: str, frames, prompts, meta) -> None:
     print(f"wrote {', '.join(p.name for p in paths)} in {out} ({meta['seconds']:.0f} s)")
 
 
+PART_KEYS = ("command", "date", "threads", "n_random", "random_like", "ks", "head_count_sets", "load_average_start",
+             "load_average_end", "seconds", "versions")
+
+
+def _made(table) -> dict[str, list[float]]:
+    """The (experiment, alphas) that a tidy table holds."""
+    return {e: sorted({float(a) for a in rows["alpha"]}) for e, rows in table.groupby("experiment", sort=True)}
+
+
+def merged(out: Path, model: str, tidy, per_prompt, meta) -> tuple:
+    """Fold this run into the recorded run already in ``out``: its experiments and alphas replace the recorded
+    ones, the rest is kept, and ``meta["parts"]`` says which run made which (experiment, alpha)."""
+    stem = out / f"editing_{model}"
+    paths = [stem.with_suffix(".csv"), stem.parent / f"{stem.name}_prompts.csv", stem.with_suffix(".json")]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"--merge: {out} holds no recorded run of {model} to merge into ({', '.join(missing)} missing)")
+    old_tidy, old_prompts = pd.read_csv(paths[0], keep_default_na=False, na_values=[""]), pd.read_csv(paths[1])
+    old_meta = json.loads(paths[2].read_text(encoding="utf-8"))
+    made = _made(tidy)
+    remade = lambda t: [a in made.get(e, ()) for e, a in zip(t["experiment"], t["alpha"].astype(float))]  # noqa: E731
+    kept_tidy, kept_prompts = old_tidy[[not r for r in remade(old_tidy)]], old_prompts[[not r for r in remade(old_prompts)]]
+    parts = old_meta.get("parts") or [{**{k: old_meta[k] for k in PART_KEYS if k in old_meta}, "made": _made(old_tidy)}]
+    for part in parts:
+        part["made"] = {e: [a for a in alphas if a not in made.get(e, ())] for e, alphas in part["made"].items()}
+        part["made"] = {e: alphas for e, alphas in part["made"].items() if alphas}
+    parts = [part for part in parts if part["made"]]
+    experiments = dict(old_meta["experiments"])
+    for name, info in meta["experiments"].items():
+        before = experiments.get(name, {})
+        kept = {a for a in _made(kept_tidy).get(name, [])}
+        carried = {k: v for k, v in before.items() if any(k.endswith(f"_alpha{a:g}") for a in kept)}
+        changed = any(info["selections"].get(m) != heads for m, heads in before.get("selections", {}).items())
+        if changed:  # a kept alpha keeps the selections it was run with
+            for a in kept:
+                carried.setdefault(f"selections_alpha{a:g}", before["selections"])
+        experiments[name] = {**info, **carried}
+    meta = {**meta, "experiments": experiments, "parts": parts + [{**{k: meta[k] for k in PART_KEYS}, "made": made}]}
+    return (pd.concat([kept_tidy, tidy], ignore_index=True), pd.concat([kept_prompts, per_prompt], ignore_index=True),
+            meta)
+
+
+def merge_from(source: Path, out: Path, model: str) -> None:
+    """Fold the recorded run of ``model`` in ``source`` (written by this script) into the one in ``out``."""
+    stem = source / f"editing_{model}"
+    try:
+        tidy = pd.read_csv(stem.with_suffix(".csv"), keep_default_na=False, na_values=[""])
+        per_prompt = pd.read_csv(stem.parent / f"{stem.name}_prompts.csv")
+        meta = json.loads(stem.with_suffix(".json").read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise SystemExit(f"--merge-from: {source} holds no recorded run of {model}: {error.filename} is missing")
+    write(out, model, [tidy.drop(columns="model")], [per_prompt.drop(columns="model")], meta, merge=True)
+
+
 def main() -> None:
     args = parse_args()
+    if args.merge_from is not None:
+        merge_from(args.merge_from, args.out, args.model)
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     began = time.perf_counter()
@@ -308,7 +385,7 @@ def main() -> None:
         prompts += per_prompt
     meta["seconds"] = time.perf_counter() - began
     meta["load_average_end"] = os.getloadavg()[0]
-    write(args.out, args.model, frames, prompts, meta)
+    write(args.out, args.model, frames, prompts, meta, merge=args.merge)
 
 
 if __name__ == "__main__":

@@ -159,6 +159,28 @@ def test_continuation_nll_matches_a_hand_computation_on_a_tiny_model(tiny):
         continuation_nll(tiny, tok, ["a", "b"], ["c"])
 
 
+def test_continuation_nll_gives_the_same_values_on_the_padded_path(tiny, monkeypatch):
+    import hp_mini.experiments.evaluators as ev
+    from hp_mini.edit.tree import TreeSupport
+
+    tok = LetterTokenizer()
+    prompts = ["Q: ab?\nA:", "Q: ab?\nA: x", "x"]  # two share a prefix: one node each in the tree
+    continuations = [" cd\n", " y z", ""]
+    want = [nll_by_hand(tiny, tok, p, c) for p, c in zip(prompts, continuations)]
+    tree = continuation_nll(tiny, tok, prompts, continuations, batch_size=3)
+    monkeypatch.setattr(ev, "tree_support", lambda model: TreeSupport(reason="no tree in this test"))
+    padded = continuation_nll(tiny, tok, prompts, continuations, batch_size=2)
+    assert tree == pytest.approx(want, abs=1e-5) and padded == pytest.approx(want, abs=1e-5)
+
+
+def test_tree_log_probs_refuses_starts_outside_the_sequences(tiny):
+    from hp_mini.edit.tree import tree_log_probs, tree_support
+
+    for starts in ([0], [3], [1, 1]):
+        with pytest.raises(ValueError, match="at least 1 and below"):
+            tree_log_probs(tiny, [[1, 2, 3]], starts, tree_support(tiny))
+
+
 def test_fluency_is_scored_by_the_unedited_model_outside_each_edit(tiny, monkeypatch):
     import hp_mini.experiments.evaluators as ev
 
@@ -193,6 +215,28 @@ def test_fluency_has_bootstrap_intervals_like_the_other_metrics(tiny, monkeypatc
                           n_boot=200)
     row = table[(table.method == "a") & (table.metric == "perplexity")].iloc[0]
     assert np.isfinite(row.ci_low) and row.ci_low <= row.normalised <= row.ci_high
+
+
+def test_fluency_scores_each_continuation_of_a_prompt_once(tiny, monkeypatch):
+    import hp_mini.experiments.evaluators as ev
+
+    tok = LetterTokenizer()
+    prompts = ["Q: ab?\nA:", "Q: efg?\nA:", "Q: x?\nA:"]
+    runs = iter([[" cd\n", " h\n", " y\n"], [" cd\n", " zz\n", " y\n"], [" cd\n", " h\n", " y\n"]])
+    monkeypatch.setattr(ev, "generate", lambda *a, **k: next(runs))
+    asked = []
+    real = ev.continuation_nll
+    monkeypatch.setattr(ev, "continuation_nll", lambda m, t, p, c, **k: asked.append(list(c)) or real(m, t, p, c))
+    evaluate = qa_evaluator(tiny, tok, prompts, [["cd"], ["h"], ["y"]], fluency=True)
+    got = []
+    for _ in range(3):
+        evaluate()
+        evaluate.score_unedited()
+        got.append(evaluate.per_prompt["nll"])
+    assert asked == [[" cd\n", " h\n", " y\n"], [" zz\n"]]  # the third run is all remembered
+    second = [" cd\n", " zz\n", " y\n"]
+    assert got[1] == pytest.approx([nll_by_hand(tiny, tok, p, c) for p, c in zip(prompts, second)], abs=1e-5)
+    assert np.array_equal(got[0], got[2])
 
 
 def test_score_unedited_before_evaluate_is_refused(tiny):

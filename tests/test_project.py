@@ -7,6 +7,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -143,3 +144,28 @@ def test_every_toc_entry_exists():
         files += [c["file"] for c in part["chapters"]]
     missing = [f for f in files if not (ROOT / f"{f}.md").exists()]
     assert not missing, f"_toc.yml names chapters that do not exist: {missing}"
+
+
+def _quick_start(page: str) -> str:
+    """The page's one-screen example: the python block that loads the model and edits heads."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    found = [b for b in blocks if "hp_mini.load_model()" in b and "scale_heads" in b]
+    assert len(found) == 1, f"{page}: {len(found)} quick-start blocks"
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["README.md", "book/intro.md"])
+def test_the_quick_start_runs_as_printed_and_edits_no_head_of_layer_0(page, smollm2, monkeypatch, capsys):
+    import hp_mini
+
+    edited = []
+    scale_heads = hp_mini.scale_heads
+    monkeypatch.setattr(hp_mini, "load_model", lambda *a, **k: smollm2)  # the session's copy: loaded once
+    monkeypatch.setattr(hp_mini, "scale_heads", lambda model, edits, **k: edited.append(dict(edits))
+                        or scale_heads(model, edits, **k))
+    exec(compile(_quick_start(page), page, "exec"), {})
+    printed = capsys.readouterr().out
+    assert printed.strip(), f"{page}: the example printed nothing"
+    assert len(edited) == 1 and len(edited[0]) == 8 and set(edited[0].values()) == {-1.0}
+    assert min(layer for layer, _ in edited[0]) >= 1, f"{page}: the example edits a head of layer 0: {edited[0]}"

@@ -15,7 +15,7 @@ import pytest
 
 from hp_mini import parse_head_label
 from hp_mini.experiments.statistics import bootstrap_ratio
-from hp_mini.experiments.driver import head_counts
+from hp_mini.experiments.driver import head_count_sets, head_counts, is_random
 from hp_mini.experiments.tables import summarize_edits
 from hp_mini.experiments.recorded import EditResults, load_edit_results, recorded_models
 
@@ -46,12 +46,24 @@ def test_edits_and_selection_validate(run):
         run.selection("qa", "random")
 
 
+def _made(run) -> list[tuple[str, float]]:
+    """Every recorded (experiment, alpha)."""
+    return sorted({(e, float(a)) for e, a in zip(run.table["experiment"], run.table["alpha"])})
+
+
 def test_setting_is_the_papers(run):
     meta = run.meta
     assert meta["model"] == run.model
     assert meta["n_heads"] == N_HEADS[run.model]
-    assert meta["ks"] == head_counts(N_HEADS[run.model])
-    assert meta["n_random"] == 10 and meta["n_atoms"] == 50 and meta["criterion"] == "l1"
+    assert meta["n_atoms"] == 50 and meta["criterion"] == "l1"
+    for experiment, alpha in _made(run):
+        part = run.part(experiment, alpha)
+        assert part["n_random"] == 10
+        counts = part.get("head_count_sets", {"1-2-4%": head_counts(N_HEADS[run.model])})
+        assert counts["1-2-4%"] == head_counts(N_HEADS[run.model])
+        if "paper" in counts:
+            assert counts == head_count_sets(N_HEADS[run.model])
+        assert run.ks(experiment, alpha) == sorted({k for ks in counts.values() for k in ks}) == part["ks"]
     qa, tox = meta["experiments"]["qa"], meta["experiments"]["toxicity"]
     assert qa["n_evaluation"] >= 300 and qa["groups"]["country"] + qa["groups"]["other"] == qa["n_evaluation"]
     assert tox["n_selection"] + tox["n_evaluation"] == 623
@@ -59,19 +71,29 @@ def test_setting_is_the_papers(run):
     assert tox["selection_words"] and len(tox["selection_words"]) == len(set(tox["selection_words"]))
 
 
+def test_the_parts_made_every_edit_once(run):
+    made = [(e, a) for part in run.meta.get("parts", [{"made": dict()}]) for e, alphas in part["made"].items()
+            for a in alphas]
+    if "parts" in run.meta:
+        assert sorted(made) == _made(run) and len(set(made)) == len(made)
+    assert ("qa", -1.0) in _made(run) and ("toxicity", -1.0) in _made(run)
+
+
 def test_table_has_every_edit(run):
-    ks = run.meta["ks"]
-    for experiment, alphas in (("qa", (-1.0, 5.0)), ("toxicity", (-1.0,))):
-        for alpha in alphas:
-            rows = run.edits(experiment, alpha)
-            metrics = sorted(set(rows["metric"]))
-            for k in ks:
-                for method in ("SOMP", "logit lens"):
-                    cell = rows[(rows.method == method) & (rows.k == k)]
-                    assert sorted(cell["metric"]) == metrics and (cell["draw"] == 0).all()
-                    heads = [parse_head_label(h) for h in cell["heads"].iloc[0].split()]
-                    assert heads == run.selection(experiment, method)[:k]
-                random = rows[(rows.method == "random") & (rows.k == k)]
+    for experiment, alpha in _made(run):
+        part = run.part(experiment, alpha)
+        rows = run.edits(experiment, alpha)
+        metrics = sorted(set(rows["metric"]))
+        controls = {"random": "SOMP"} | {f"random ({r})": r for r in part.get("random_like", ["SOMP"])[1:]}
+        rankings = ["logit lens", *controls.values()]
+        for k in run.ks(experiment, alpha):
+            for method in rankings:
+                cell = rows[(rows.method == method) & (rows.k == k)]
+                assert sorted(cell["metric"]) == metrics and (cell["draw"] == 0).all()
+                heads = [parse_head_label(h) for h in cell["heads"].iloc[0].split()]
+                assert heads == run.selection(experiment, method, alpha)[:k]
+            for control in controls:
+                random = rows[(rows.method == control) & (rows.k == k)]
                 assert sorted(set(random["draw"])) == list(range(10))
                 for labels in random["heads"]:
                     assert len(labels.split()) == k
@@ -97,23 +119,31 @@ def test_values_follow_from_the_per_prompt_values(run):
     """Each single edit's value is the mean (or count) of its shipped per-prompt values."""
     checked = 0
     for (experiment, alpha, method, k), rows in run.table.groupby(["experiment", "alpha", "method", "k"]):
-        if method == "random":
+        if is_random(method):
             continue
         prompts = _per_prompt(run, experiment, alpha, method, k)
         assert len(prompts) == run.meta["experiments"][experiment]["n_evaluation"]
         assert list(prompts["prompt"]) == list(range(len(prompts)))
         value = rows.set_index("metric")["value"]
         if experiment == "qa":
-            for group in ("country", "other"):
-                mean = prompts.loc[prompts.group == group, "f1"].mean()
-                assert value[f"f1_{group}"] == pytest.approx(mean, abs=1e-5)
+            groups = {"country": prompts.group == "country", "other": prompts.group == "other"}
+            if "f1_geography" in value:
+                groups |= {"geography": prompts.subgroup == "geography",
+                           "non_geography": prompts.subgroup == "non_geography"}
+                assert (groups["geography"] | groups["non_geography"]).sum() == groups["other"].sum()
+            for group, where in groups.items():
+                assert value[f"f1_{group}"] == pytest.approx(prompts.loc[where, "f1"].mean(), abs=1e-5)
         else:
             for metric in ("toxic_fraction", "toxicity", "toxic_fraction_pc", "lexical"):
                 assert value[metric] == pytest.approx(prompts[metric].mean(), abs=1e-5)
             assert value["toxic_count"] == prompts["toxic_fraction"].sum()
             assert value["lexical_hits"] == pytest.approx(prompts["lexical"].sum(), abs=1e-4)
+        for metric in ("nll", "perplexity"):
+            if metric in value:
+                assert value[metric] == pytest.approx(prompts[metric].mean(), rel=1e-5)
         checked += 1
-    assert checked == 3 * (1 + 2 * len(run.meta["ks"]))  # unedited and 2 methods x ks, for each of 3 tables
+    rankings = {(e, a): 2 + len(run.part(e, a).get("random_like", ["SOMP"])) - 1 for e, a in _made(run)}
+    assert checked == sum(1 + n * len(run.ks(e, a)) for (e, a), n in rankings.items())
 
 
 def test_intervals_recomputed_from_the_per_prompt_values(run):
@@ -124,7 +154,7 @@ def test_intervals_recomputed_from_the_per_prompt_values(run):
         unedited = _per_prompt(run, experiment, alpha, "unedited", 0)
         keep = (unedited.group == metric.split("_")[1]).to_numpy() if experiment == "qa" else slice(None)
         for method in ("SOMP", "logit lens"):
-            for k in run.meta["ks"]:
+            for k in run.ks(experiment, alpha):
                 edited = _per_prompt(run, experiment, alpha, method, k)
                 low, high = bootstrap_ratio(edited[column].to_numpy()[keep], unedited[column].to_numpy()[keep],
                                             n_boot=2000, seed=seed)
@@ -144,11 +174,11 @@ def test_enough_toxic_continuations_unedited(run):
 def test_random_summary_reads_the_draws(run):
     rows = run.edits("qa")
     summary = summarize_edits(rows[rows.method == "random"])
-    for k in run.meta["ks"]:
+    for k in run.ks("qa"):
         draws = rows[(rows.method == "random") & (rows.k == k) & (rows.metric == "f1_country")]["normalised"]
         assert summary.loc[("f1_country", "random", k), "median"] == pytest.approx(float(np.median(draws)))
     distinct = run.meta["experiments"]["qa"]["distinct_random_alpha-1"]
-    for k in run.meta["ks"]:
+    for k in run.ks("qa"):
         sets = {" ".join(sorted(h.split())) for h in rows[(rows.method == "random") & (rows.k == k)]["heads"]}
         assert len(sets) == distinct[str(k)]
 
@@ -160,7 +190,7 @@ def test_frames_are_pandas(run):
 def _fake_live(run, experiment, alpha, positions, flip=()):
     """A live table as evaluate_head_edits returns it, built from the recorded per-prompt values."""
     per_prompt = {}
-    for method, k in [("unedited", 0), ("SOMP", run.meta["ks"][-1])]:
+    for method, k in [("unedited", 0), ("SOMP", run.ks(experiment, alpha)[-1])]:
         rows = _per_prompt(run, experiment, alpha, method, k).set_index("prompt").loc[positions]
         column = "f1" if experiment == "qa" else "toxic_fraction"
         values = rows[column].to_numpy().copy()

@@ -33,7 +33,7 @@ from torch import nn
 
 from hp_mini.model.inputs import model_device
 
-__all__ = ["TreeSupport", "beyond_window", "generate_tree", "prefix_tree", "tree_support"]
+__all__ = ["TreeSupport", "beyond_window", "generate_tree", "prefix_tree", "tree_log_probs", "tree_support"]
 
 
 # The keyword under which a decoder's forward pass takes its key/value cache:
@@ -309,6 +309,63 @@ def generate_tree(
     return results
 
 
+def tree_log_probs(model: nn.Module, seqs: list[list[int]], starts: list[int], support: TreeSupport) -> list[torch.Tensor]:
+    """The log-probability of each sequence's tokens from ``starts[i]`` on, in one pass over their prefix tree.
+
+    A token's log-probability is read from the logits at its parent node, so
+    the tokens that sequences share (a few-shot prefix) run through the model
+    once; this is what :func:`hp_mini.experiments.evaluators.continuation_nll`
+    uses to score continuations after long prompts.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model that :func:`tree_support` accepts.
+    seqs : list of list of int
+        Token ids.
+    starts : list of int
+        For each sequence, the first position to score (at least 1, below its length).
+    support : TreeSupport
+        ``tree_support(model)``.
+
+    Returns
+    -------
+    list of torch.Tensor
+        For each sequence, the float32 log-probabilities of ``seqs[i][starts[i]:]``, on the CPU.
+    """
+    if len(starts) != len(seqs) or any(not 1 <= b < len(s) for s, b in zip(seqs, starts)):
+        raise ValueError("every start must be at least 1 and below its sequence's length")
+    tokens, depth, parent, paths = prefix_tree(seqs)
+    wanted = [[paths[i][j - 1] for j in range(b, len(s))] for i, (s, b) in enumerate(zip(seqs, starts))]
+    need = sorted({node for nodes in wanted for node in nodes})
+    row = {node: r for r, node in enumerate(need)}
+    logits = _tree_forward(model, (tokens, depth, parent), need, support)
+    logp = logits.float().log_softmax(-1).cpu()
+    return [logp[[row[n] for n in nodes], torch.tensor(s[b:])] for nodes, s, b in zip(wanted, seqs, starts)]
+
+
+def _tree_forward(model: nn.Module, tree, keep: list[int], support: TreeSupport, cache=None) -> torch.Tensor:
+    """One forward pass over a prefix tree ``(tokens, depth, parent)``; the logits at the nodes ``keep``.
+
+    With ``cache`` (a ``DynamicCache``), the pass fills it; without, it keeps none.
+    """
+    tokens, depth, parent = tree
+    device = model_device(model)
+    rows = torch.tensor(keep, device=device)
+    kwargs = {"logits_to_keep": rows} if support.logits_to_keep else {}
+    if cache is not None:
+        kwargs[support.cache_keyword] = cache
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor([tokens], device=device),
+            position_ids=torch.tensor([depth], device=device),
+            attention_mask=_tree_mask(parent, next(model.parameters()).dtype).to(device),
+            use_cache=cache is not None,
+            **kwargs,
+        )
+    return out.logits[0] if support.logits_to_keep else out.logits[0, rows]
+
+
 def _run_tree(model: nn.Module, seqs: list[list[int]], support: TreeSupport):
     """One forward pass over the prefix tree of ``seqs``.
 
@@ -321,19 +378,8 @@ def _run_tree(model: nn.Module, seqs: list[list[int]], support: TreeSupport):
 
     device = model_device(model)
     tokens, depth, parent, paths = prefix_tree(seqs)
-    ends = torch.tensor([path[-1] for path in paths])
-    kwargs = {"logits_to_keep": ends.to(device)} if support.logits_to_keep else {}
     cache = DynamicCache()
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.tensor([tokens], device=device),
-            position_ids=torch.tensor([depth], device=device),
-            attention_mask=_tree_mask(parent, next(model.parameters()).dtype).to(device),
-            use_cache=True,
-            **{support.cache_keyword: cache},
-            **kwargs,
-        )
-    logits = out.logits[0] if support.logits_to_keep else out.logits[0, ends.to(device)]
+    logits = _tree_forward(model, (tokens, depth, parent), [path[-1] for path in paths], support, cache)
     if not all(type(layer) is DynamicLayer for layer in cache.layers):  # pragma: no cover - probed by tree_support
         raise RuntimeError(f"{type(model).__name__}: prefix sharing needs full-attention cache layers")
     # Each prompt's own cache: the keys and values along its path, left-padded.

@@ -35,6 +35,7 @@ import torch
 
 from hp_mini.checks import check_count
 from hp_mini.edit.generation import generate
+from hp_mini.edit.tree import beyond_window, tree_log_probs, tree_support
 from hp_mini.model.inputs import model_device, tokenizer_of
 from hp_mini.experiments.qa import first_answer, token_f1
 from hp_mini.experiments.toxicity import toxicity_scores
@@ -235,9 +236,13 @@ def _evaluator(model, tokenizer, prompts: list[str], generation: dict, score, ke
     attribute named ``keep`` (nothing when ``keep`` is None). With ``fluency``,
     ``evaluate.score_unedited()`` scores the last continuations with the model
     as it is when called (:func:`continuation_nll`), adding ``"nll"`` and
-    ``"perplexity"`` to ``evaluate.per_prompt``.
+    ``"perplexity"`` to ``evaluate.per_prompt``. A continuation scored before
+    for the same prompt is not scored again: the scores are remembered per
+    (prompt, continuation), since the model is the same unedited model at every
+    call (a random or weak edit leaves most continuations as they were).
     """
     last: dict[str, list[str]] = {}
+    scored: dict[tuple[int, str], float] = {}
 
     def evaluate() -> dict[str, float]:
         outputs = generate(model, tokenizer, prompts, **generation)
@@ -251,7 +256,12 @@ def _evaluator(model, tokenizer, prompts: list[str], generation: dict, score, ke
     def score_unedited() -> dict[str, float]:
         if "outputs" not in last:
             raise RuntimeError("score_unedited() scores the continuations of the last evaluate(): call evaluate() first")
-        nll = continuation_nll(model, tokenizer, prompts, last["outputs"])
+        outputs = last["outputs"]
+        todo = [i for i, c in enumerate(outputs) if (i, c) not in scored]
+        if todo:
+            fresh = continuation_nll(model, tokenizer, [prompts[i] for i in todo], [outputs[i] for i in todo])
+            scored.update({(i, outputs[i]): float(v) for i, v in zip(todo, fresh)})
+        nll = np.array([scored[i, c] for i, c in enumerate(outputs)])
         values = {"nll": nll, "perplexity": np.exp(nll)}
         evaluate.per_prompt.update(values)  # type: ignore[attr-defined]
         return {name: float(v.mean()) for name, v in values.items()}
@@ -268,7 +278,7 @@ def continuation_nll(
     prompts: Sequence[str],
     continuations: Sequence[str],
     *,
-    batch_size: int = 16,
+    batch_size: int = 64,
 ) -> np.ndarray:
     """The mean negative log-likelihood per token of each continuation, given its prompt, under ``model``.
 
@@ -286,8 +296,11 @@ def continuation_nll(
         A causal language model and its tokenizer (or processor).
     prompts, continuations : list of str
         The same number of each: the texts the continuations followed, and the continuations.
-    batch_size : int, default 16
-        Sequences per forward pass (left-padded, so that every continuation ends at the last position).
+    batch_size : int, default 64
+        Sequences per forward pass. Where the model takes the shared-prefix path
+        (:func:`hp_mini.edit.tree.tree_support`), a batch is one prefix tree and
+        the tokens its sequences share (a few-shot prefix) run once; otherwise
+        sequences are left-padded.
 
     Returns
     -------
@@ -300,12 +313,29 @@ def continuation_nll(
     rows = [(tok(p)["input_ids"], _continuation_ids(tok, c)) for p, c in zip(prompts, continuations)]
     if any(not head for head, _ in rows):
         raise ValueError("every prompt needs at least one token for its continuation to be scored after it")
+    batch_size = check_count(batch_size, "batch_size")
+    support = tree_support(model)
+    if support.cache_keyword is not None and beyond_window(model, support, [h + t for h, t in rows], 0) is None:
+        order = sorted(range(len(rows)), key=lambda i: rows[i])  # neighbours share the longest prefixes
+        out = np.empty(len(rows))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            logps = tree_log_probs(model, [rows[i][0] + rows[i][1] for i in chunk],
+                                   [len(rows[i][0]) for i in chunk], support)
+            for i, logp in zip(chunk, logps):
+                out[i] = -float(logp.mean())
+        return out
+    return _padded_nll(model, tok, rows, batch_size)
+
+
+def _padded_nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: int) -> np.ndarray:
+    """:func:`continuation_nll` for models without the prefix tree: left-padded batches."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     keeps = "logits_to_keep" in inspect.signature(model.forward).parameters
     device = model_device(model)
     out = np.empty(len(rows))
-    for start in range(0, len(rows), check_count(batch_size, "batch_size")):
-        chunk = rows[start : start + int(batch_size)]
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
         width = max(len(h) + len(t) for h, t in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -84,15 +84,17 @@ class EditResults:
         returns them after :func:`hp_mini.experiments.statistics.add_intervals`, with the
         columns ``experiment`` ("qa" or "toxicity") and ``alpha`` added.
     prompts : pandas.DataFrame
-        Per-prompt values of the unedited run and of every SOMP and logit-lens
-        edit: ``experiment``, ``alpha``, ``method``, ``k``, ``prompt`` (the
-        position in the evaluation split), ``group`` (QA) and one column per
-        metric (``f1``; ``toxic_fraction``, ``toxicity``, ``toxic_fraction_pc``,
-        ``lexical``).
+        Per-prompt values of the unedited run and of every non-random edit:
+        ``experiment``, ``alpha``, ``method``, ``k``, ``prompt`` (the position
+        in the evaluation split), ``group`` and ``subgroup`` (QA) and one
+        column per metric (``f1``; ``toxic_fraction``, ``toxicity``,
+        ``toxic_fraction_pc``, ``lexical``; ``nll``, ``perplexity``).
     meta : dict
         The command, the machine, the versions, and per experiment the split
         sizes, the selections (head labels), the selection words (toxicity),
         the distinct random sets and the random heads moved to nearer layers.
+        A recording folded together from several runs has ``parts``
+        (:meth:`part`, :meth:`ks`).
     """
 
     model: str
@@ -112,12 +114,38 @@ class EditResults:
                              f"recorded (experiment, alpha): {have}")
         return rows.reset_index(drop=True)
 
-    def selection(self, experiment: str, method: str) -> list[tuple[int, int]]:
-        """The recorded top heads of one ranking (``"SOMP"`` or ``"logit lens"``), as ``(layer, head)``."""
+    def ks(self, experiment: str, alpha: float = -1.0) -> list[int]:
+        """The head counts ``k`` edited in one experiment at ``alpha``, smallest first."""
+        rows = self.edits(experiment, alpha)
+        return sorted({int(k) for k in rows.loc[rows["method"] != "unedited", "k"]})
+
+    def part(self, experiment: str, alpha: float = -1.0) -> dict:
+        """The run that made one experiment's edits at ``alpha``: its command, date, threads, seconds, settings.
+
+        A recorded run can be folded together from several runs of
+        ``benchmarks/editing_text.py`` (its ``--merge``); ``meta["parts"]`` then
+        says which made what. Without parts, the whole run made everything.
+        """
+        self.edits(experiment, alpha)  # raises, naming what was recorded, when there is nothing
+        for part in self.meta.get("parts", [self.meta]):
+            if "made" not in part or float(alpha) in part["made"].get(experiment, []):
+                return part
+        raise ValueError(f"{self.model}: meta['parts'] names no run that made experiment={experiment!r}, "
+                         f"alpha={alpha:g}")
+
+    def selection(self, experiment: str, method: str, alpha: float | None = None) -> list[tuple[int, int]]:
+        """The recorded top heads of one ranking (``"SOMP"``, ``"SOMP specificity"``, ``"logit lens"``).
+
+        As ``(layer, head)``. Give ``alpha`` for the selection that alpha's
+        edits used, where a merged run (:meth:`part`) kept an alpha run with
+        another selection (``selections_alpha<alpha>`` in ``meta``).
+        """
         from hp_mini.model.sites import parse_head_label
 
+        info = self.meta["experiments"].get(experiment, {})
+        key = f"selections_alpha{alpha:g}" if alpha is not None else None
         try:
-            labels = self.meta["experiments"][experiment]["selections"][method]
+            labels = info[key if key in info else "selections"][method]
         except KeyError:
             raise ValueError(f"{self.model}: no recorded selection for experiment={experiment!r}, "
                              f"method={method!r}") from None

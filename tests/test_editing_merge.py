@@ -1,0 +1,82 @@
+"""benchmarks/editing_text.py --merge-from: a run of some experiments and alphas replaces just those in a recorded run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from hp_mini.experiments.recorded import EditResults
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "editing_text.py"
+COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
+           "normalised", "ci_low", "ci_high"]
+
+
+def _run(folder: Path, made: dict, value: float, command: str, selections: list[str]) -> None:
+    """A recorded run in ``folder`` whose every value is ``value``, made by ``command``."""
+    rows, prompts, experiments = [], [], {}
+    for experiment, alphas in made.items():
+        for alpha in alphas:
+            for method, k in (("unedited", 0), ("SOMP", 2)):
+                rows.append(["m", experiment, alpha, method, k, 0, "" if k == 0 else "L1H0 L2H1", "f1", value, 1.0,
+                             value, value, value])
+                prompts += [{"model": "m", "experiment": experiment, "alpha": alpha, "method": method, "k": k,
+                             "prompt": i, "f1": value} for i in range(2)]
+        experiments[experiment] = {"selections": {"SOMP": selections},
+                                   **{f"distinct_random_alpha{a:g}": {"2": 10} for a in alphas}}
+    folder.mkdir()
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / "editing_m.csv", index=False)
+    pd.DataFrame(prompts).to_csv(folder / "editing_m_prompts.csv", index=False)
+    meta = {"command": command, "date": "2026-01-01", "threads": 1, "n_random": 10, "random_like": ["SOMP"],
+            "ks": [2], "head_count_sets": {}, "load_average_start": 0.0, "load_average_end": 0.0, "seconds": 60.0,
+            "versions": {}, "model": "m", "experiments": experiments}
+    (folder / "editing_m.json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def _merge(source: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--model", "m", "--merge-from", str(source), "--out", str(out)],
+                          capture_output=True, text=True)
+
+
+def _load(folder: Path) -> EditResults:
+    table = pd.read_csv(folder / "editing_m.csv", keep_default_na=False, na_values=[""])
+    return EditResults("m", table, pd.read_csv(folder / "editing_m_prompts.csv"),
+                       json.loads((folder / "editing_m.json").read_text(encoding="utf-8")))
+
+
+def test_a_partial_run_replaces_only_its_experiments_and_alphas(tmp_path):
+    _run(tmp_path / "old", {"qa": [-1.0, 5.0], "toxicity": [-1.0]}, 0.5, "old run", ["L1H0", "L2H1"])
+    _run(tmp_path / "new", {"qa": [-1.0, 0.0]}, 0.25, "new run", ["L3H0", "L2H1"])
+    done = _merge(tmp_path / "new", tmp_path / "old")
+    assert done.returncode == 0, done.stderr
+    run = _load(tmp_path / "old")
+    for experiment, alpha, value, command in (("qa", -1.0, 0.25, "new run"), ("qa", 0.0, 0.25, "new run"),
+                                              ("qa", 5.0, 0.5, "old run"), ("toxicity", -1.0, 0.5, "old run")):
+        assert set(run.edits(experiment, alpha)["value"]) == {value}
+        assert run.part(experiment, alpha)["command"] == command
+        p = run.prompts[(run.prompts.experiment == experiment) & (run.prompts.alpha == alpha)]
+        assert len(p) == 4 and set(p["f1"]) == {value}
+    assert [part["made"] for part in run.meta["parts"]] == [{"qa": [5.0], "toxicity": [-1.0]}, {"qa": [-1.0, 0.0]}]
+    qa = run.meta["experiments"]["qa"]
+    assert qa["selections"] == {"SOMP": ["L3H0", "L2H1"]}  # the new run's, for its alphas
+    assert qa["selections_alpha5"] == {"SOMP": ["L1H0", "L2H1"]}  # the kept alpha's own, since they differ
+    assert set(qa) >= {"distinct_random_alpha-1", "distinct_random_alpha0", "distinct_random_alpha5"}
+    assert run.ks("qa", 0.0) == [2]
+    # merged again, the parts stay apart: a second partial run replaces the kept alpha too
+    _run(tmp_path / "third", {"qa": [5.0]}, 0.75, "third run", ["L3H0", "L2H1"])
+    assert _merge(tmp_path / "third", tmp_path / "old").returncode == 0
+    run = _load(tmp_path / "old")
+    assert [part["command"] for part in run.meta["parts"]] == ["old run", "new run", "third run"]
+    assert run.part("qa", 5.0)["command"] == "third run" and "selections_alpha5" not in run.meta["experiments"]["qa"]
+
+
+def test_merging_into_a_folder_without_a_run_is_refused(tmp_path):
+    _run(tmp_path / "new", {"qa": [-1.0]}, 0.25, "new run", ["L1H0"])
+    (tmp_path / "empty").mkdir()
+    done = _merge(tmp_path / "new", tmp_path / "empty")
+    assert done.returncode != 0 and "holds no recorded run of m" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
