@@ -67,7 +67,9 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -268,7 +270,7 @@ def report(name, selections, info, tables, ks, start) -> tuple[dict, list, list]
 
 
 def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> None:
-    """Write the three files whole: each to a temporary name first, then all moved into place.
+    """Write the three files of one recorded run, all or none (:func:`swap_in`).
 
     With ``merge``, this run is folded into the recorded run already in ``out`` (:func:`merged`).
     """
@@ -276,21 +278,49 @@ def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> 
     columns = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline",
                "normalised", "ci_low", "ci_high"]
     tidy = pd.concat(frames, ignore_index=True).assign(model=model)[columns]
-    stem = out / f"editing_{model}"
+    stem = f"editing_{model}"
     per_prompt = pd.concat(prompts, ignore_index=True).assign(model=model)
     if merge:
         tidy, per_prompt, meta = merged(out, model, tidy, per_prompt, meta)
     per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
                                                                 ("model", "experiment", "alpha")]]
-    paths = {stem.with_suffix(".csv"): lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
-             stem.parent / f"{stem.name}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False,
-                                                                                   float_format="%.6g"),
-             stem.with_suffix(".json"): lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
-    for path, write_to in paths.items():
-        write_to(path.with_name(path.name + ".tmp"))
-    for path in paths:
-        path.with_name(path.name + ".tmp").replace(path)
-    print(f"wrote {', '.join(p.name for p in paths)} in {out} ({meta['seconds']:.0f} s)")
+    files = {f"{stem}.csv": lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
+             f"{stem}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False, float_format="%.6g"),
+             f"{stem}.json": lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
+    swap_in(out, files)
+    print(f"wrote {', '.join(files)} in {out} ({meta['seconds']:.0f} s)")
+
+
+def swap_in(out: Path, files: dict) -> None:
+    """Replace the files named in ``files`` (name -> writer of a path) in ``out`` together, or leave them as they were.
+
+    Every file is written into a staging folder inside ``out`` first; then the
+    files they replace are moved aside, and the new ones moved in. If anything
+    fails on the way, the files moved aside are put back, so ``out`` never
+    holds a mix of an old and a new run, or a half-written file.
+    """
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
+    moved_aside, moved_in = [], []
+    try:
+        for name, write_to in files.items():
+            write_to(stage / name)
+        for name in files:
+            if (out / name).exists():
+                (out / name).replace(aside / name)
+                moved_aside.append(name)
+        for name in files:
+            (stage / name).replace(out / name)
+            moved_in.append(name)
+    except BaseException:
+        for name in moved_in:
+            (out / name).unlink(missing_ok=True)
+        for name in moved_aside:
+            (aside / name).replace(out / name)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 PART_KEYS = ("command", "date", "threads", "n_random", "random_like", "ks", "head_count_sets", "load_average_start",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from hp_mini.experiments.recorded import EditResults
 
@@ -80,3 +82,51 @@ def test_merging_into_a_folder_without_a_run_is_refused(tmp_path):
     done = _merge(tmp_path / "new", tmp_path / "empty")
     assert done.returncode != 0 and "holds no recorded run of m" in done.stderr
     assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == []
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("editing_text_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_write_that_fails_half_way_leaves_the_recorded_run_whole(tmp_path, monkeypatch):
+    """The three files are swapped in together: a failure while moving them puts the old ones back."""
+    _run(tmp_path / "old", {"qa": [-1.0]}, 0.5, "old run", ["L1H0", "L2H1"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    script = _script()
+    replace = Path.replace
+    calls = []
+
+    def fail_on_the_fifth_move(self, target):  # 3 moved aside, 1 moved in, then the failure
+        calls.append(self)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", fail_on_the_fifth_move)
+    files = {name: (lambda f, name=name: f.write_text(f"new {name}", encoding="utf-8")) for name in before}
+    with pytest.raises(OSError, match="disk full"):
+        script.swap_in(tmp_path / "old", files)
+    assert len(calls) == 5 + 3  # the failure, then the three old files put back
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before  # no staging folder left
+
+    monkeypatch.setattr(Path, "replace", replace)
+    script.swap_in(tmp_path / "old", files)
+    assert {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "old").iterdir()} == {
+        name: f"new {name}" for name in before}
+
+
+def test_a_writer_that_fails_changes_nothing(tmp_path):
+    _run(tmp_path / "old", {"qa": [-1.0]}, 0.5, "old run", ["L1H0", "L2H1"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+
+    def broken(path):
+        path.write_text("half", encoding="utf-8")
+        raise ValueError("cannot serialise")
+
+    files = dict.fromkeys(before, broken)
+    with pytest.raises(ValueError, match="cannot serialise"):
+        _script().swap_in(tmp_path / "old", files)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before

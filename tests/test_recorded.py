@@ -16,7 +16,7 @@ import pytest
 from hp_mini import parse_head_label
 from hp_mini.experiments.statistics import bootstrap_ratio
 from hp_mini.experiments.driver import head_count_sets, head_counts, is_random
-from hp_mini.experiments.tables import summarize_edits
+from hp_mini.experiments.tables import add_fluency, summarize_edits
 from hp_mini.experiments.recorded import EditResults, load_edit_results, recorded_models
 
 MODELS = ["gemma3-270m", "smollm2-135m"]
@@ -144,6 +144,36 @@ def test_values_follow_from_the_per_prompt_values(run):
         checked += 1
     rankings = {(e, a): 2 + len(run.part(e, a).get("random_like", ["SOMP"])) - 1 for e, a in _made(run)}
     assert checked == sum(1 + n * len(run.ks(e, a)) for (e, a), n in rankings.items())
+
+
+def test_fluency_is_the_ratio_of_geometric_mean_probabilities_per_prompt(run):
+    """add_fluency against the per-prompt NLLs: exp(mean unedited NLL - mean edited NLL), for every scored edit."""
+    checked = 0
+    for experiment, alpha in _made(run):
+        rows = run.edits(experiment, alpha)
+        if "nll" not in set(rows.metric):
+            continue
+        fluency = add_fluency(rows).query("metric == 'fluency'")
+        assert len(fluency) == (rows.metric == "nll").sum()
+        base = _per_prompt(run, experiment, alpha, "unedited", 0)["nll"].mean()
+        for row in fluency[~fluency.method.map(is_random)].itertuples():
+            mine = _per_prompt(run, experiment, alpha, row.method, row.k)["nll"].mean()
+            assert row.normalised == pytest.approx(np.exp(base - mine), rel=1e-4)
+            assert row.value == row.normalised and np.isnan(row.ci_low) and np.isnan(row.ci_high)
+            checked += 1
+        unedited = fluency[fluency.method == "unedited"]["normalised"]
+        assert unedited.tolist() == [1.0]
+    assert checked > 0
+
+
+def test_add_fluency_refuses_a_table_it_cannot_read(run):
+    rows = run.edits("qa")
+    with pytest.raises(ValueError, match="call add_fluency once"):
+        add_fluency(add_fluency(rows))
+    with pytest.raises(ValueError, match="fluency=True"):
+        add_fluency(rows[rows.metric != "nll"])
+    with pytest.raises(ValueError, match="lacks the columns"):
+        add_fluency(rows.drop(columns="baseline"))
 
 
 def test_intervals_recomputed_from_the_per_prompt_values(run):

@@ -2,8 +2,9 @@
 
 :func:`summarize_edits` reduces the random draws of each setting to their
 median; :func:`edit_table` lays out one row per method and one column per
-number of heads; :func:`edit_differences` compares two runs of the same
-experiment row by row.
+number of heads; :func:`add_fluency` turns the mean negative log-likelihoods
+of edited continuations into a fluency ratio; :func:`edit_differences`
+compares two runs of the same experiment row by row.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from hp_mini.experiments.driver import is_random
 
-__all__ = ["edit_differences", "edit_table", "summarize_edits"]
+__all__ = ["add_fluency", "edit_differences", "edit_table", "summarize_edits"]
 
 
 def summarize_edits(table, *, column: str = "normalised"):
@@ -79,6 +80,57 @@ def edit_table(
                 cells.append(text)
             out[col] = cells
     return out
+
+
+def add_fluency(table):
+    """The table with one ``"fluency"`` row added beside each ``"nll"`` row.
+
+    A run scored with ``fluency=True`` (see
+    :func:`hp_mini.experiments.evaluators.qa_evaluator`) records ``nll``, the
+    unedited model's mean negative log-likelihood per token of the edited
+    continuations, with the unedited continuations' mean as ``baseline``.
+    Fluency is ``exp(baseline - value)``: 1 for continuations as likely as the
+    model's own, lower for text the unedited model would not write. It is a
+    ratio of geometric-mean token probabilities, so like ``normalised`` it
+    reads "edited / unedited"; its ``value`` and ``normalised`` both hold it,
+    and it has no bootstrap interval (``ci_low``, ``ci_high`` are NaN).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Rows of :func:`hp_mini.experiments.driver.evaluate_head_edits` (or
+        :meth:`hp_mini.experiments.recorded.EditResults.edits`) with ``nll``
+        rows.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A new table; ``table`` is left as it was.
+
+    Raises
+    ------
+    ValueError
+        When ``table`` has no ``nll`` rows (a run without ``fluency=True``), or
+        already has ``fluency`` rows.
+    """
+    import pandas as pd
+
+    missing = {"metric", "value", "baseline", "normalised"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the table lacks the columns {sorted(missing)}; pass rows of evaluate_head_edits")
+    if (table["metric"] == "fluency").any():
+        raise ValueError("the table already has fluency rows: call add_fluency once")
+    nll = table[table["metric"] == "nll"].copy()
+    if nll.empty:
+        raise ValueError("the table has no 'nll' rows to turn into fluency: score the edits with fluency=True "
+                         "(qa_evaluator, toxicity_evaluator)")
+    nll["metric"] = "fluency"
+    nll["value"] = nll["normalised"] = np.exp(nll["baseline"].to_numpy(float) - nll["value"].to_numpy(float))
+    nll["baseline"] = 1.0
+    for column in ("ci_low", "ci_high"):
+        if column in nll.columns:
+            nll[column] = np.nan
+    return pd.concat([table, nll], ignore_index=True)
 
 
 def edit_differences(a, b, metrics: Sequence[str] | None = None):
