@@ -299,10 +299,11 @@ def swap_in(out: Path, files: dict) -> None:
     fails on the way, the files moved aside are put back, so ``out`` never
     holds a mix of an old and a new run, or a half-written file.
     """
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=out))
-    moved_aside, moved_in = [], []
+    made, moved_aside, moved_in = [], [], []
     try:
+        for prefix in (".staging-", ".replaced-"):  # each made is removed at the end, even if the next fails
+            made.append(Path(tempfile.mkdtemp(prefix=prefix, dir=out)))
+        stage, aside = made
         for name, write_to in files.items():
             write_to(stage / name)
         for name in files:
@@ -319,8 +320,8 @@ def swap_in(out: Path, files: dict) -> None:
             (aside / name).replace(out / name)
         raise
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-        shutil.rmtree(aside, ignore_errors=True)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 PART_KEYS = ("command", "date", "threads", "n_random", "random_like", "ks", "head_count_sets", "load_average_start",

@@ -130,3 +130,21 @@ def test_a_writer_that_fails_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="cannot serialise"):
         _script().swap_in(tmp_path / "old", files)
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before
+
+
+def test_a_staging_folder_that_cannot_be_made_leaves_nothing_behind(tmp_path, monkeypatch):
+    _run(tmp_path / "old", {"qa": [-1.0]}, 0.5, "old run", ["L1H0", "L2H1"])
+    before = {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()}
+    script = _script()
+    mkdtemp, calls = script.tempfile.mkdtemp, []
+
+    def second_fails(**kwargs):
+        calls.append(kwargs)
+        if len(calls) == 2:
+            raise OSError("no space left")
+        return mkdtemp(**kwargs)
+
+    monkeypatch.setattr(script.tempfile, "mkdtemp", second_fails)
+    with pytest.raises(OSError, match="no space left"):
+        script.swap_in(tmp_path / "old", dict.fromkeys(before, lambda f: f.write_text("new", encoding="utf-8")))
+    assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before  # the first folder is gone too
