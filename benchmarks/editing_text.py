@@ -81,7 +81,7 @@ import hp_mini
 from hp_mini.read.dictionary import concept_words, random_atoms, unembedding_dictionary
 from hp_mini.experiments.statistics import add_intervals
 from hp_mini.experiments.tables import edit_table
-from hp_mini.experiments.driver import evaluate_head_edits, head_count_sets, is_random
+from hp_mini.experiments.driver import HEAD_SHARES, evaluate_head_edits, head_count_sets, is_random
 from hp_mini.experiments.evaluators import FLUENCY_METRICS, qa_evaluator, toxicity_evaluator
 from hp_mini.edit.generation import generate
 from hp_mini.rank.ranking import HeadRanking, rank_heads
@@ -216,6 +216,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="only N prompts of each split, spread evenly over it (a smoke test)")
+    parser.add_argument("--head-counts", nargs="+", default=None, choices=list(HEAD_SHARES),
+                        help="only these sets of head counts (hp_mini.experiments.driver.HEAD_SHARES; default: all)")
     parser.add_argument("--alphas", type=float, nargs="+", default=None,
                         help=f"the alphas of every experiment (default: {ALPHAS})")
     parser.add_argument("--random-like", nargs="+", default=list(RANDOM_LIKE), choices=list(RANDOM_LIKE),
@@ -280,6 +282,7 @@ def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> 
     tidy = pd.concat(frames, ignore_index=True).assign(model=model)[columns]
     stem = f"editing_{model}"
     per_prompt = pd.concat(prompts, ignore_index=True).assign(model=model)
+    seconds = meta["seconds"]
     if merge:
         tidy, per_prompt, meta = merged(out, model, tidy, per_prompt, meta)
     per_prompt = per_prompt[["model", "experiment", "alpha"] + [c for c in per_prompt if c not in
@@ -288,7 +291,7 @@ def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> 
              f"{stem}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False, float_format="%.6g"),
              f"{stem}.json": lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
     swap_in(out, files)
-    print(f"wrote {', '.join(files)} in {out} ({meta['seconds']:.0f} s)")
+    print(f"wrote {', '.join(files)} in {out} ({seconds:.0f} s)")
 
 
 def swap_in(out: Path, files: dict) -> None:
@@ -324,8 +327,8 @@ def swap_in(out: Path, files: dict) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-PART_KEYS = ("command", "date", "threads", "n_random", "random_like", "ks", "head_count_sets", "load_average_start",
-             "load_average_end", "seconds", "versions")
+PART_KEYS = ("command", "date", "threads", "limit", "n_random", "random_like", "ks", "head_count_sets",
+             "load_average_start", "load_average_end", "seconds", "versions")
 
 
 def _made(table) -> dict[str, list[float]]:
@@ -335,7 +338,10 @@ def _made(table) -> dict[str, list[float]]:
 
 def merged(out: Path, model: str, tidy, per_prompt, meta) -> tuple:
     """Fold this run into the recorded run already in ``out``: its experiments and alphas replace the recorded
-    ones, the rest is kept, and ``meta["parts"]`` says which run made which (experiment, alpha)."""
+    ones, the rest is kept, and ``meta["parts"]`` says which run made which (experiment, alpha).
+
+    The settings that can differ from part to part (:data:`PART_KEYS`: head counts, random draws, command, times)
+    are kept in the parts only, so that the top level never describes one part as if it were the whole run."""
     stem = out / f"editing_{model}"
     paths = [stem.with_suffix(".csv"), stem.parent / f"{stem.name}_prompts.csv", stem.with_suffix(".json")]
     missing = [p.name for p in paths if not p.is_file()]
@@ -361,7 +367,8 @@ def merged(out: Path, model: str, tidy, per_prompt, meta) -> tuple:
             for a in kept:
                 carried.setdefault(f"selections_alpha{a:g}", before["selections"])
         experiments[name] = {**info, **carried}
-    meta = {**meta, "experiments": experiments, "parts": parts + [{**{k: meta[k] for k in PART_KEYS}, "made": made}]}
+    parts = parts + [{**{k: meta[k] for k in PART_KEYS}, "made": made}]
+    meta = {**{k: v for k, v in meta.items() if k not in PART_KEYS}, "experiments": experiments, "parts": parts}
     return (pd.concat([kept_tidy, tidy], ignore_index=True), pd.concat([kept_prompts, per_prompt], ignore_index=True),
             meta)
 
@@ -378,6 +385,17 @@ def merge_from(source: Path, out: Path, model: str) -> None:
     write(out, model, [tidy.drop(columns="model")], [per_prompt.drop(columns="model")], meta, merge=True)
 
 
+def chosen_counts(count_sets: dict[str, list[int]], names) -> dict[str, list[int]]:
+    """The sets of head counts named by ``--head-counts`` (all of them when None), refusing unknown names."""
+    if names is None:
+        return count_sets
+    unknown = [n for n in names if n not in count_sets]
+    if unknown:
+        raise SystemExit(f"--head-counts: no set named {', '.join(map(repr, unknown))}; "
+                         f"the sets are {', '.join(map(repr, count_sets))}")
+    return {n: count_sets[n] for n in count_sets if n in names}
+
+
 def main() -> None:
     args = parse_args()
     if args.merge_from is not None:
@@ -388,7 +406,7 @@ def main() -> None:
     began = time.perf_counter()
     model, tok = hp_mini.load_model(args.model)
     n_heads = sum(s.n_heads for s in hp_mini.attention_heads(model))
-    count_sets = head_count_sets(n_heads)
+    count_sets = chosen_counts(head_count_sets(n_heads), args.head_counts)
     ks = sorted({k for counts in count_sets.values() for k in counts})
     fill = "nearest"  # draws equal the paper's exact control wherever a layer has room (random_moved = 0)
     print(f"{args.model}: {n_heads} heads, k = {ks} ({count_sets}), {args.n_random} random draws ({fill}), "

@@ -33,7 +33,7 @@ def _run(folder: Path, made: dict, value: float, command: str, selections: list[
     folder.mkdir()
     pd.DataFrame(rows, columns=COLUMNS).to_csv(folder / "editing_m.csv", index=False)
     pd.DataFrame(prompts).to_csv(folder / "editing_m_prompts.csv", index=False)
-    meta = {"command": command, "date": "2026-01-01", "threads": 1, "n_random": 10, "random_like": ["SOMP"],
+    meta = {"command": command, "date": "2026-01-01", "threads": 1, "limit": None, "n_random": 10, "random_like": ["SOMP"],
             "ks": [2], "head_count_sets": {}, "load_average_start": 0.0, "load_average_end": 0.0, "seconds": 60.0,
             "versions": {}, "model": "m", "experiments": experiments}
     (folder / "editing_m.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -68,6 +68,9 @@ def test_a_partial_run_replaces_only_its_experiments_and_alphas(tmp_path):
     assert qa["selections_alpha5"] == {"SOMP": ["L1H0", "L2H1"]}  # the kept alpha's own, since they differ
     assert set(qa) >= {"distinct_random_alpha-1", "distinct_random_alpha0", "distinct_random_alpha5"}
     assert run.ks("qa", 0.0) == [2]
+    # settings that differ from part to part live in the parts only, never at the top as if they were the whole run's
+    assert not set(run.meta) & {"command", "limit", "n_random", "ks", "head_count_sets", "seconds"}
+    assert run.meta["model"] == "m"
     # merged again, the parts stay apart: a second partial run replaces the kept alpha too
     _run(tmp_path / "third", {"qa": [5.0]}, 0.75, "third run", ["L3H0", "L2H1"])
     assert _merge(tmp_path / "third", tmp_path / "old").returncode == 0
@@ -148,3 +151,19 @@ def test_a_staging_folder_that_cannot_be_made_leaves_nothing_behind(tmp_path, mo
     with pytest.raises(OSError, match="no space left"):
         script.swap_in(tmp_path / "old", dict.fromkeys(before, lambda f: f.write_text("new", encoding="utf-8")))
     assert {p.name: p.read_bytes() for p in (tmp_path / "old").iterdir()} == before  # the first folder is gone too
+
+
+def test_head_counts_keeps_the_named_sets_and_refuses_unknown_names():
+    chosen_counts = _script().chosen_counts
+    sets = {"1-2-4%": [3, 5, 11], "paper": [2, 4, 8]}
+    assert chosen_counts(sets, None) == sets
+    assert chosen_counts(sets, ["paper"]) == {"paper": [2, 4, 8]}
+    with pytest.raises(SystemExit, match="no set named 'papers'.*'1-2-4%', 'paper'"):
+        chosen_counts(sets, ["papers"])
+
+
+def test_an_unknown_head_count_set_is_refused_before_any_model_loads():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--head-counts", "papers", "--out", "/nonexistent"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--head-counts: invalid choice: 'papers'" in done.stderr
+    assert "'1-2-4%'" in done.stderr and "'paper'" in done.stderr

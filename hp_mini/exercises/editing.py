@@ -125,7 +125,7 @@ def category_drops(model: str = "smollm2-135m"):
     from hp_mini.experiments.textdata import load_text_dataset
 
     run = load_edit_results(model)
-    k = run.meta["ks"][-1]
+    k = run.ks("qa", -1.0)[-1]
     p = run.prompts[(run.prompts["experiment"] == "qa") & (run.prompts["alpha"] == -1.0)]
     base = p[p["method"] == "unedited"].sort_values("prompt")["f1"].to_numpy()
     somp = p[(p["method"] == "SOMP") & (p["k"] == k)].sort_values("prompt")["f1"].to_numpy()
