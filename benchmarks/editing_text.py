@@ -290,22 +290,47 @@ def write(out: Path, model: str, frames, prompts, meta, merge: bool = False) -> 
     files = {f"{stem}.csv": lambda f: tidy.to_csv(f, index=False, float_format="%.6g"),
              f"{stem}_prompts.csv": lambda f: per_prompt.to_csv(f, index=False, float_format="%.6g"),
              f"{stem}.json": lambda f: f.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")}
-    swap_in(out, files)
+    swap_in(out, files, tag=stem)
     print(f"wrote {', '.join(files)} in {out} ({seconds:.0f} s)")
 
 
-def swap_in(out: Path, files: dict) -> None:
+STAGING, REPLACED = ".staging-", ".replaced-"
+
+
+def interrupted_write(out: Path, tag: str) -> str:
+    """What a write of ``tag`` killed half way (``SIGKILL``, a power cut) left in ``out``, and how to recover.
+
+    :func:`swap_in` removes its two folders whatever happens, short of the process being killed. A kill while it
+    moves files leaves the previous run's files in a ``.replaced-<tag>-*`` folder and the new run's remaining files
+    in a ``.staging-<tag>-*`` folder; ``out`` may then hold some of each. Nothing is deleted here: the message
+    names the folders, what they hold, and the two ways back to a whole run. "" when there is nothing.
+    """
+    if not out.is_dir():
+        return ""
+    prefixes = (f"{STAGING}{tag}-", f"{REPLACED}{tag}-")
+    folders = sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith(prefixes))
+    if not folders:
+        return ""
+    held = "; ".join(f"{f.name} holds {', '.join(sorted(c.name for c in f.iterdir())) or 'nothing'}" for f in folders)
+    return (f"{out} holds folders left by a write that was killed half way ({held}), so the recorded run of {tag} "
+            f"there may be a mix of two runs. To keep the previous run, move the files of the {REPLACED}* folder back "
+            f"into {out}; to keep the new one, move those of the {STAGING}* folder; then delete both folders and run "
+            f"again")
+
+
+def swap_in(out: Path, files: dict, tag: str = "run") -> None:
     """Replace the files named in ``files`` (name -> writer of a path) in ``out`` together, or leave them as they were.
 
-    Every file is written into a staging folder inside ``out`` first; then the
+    Every file is written into a staging folder inside ``out`` first (named with ``tag``, so that writes of other
+    runs into the same folder never meet it: :func:`interrupted_write`); then the
     files they replace are moved aside, and the new ones moved in. If anything
     fails on the way, the files moved aside are put back, so ``out`` never
     holds a mix of an old and a new run, or a half-written file.
     """
     made, moved_aside, moved_in = [], [], []
     try:
-        for prefix in (".staging-", ".replaced-"):  # each made is removed at the end, even if the next fails
-            made.append(Path(tempfile.mkdtemp(prefix=prefix, dir=out)))
+        for prefix in (STAGING, REPLACED):  # each made is removed at the end, even if the next fails
+            made.append(Path(tempfile.mkdtemp(prefix=f"{prefix}{tag}-", dir=out)))
         stage, aside = made
         for name, write_to in files.items():
             write_to(stage / name)
@@ -398,6 +423,9 @@ def chosen_counts(count_sets: dict[str, list[int]], names) -> dict[str, list[int
 
 def main() -> None:
     args = parse_args()
+    left = interrupted_write(args.out, f"editing_{args.model}")  # before any work, so that none is lost
+    if left:
+        raise SystemExit(left)
     if args.merge_from is not None:
         merge_from(args.merge_from, args.out, args.model)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,31 @@ def test_an_unknown_head_count_set_is_refused_before_any_model_loads():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--head-counts: invalid choice: 'papers'" in done.stderr
     assert "'1-2-4%'" in done.stderr and "'paper'" in done.stderr
+
+
+def test_a_write_killed_half_way_is_named_with_both_ways_back_and_nothing_is_deleted(tmp_path):
+    """A SIGKILL between moving the old files aside and moving the new ones in leaves both folders behind."""
+    _run(tmp_path / "old", {"qa": [-1.0]}, 0.5, "old run", ["L1H0", "L2H1"])
+    _run(tmp_path / "new", {"qa": [-1.0]}, 0.25, "new run", ["L1H0", "L2H1"])
+    out = tmp_path / "old"
+    aside, stage = out / ".replaced-editing_m-abc123", out / ".staging-editing_m-def456"
+    (out / ".staging-editing_other-x").mkdir()  # another model's write, under way: not this run's business
+    aside.mkdir(), stage.mkdir()
+    for name in ("editing_m.csv", "editing_m.json"):  # killed after moving two old files aside...
+        (out / name).replace(aside / name)
+    shutil.copy(tmp_path / "new" / "editing_m.csv", out / "editing_m.csv")  # ...and one new file in
+    shutil.copy(tmp_path / "new" / "editing_m.json", stage / "editing_m.json")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    done = _merge(tmp_path / "new", out)
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())
+    assert "killed half way" in message and "may be a mix of two runs" in message
+    assert ".replaced-editing_m-abc123 holds editing_m.csv, editing_m.json" in message
+    assert ".staging-editing_m-def456 holds editing_m.json" in message and "editing_other" not in message
+    assert "move the files of the .replaced-* folder back" in message
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # nothing moved, nothing deleted
+    for name in ("editing_m.csv", "editing_m.json"):  # the previous run, put back as the message says
+        (aside / name).replace(out / name)
+    aside.rmdir(), shutil.rmtree(stage)
+    assert _load(out).edits("qa", -1.0)["value"].eq(0.5).all()
+    assert _merge(tmp_path / "new", out).returncode == 0  # and the next merge goes ahead
