@@ -85,7 +85,7 @@ def test_hardest_category_against_an_independent_computation():
 
     run = load_edit_results("smollm2-135m")
     p = run.prompts.query("experiment == 'qa' and alpha == -1")
-    k = max(run.meta["ks"])
+    k = max(run.ks("qa", -1.0))
     categories = np.array(load_text_dataset("qa_large", split="evaluation")["category"])
     drops = {}
     for category in set(categories):
