@@ -14,6 +14,12 @@ upper bound that needs one product per step: ``B_j += lam (p . d_j)^2``. An atom
 whose bound reaches the step's best exact score must then be re-evaluated
 exactly (``d r`` multiply-adds, where the bound's update costs ``d``).
 
+The second product could instead be taken cheaply: in bfloat16, where this
+machine's matrix units make it faster, ``e`` comes back rounded to 8 bits, off
+by up to ``3 * 2^-8 ||d_j|| ||y||``, and the exact change plus twice ``|c_j|``
+times that error is again an upper bound. It is followed the same way (its own
+float32 roundings left out, so its count is the least it would need).
+
 For some SmolLM2 heads (full vocabulary, L2, 50 steps) this follows the exact
 scores in float64 step by step, and counts the atoms whose one-sided bound
 reaches the best score, that is, the re-evaluations the one-product engine
@@ -42,6 +48,10 @@ import hp_mini  # noqa: E402
 from hp_mini.pursuit import FactoredSignals, somp_factored  # noqa: E402
 from hp_mini.rank.ranking import head_signals
 from somp import activations, recorded  # noqa: E402
+
+# The error of a bfloat16 product with float32 accumulation, rounded to bfloat16, relative
+# to ||d|| ||y||: the inputs' roundings (2^-8 each) and the output's.
+BF16_ERROR = 3 * 2.0**-8
 
 
 def factor(s: FactoredSignals) -> torch.Tensor:
@@ -82,6 +92,22 @@ def saved_product_seconds(D32: torch.Tensor, heads: int, steps: int) -> float:
     return time.perf_counter() - start
 
 
+def bfloat16_share(D32: torch.Tensor) -> float:
+    """Seconds of a bfloat16 product ``[540, d] x [d, v]`` (two vectors for each of SmolLM2's 270
+    heads) over those of the float32 one, best of three each."""
+    cols = torch.randn(540, D32.shape[1], generator=torch.Generator().manual_seed(2))
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = cols.to(dtype), D32.T.to(dtype)
+        best = math.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        times[dtype] = best
+    return times[torch.bfloat16] / times[torch.float32]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", default="3,12,20,27")
@@ -98,20 +124,25 @@ def main() -> None:
     D = full.atoms.double()
     v, d = D.shape
     heads = [(int(l), int(h)) for l in args.layers.split(",") for h in args.heads.split(",")]
-    per_step = torch.zeros(args.steps)
+    norms = D.norm(dim=1)
+    per_step, half_per_step = torch.zeros(args.steps), torch.zeros(args.steps)
+    engine_exact = 0.0  # the engine's exact scores per head and step, from its two float32 products
     for layer, head in heads:
         s = head_signals(acts, layer, head)
         F = factor(s)
         G = (D @ F).square().sum(1)  # exact squared scores
-        bound = G.clone()
+        bound, half = G.clone(), G.clone()
         Q = torch.zeros(d, 0, dtype=torch.float64)
         taken = torch.zeros(v, dtype=torch.bool)
-        chosen, counts = [], []
+        chosen, counts, half_counts = [], [], []
         for _ in range(args.steps):
             best = int(G.masked_fill(taken, -math.inf).argmax())
             reach = (bound >= G[best]) & ~taken
             counts.append(int(reach.sum()))
             bound[reach] = G[reach]  # re-evaluated exactly
+            reach = (half >= G[best]) & ~taken
+            half_counts.append(int(reach.sum()))
+            half[reach] = G[reach]
             taken[best] = True
             chosen.append(best)
             r = D[best] - Q @ (Q.T @ D[best])
@@ -122,7 +153,9 @@ def main() -> None:
             y = F @ u
             a = float(u @ u)
             c = D @ q
-            G = G + c * (a * c - 2 * (D @ y))
+            change = c * (a * c - 2 * (D @ y))
+            G = G + change
+            half = half + change + 2 * c.abs() * BF16_ERROR * norms * float(y.norm())
             F = F - torch.outer(q, u)
             zz = a * q - 2 * y
             lam = (float(zz.norm()) - a) / 2
@@ -131,11 +164,13 @@ def main() -> None:
             bound = bound + lam * (D @ p).square()
             assert bool((bound[~taken] >= G[~taken] - 1e-9 * float(G.max())).all()), "the bound fell below a score"
         # the simulation chose what the engine chooses
-        engine = somp_factored([s], full, n_atoms=args.steps, criterion="l2")[0].atoms.tolist()
-        assert engine == chosen, (layer, head)
+        engine = somp_factored([s], full, n_atoms=args.steps, criterion="l2")[0]
+        assert engine.atoms.tolist() == chosen, (layer, head)
+        engine_exact += engine.exact_scores / (len(heads) * args.steps)
         per_step += torch.tensor(counts, dtype=torch.float)
-        print(f"L{layer}H{head}: {sum(counts) / len(counts):.0f} re-evaluations per step "
-              f"(same atoms as the engine)", flush=True)
+        half_per_step += torch.tensor(half_counts, dtype=torch.float)
+        print(f"L{layer}H{head}: {sum(counts) / len(counts):.0f} re-evaluations per step, "
+              f"{sum(half_counts) / len(half_counts):.0f} with e in bfloat16 (same atoms as the engine)", flush=True)
     mean = float(per_step.sum() / (len(heads) * args.steps))
     print()
     print(f"{len(heads)} heads, {v:,} atoms, {args.steps} steps: {mean:,.0f} exact re-evaluations per head and "
@@ -151,6 +186,13 @@ def main() -> None:
           f"head and step take {redo:.2f} s for these {len(heads)} heads over {args.steps} steps "
           f"({args.threads} threads), against {saved:.2f} s for the product they would save "
           f"([{len(heads)}, {d}] x [{d}, {v:,}] per step): {redo / saved:.1f}x.")
+    half = float(half_per_step.sum() / (len(heads) * args.steps))
+    share = bfloat16_share(full.atoms.float())
+    redo_half = reevaluation_seconds(v, 64, args.steps, round(half), len(heads))
+    print(f"With e in bfloat16 instead: {half:,.0f} exact re-evaluations per head and step, where the engine "
+          f"needs {engine_exact:.1f}. The bfloat16 product takes {share:.2f} of the time of the float32 one "
+          f"here, so it saves {(1 - share) * saved:.2f} s of the {saved:.2f} s above; the re-evaluations, in "
+          f"the same cheapest form (the same {270 * per_head / 2**30:.1f} GiB kept), take {redo_half:.2f} s.")
 
 
 if __name__ == "__main__":

@@ -120,11 +120,13 @@ def initial_scores(D_low: torch.Tensor, F: torch.Tensor, keep: torch.Tensor | No
                 keep[start : start + b] = prod.mT
             torch.sum(prod.square_(), 1, out=s[start : start + b])
         else:
-            prod = space[: v * b * r].view(v, b * r)
-            torch.matmul(D_low, block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype), out=prod)
-            if keep is not None:
-                keep[start : start + b] = prod.view(v, b, r).permute(1, 0, 2)
-            s[start : start + b] = prod.square_().view(v, b, r).sum(-1).T
+            maps = block.permute(1, 0, 2).reshape(d, b * r).to(D_low.dtype)
+            for first in range(0, v, CHUNK):  # a block of atoms at a time: its products stay in the cache
+                n = min(CHUNK, v - first)
+                prod = torch.matmul(D_low[first : first + n], maps, out=space[: n * b * r].view(n, b * r))
+                if keep is not None:
+                    keep[start : start + b, first : first + n] = prod.view(n, b, r).permute(1, 0, 2)
+                s[start : start + b, first : first + n] = prod.square_().view(n, b, r).sum(-1).T
     return s
 
 
@@ -283,5 +285,4 @@ class SquaredBounds:
     def update(self, atoms: slice, c: torch.Tensor, e: torch.Tensor, work: torch.Tensor) -> None:
         """``G += c (a c - 2 e)`` for the atoms ``atoms``: the change of their squared scores, from
         the float32 products ``c = D q`` and ``e = D y`` (of shape (h, len(atoms)), as ``work``)."""
-        change = torch.mul(c, self.a, out=work).sub_(e, alpha=2).mul_(c)
-        self.G[:, atoms] += change
+        self.G[:, atoms].addcmul_(torch.mul(c, self.a, out=work).sub_(e, alpha=2), c)

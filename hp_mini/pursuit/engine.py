@@ -254,10 +254,10 @@ def _winner(idx: torch.Tensor, val: torch.Tensor, v: int) -> tuple[torch.Tensor,
 def _orthogonalise(Q: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (h, d) less its projection on the orthonormal columns of ``Q`` (h, d, t), by
     Gram-Schmidt repeated twice; and the coefficients of that projection (h, t)."""
-    proj = torch.einsum("hdt,hd->ht", Q, x)
-    resid = x - torch.einsum("hdt,ht->hd", Q, proj)
-    proj2 = torch.einsum("hdt,hd->ht", Q, resid)
-    resid = resid - torch.einsum("hdt,ht->hd", Q, proj2)
+    proj = torch.bmm(x[:, None, :], Q)[:, 0]
+    resid = x - torch.bmm(Q, proj[:, :, None])[:, :, 0]
+    proj2 = torch.bmm(resid[:, None, :], Q)[:, 0]
+    resid = resid - torch.bmm(Q, proj2[:, :, None])[:, :, 0]
     return resid, proj + proj2
 
 
@@ -276,19 +276,18 @@ def _rank_one(F: torch.Tensor, W: torch.Tensor | None, q: torch.Tensor, mask: to
     w = None if W is None else torch.empty(h, r, dtype=F.dtype, device=F.device)
     ym = y if mask is None else torch.empty(h, d, dtype=F.dtype, device=F.device)
     size = max(2, (1 << 20) // (d * r * F.element_size()))
-    buffer = torch.empty(min(size + 1, h), d, r, dtype=F.dtype, device=F.device)
     start = 0
     while start < h:
         end = h if h - start <= size + 1 else start + size  # never a group of one after others
-        Fg, qg, b = F[start:end], q[start:end], buffer[: end - start]
+        Fg, qg = F[start:end], q[start:end]
         ug = u[start:end]
-        ug.copy_(torch.einsum("hdr,hd->hr", Fg, qg))
-        y[start:end] = torch.einsum("hdr,hr->hd", Fg, ug)
+        torch.bmm(qg[:, None, :], Fg, out=ug[:, None, :])
+        torch.bmm(Fg, ug[:, :, None], out=y[start:end, :, None])
         if mask is not None:
-            ym[start:end] = torch.einsum("hdr,hr->hd", Fg, ug * mask[start:end])
-        Fg.sub_(torch.mul(qg[:, :, None], ug[:, None, :], out=b))
+            torch.bmm(Fg, (ug * mask[start:end])[:, :, None], out=ym[start:end, :, None])
+        Fg.baddbmm_(qg[:, :, None], ug[:, None, :], alpha=-1)
         if w is not None:
-            w[start:end] = torch.einsum("hdr,hd->hr", W[start:end], qg)
+            torch.bmm(qg[:, None, :], W[start:end], out=w[start:end, None, :])
         start = end
     return u, y, w, ym
 
@@ -323,9 +322,9 @@ class _Search:
         width = min(CHUNK, v)  # work space for one block of atoms: the products, the bounds' change
         self.P = torch.empty(2 * h * width, dtype=self.D_low.dtype, device=device)
         self.work = torch.empty(h * width, dtype=self.D_low.dtype, device=device)
-        # the largest key of each block of atoms and where it is, kept by each step's update for the
-        # next step's first candidate when that is one atom (None: no step has updated them yet)
-        self.blocks: tuple[torch.Tensor, torch.Tensor] | None = None
+        # the largest key of each block of atoms, kept by each step's update for the next step's
+        # first candidate when that is one atom (None: no step has updated them yet)
+        self.blocks: torch.Tensor | None = None
         self.needs_w = criterion.whitens or any(p.Z is not None for p in problems)
         self.Q = torch.zeros(h, d, k, dtype=dtype, device=device)  # the orthonormal basis, one column per step
         self.R = torch.zeros(h, k, k, dtype=dtype, device=device)
@@ -367,15 +366,16 @@ class _Search:
 
     def _first_of_blocks(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """What ``_first(rows, 1)`` gives, from the blocks' largest keys that the last update kept:
-        the best block's atom, and the largest key among the other blocks' and its own other atoms."""
-        tops, where = rows_of(self.blocks[0], rows), rows_of(self.blocks[1], rows)
+        the best atom of the best block, and the largest key among the other blocks' and its own
+        other atoms (ties go to the lowest index, as for one pass over the row)."""
+        tops = rows_of(self.blocks, rows)
         block = tops.argmax(1, keepdim=True)
-        idx = where.gather(1, block)
-        others = tops.scatter(1, block, -math.inf).max(1).values
+        others = tops.scatter(1, block, -math.inf).amax(1)
         pos = block * CHUNK + torch.arange(CHUNK, device=self.device)
-        outside = (pos >= self.v) | (pos == idx)
-        keys = self.criterion.bound(rows, pos.clamp_max(self.v - 1)).masked_fill(outside, -math.inf)
-        return idx, torch.maximum(others, keys.max(1).values)
+        keys = self.criterion.bound(rows, pos.clamp_max(self.v - 1)).masked_fill(pos >= self.v, -math.inf)
+        best = keys.argmax(1, keepdim=True)
+        own = keys.scatter(1, best, -math.inf).amax(1)
+        return pos.gather(1, best), torch.maximum(others, own)
 
     def _choose(self, live: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Step 1: the exact argmax of the criterion for every live problem, and its score.
@@ -452,7 +452,6 @@ class _Search:
         track = self.candidates == 1
         n_blocks = -(-self.v // CHUNK)
         tops = torch.empty(h, n_blocks, dtype=self.D_low.dtype, device=self.device) if track else None
-        where = torch.empty(h, n_blocks, dtype=torch.long, device=self.device) if track else None
         all_rows = torch.arange(h, device=self.device)
         for j in range(n_blocks):
             atoms = slice(j * CHUNK, min((j + 1) * CHUNK, self.v))
@@ -461,9 +460,8 @@ class _Search:
             ws.bounds.update(atoms, P[:h], P[h:], self.work[: h * n].view(h, n))
             self.criterion.update(atoms, P[:h])
             if track:
-                top = self.criterion.bound(all_rows, atoms).max(1)
-                tops[:, j], where[:, j] = top.values, top.indices + atoms.start
-        self.blocks = (tops, where) if track else None
+                tops[:, j] = self.criterion.bound(all_rows, atoms).amax(1)
+        self.blocks = tops
 
     def _results(self) -> list[RawPursuit]:
         out = []
