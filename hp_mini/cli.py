@@ -14,16 +14,17 @@ QA F1 (``--qa``) or a keyword count (``--keywords`` with ``--eval-prompts``)::
         --prompts prompts.txt --ranking runs/countries/ranking.csv \\
         --qa questions.jsonl --k 1 2 4 8 --alpha -1 --out runs/countries-edit
 
-``train`` trains one of hp_mini's shipped models again and writes its
-weights, with ``training.json`` beside them (settings, seconds, threads,
-first and final losses, SHA-256)::
+``train`` trains one of hp_mini's LLaVAs (``smollm2-llava``, ``gemma3-llava``:
+:data:`hp_mini.vision.llava.RECIPES`) and writes its weights, with
+``training.json`` beside them (settings, seconds, threads, first and final
+losses, SHA-256)::
 
     python -m hp_mini train smollm2-llava --out retrained/weights.safetensors --threads 1
 
 ``--tiny`` runs the whole training in seconds on a one-layer tower and a few
 steps (a check of the pipeline, not a useful model); ``--steps`` and
 ``--tower-steps`` change the projector's and the tower's steps. The files are
-loaded with ``hp_mini.vision.llava.load_llava_smollm2(FILE)``, which checks the
+loaded with ``hp_mini.vision.llava.load_llava(NAME, FILE)``, which checks the
 SHA-256 recorded in ``training.json``.
 
 ``rank`` and ``edit`` run unchanged under ``torchrun --nproc_per_node=N`` or ``accelerate
@@ -92,7 +93,6 @@ __all__ = ["CommandError", "add_commands", "main", "read_prompts", "run_command"
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 COMMANDS = ("rank", "edit", "train")
-TRAINABLE = ("smollm2-llava",)
 PROMPT_FIELDS = ("prompt", "text")
 QUESTION_FIELDS = ("prompt", "question")
 ANSWER_FIELDS = ("answers", "answer")
@@ -203,14 +203,16 @@ def add_commands(subparsers) -> None:
 
 
 def _add_train(subparsers) -> None:
+    from hp_mini.vision.llava import RECIPES
+
     train = subparsers.add_parser(
-        "train", help="train a shipped model again (weights and training.json)",
-        description="Train smollm2-llava's vision tower and projector from its recipe "
-                    "(hp_mini.vision.llava.TRAINING; 9,094 s on one thread) and write FILE and "
+        "train", help="train a LLaVA's vision tower and projector (weights and training.json)",
+        description="Train a LLaVA's vision tower and projector from the recipe "
+                    "(hp_mini.vision.llava.TRAINING; 9,094 s on one thread for smollm2-llava) and write FILE and "
                     "training.json beside it, whole or not at all.")
-    train.add_argument("name", choices=TRAINABLE, help="the model to train")
-    train.add_argument("--out", type=Path, default=Path("smollm2-llava") / "weights.safetensors", metavar="FILE",
-                       help="the weights file to write, a .safetensors file (default smollm2-llava/weights.safetensors); "
+    train.add_argument("name", choices=tuple(RECIPES), help="the model to train")
+    train.add_argument("--out", type=Path, default=None, metavar="FILE",
+                       help="the weights file to write, a .safetensors file (default NAME/weights.safetensors); "
                             "training.json is written beside it")
     train.add_argument("--overwrite", action="store_true", help="replace FILE and training.json if they exist")
     train.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
@@ -913,18 +915,21 @@ def run_train(args: argparse.Namespace) -> int:
     """Run a parsed ``train`` command: train, then write ``--out`` and ``training.json``, whole or not at all."""
     from hp_mini.vision import llava
 
+    recipe = llava.llava_recipe(args.name)
+    if args.out is None:
+        args.out = Path(args.name) / "weights.safetensors"
     _check_train_out(args)
     settings = dict(llava.TINY) if args.tiny else {}
     if args.steps is not None:
         settings["steps"] = args.steps
     if args.tower_steps is not None:
         settings["clip_steps"] = args.tower_steps
-    model, _, log = llava.train(settings, threads=args.threads, progress=not args.quiet)
+    model, _, log = llava.train(settings, threads=args.threads, progress=not args.quiet, recipe=recipe)
     _check_train_out(args)  # --out may have changed during the training
     target = Path(os.path.realpath(args.out))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        sha = llava.save_trained(model, target, log, command=_train_command(args))
+        sha = llava.save_trained(model, target, log, command=_train_command(args), recipe=recipe)
     except OSError as err:
         raise CommandError(f"--out: writing {args.out} failed ({err.strerror or err}); nothing was replaced") from None
     print(f"hp_mini train {args.name}: wrote {args.out} and {target.with_name(llava.TRAINING_RECORD).name} "

