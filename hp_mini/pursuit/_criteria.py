@@ -307,7 +307,7 @@ class L1Criterion:
         """``B1 += (|c| + delta_c) ||Z w_t||_1`` for the atoms ``atoms``, added in float32 and
         raised by ``UP`` for the roundings; ``c`` is overwritten."""
         if self.screen is not None:
-            self.screen.Cq[:, atoms, self.step] = c
+            self.screen.Cq[:, self.step, atoms] = c
         c.abs_().add_(self.delta_c).mul_(self.step_l1)
         self.B1[:, atoms].add_(c).mul_(UP)
 

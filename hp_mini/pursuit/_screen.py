@@ -63,7 +63,8 @@ class L1Screen:
         dtype, low = Z.dtype, products.dtype
         unit, gamma, dmax = bounds.unit, bounds.gamma, bounds.dmax
         self.products = products
-        self.Cq = torch.zeros(h, v, n_atoms, dtype=low, device=Z.device)  # D q_t in float32, column t
+        # D q_t in float32, row t: each step writes one contiguous row per problem
+        self.Cq = torch.zeros(h, n_atoms, v, dtype=low, device=Z.device)
         self.U = torch.zeros(h, n_atoms, r, dtype=dtype, device=Z.device)  # u_t of the kept columns, row t
         self.tail = None if bounds.tail is None else bounds.tail.sqrt()
         self.Z32 = Z.to(low)
@@ -77,7 +78,7 @@ class L1Screen:
 
     def record(self, step: int, u: torch.Tensor, delta_c: torch.Tensor) -> None:
         """Step ``step``'s ``u = F^T q`` and the error bound ``delta_c`` of its products ``D q``
-        (which the criterion stores in ``Cq[:, :, step]``)."""
+        (which the criterion stores in ``Cq[:, step]``)."""
         self.U[:, step] = u
         norm_u = u.norm(dim=1)
         self.drift += norm_u * delta_c
@@ -93,7 +94,9 @@ class L1Screen:
         at = (rows[:, None], idx)
         y = self.products[at]  # (b, m, r)
         if step:
-            y = torch.baddbmm(y, self.Cq[at][..., :step], rows_of(U, rows)[:, :step].to(y.dtype), alpha=-1)
+            steps = torch.arange(step, device=idx.device)
+            cq = self.Cq[rows[:, None, None], steps[None, :, None], idx[:, None, :]]  # (b, step, m)
+            y = torch.baddbmm(y, cq.mT, rows_of(U, rows)[:, :step].to(y.dtype), alpha=-1)
         est = torch.bmm(y, rows_of(self.Z32, rows).mT).abs_().sum(-1).to(U.dtype)
         norm_y = torch.linalg.vector_norm(y, dim=-1).to(U.dtype) * (1 + (self.r + 2) * unit)
         g_t = (step + 3) * unit / (1 - (step + 3) * unit)
