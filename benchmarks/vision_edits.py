@@ -1,40 +1,46 @@
-"""The paper's two vision experiments on ``smollm2-llava``: the MNIST row and captioning edits.
+"""The paper's two vision experiments on a LLaVA of hp_mini: the MNIST row and captioning edits.
 
-``smollm2-llava`` is a LLaVA whose language model is SmolLM2-135M-Instruct,
-frozen (30 layers x 9 heads = 270 heads); only its CLIP vision tower and its
-projector were trained (:mod:`hp_mini.vision.llava`).
+``--model smollm2-llava`` (the default) is a LLaVA whose language model is
+SmolLM2-135M-Instruct, frozen (30 layers x 9 heads = 270 heads);
+``--model gemma3-llava`` is the same recipe around Gemma-3-270M (18 layers x 4
+heads = 72 heads). Only their CLIP vision towers and projectors were trained
+(:mod:`hp_mini.vision.llava`).
 
 MNIST row. Held-out MNIST test digits, ``--rank-per-class`` of each digit to
 rank the heads and the next ``--per-class`` of each digit to score them. Each
 head's write is pooled over the 17 image tokens (the paper's pooling) and,
 as an extra, taken at the answer position (the last prompt position);
-dictionary: the ten digit names and ten numerals in SmolLM2's vocabulary
+dictionary: the ten digit names and ten numerals in the language model's vocabulary
 (:func:`hp_mini.experiments.vision.concept_dictionary`, first-piece rule).
 SOMP (EVR after as many steps as the dictionary has atoms) and the logit lens
 rank the heads; a fifth selection ranks heads by the share of their attention,
 at the answer position, that falls on the image tokens
 (:func:`hp_mini.experiments.vision.image_attention`). The top k heads
-(k = 2, 4, 8, 16, 32: the paper's 8, 16, 32 heads and its shares 0.8, 1.6,
-3.1% of 270 heads) are scaled by alpha = -1 and alpha = 0, and the exact-match
+(:data:`SETTINGS`; on smollm2-llava k = 2, 4, 8, 16, 32: the paper's 8, 16,
+32 heads and its shares 0.8, 1.6, 3.1% of 270 heads; on gemma3-llava k = 1,
+2, 4, 8, 16, the same shares of 72 heads and beyond) are scaled by alpha = -1 and alpha = 0, and the exact-match
 accuracy of the first answer token ("Which digit is this? Answer with its
 name.") is divided by the unedited accuracy. Random controls: ``--n-random``
 distinct sets per k drawn like the SOMP set layer by layer, avoiding it
-(:func:`hp_mini.random_heads_like`, the first distinct draws of seed ``--seed + k``).
+(:func:`hp_mini.random_heads_like`, seed ``--seed + k``; where fewer distinct
+sets exist, as for one head of Gemma's four per layer, each is edited once).
 
 Captioning. Held-out scenes of :mod:`hp_mini.vision.shapes`: ``--scenes``
 (seed 8) to rank and ``--scenes`` (seed 7) to caption. Concepts colour and
 count (dictionaries of their words); the top 16 heads are inhibited
-(alpha = -1) and the top 32 enhanced (alpha = 5). Scores: the concept's words
+(alpha = -1) and the top 32 enhanced (alpha = 5), the paper's head counts, on
+smollm2-llava; on gemma3-llava the same shares of its heads, 4 and 8. Scores: the concept's words
 per caption and CIDEr-D (pycocoevalcap's scorer on lower-cased words,
 :mod:`hp_mini.experiments.captioning`), both divided by the unedited captions'.
 
 As in the text experiments, layer 0 is left out of every selection.
-Writes ``vision_smollm2-llava.csv`` (one row per edit and metric) and
-``vision_smollm2-llava.json`` (command, settings, seconds, threads, versions,
+Writes ``vision_MODEL.csv`` (one row per edit and metric) and
+``vision_MODEL.json`` (command, settings, seconds, threads, versions,
 rankings, image attention, answers and captions of the unedited model and of
 every non-random edit) into ``--out``, each written whole or not at all::
 
     python benchmarks/vision_edits.py --threads 1 --out hp_mini/data/results
+    python benchmarks/vision_edits.py --model gemma3-llava --threads 2 --out hp_mini/data/results
     python benchmarks/vision_edits.py --rank-per-class 1 --per-class 1 --scenes 4 --n-random 2 --ks 2 --out /tmp/x   # a quick look
 """
 
@@ -61,10 +67,13 @@ from hp_mini.model.sites import head_label
 from hp_mini.rank.controls import heads_moved
 from hp_mini.vision import llava, shapes
 
-MODEL = "smollm2-llava"
+SETTINGS = {
+    # ks of the MNIST row; caption edits (alpha, k): the paper's inhibition and enhancement
+    "smollm2-llava": {"ks": [2, 4, 8, 16, 32], "caption_edits": ((-1.0, 16), (5.0, 32))},
+    "gemma3-llava": {"ks": [1, 2, 4, 8, 16], "caption_edits": ((-1.0, 4), (5.0, 8))},
+}
 SKIP_LAYERS = 1
 TOP = 32  # head labels recorded per ranking
-CAPTION_EDITS = ((-1.0, 16), (5.0, 32))  # (alpha, k): the paper's inhibition and enhancement
 CAPTION_CONCEPTS = ("colour", "count")
 COLUMNS = ["model", "experiment", "alpha", "method", "k", "draw", "heads", "metric", "value", "baseline", "normalised"]
 
@@ -84,15 +93,9 @@ def timed(seconds: dict, name: str, fn, *args, **kwargs):
 
 
 def distinct_draws(target, acts, n: int, seed: int) -> list[list]:
-    """``n`` distinct random control sets drawn like ``target`` (the first distinct ones of a longer draw)."""
-    seen, out = set(), []
-    for draw in hp_mini.random_heads_like(target, acts, n_draws=50 * n, seed=seed, fill="nearest"):
-        if tuple(draw) not in seen:
-            seen.add(tuple(draw))
-            out.append(draw)
-        if len(out) == n:
-            return out
-    raise ValueError(f"fewer than {n} distinct control sets exist for {target}")
+    """Up to ``n`` distinct random control sets drawn like ``target``, each once (fewer where fewer exist)."""
+    draws = hp_mini.random_heads_like(target, acts, n_draws=n, seed=seed, fill="nearest")
+    return [list(d) for d in dict.fromkeys(tuple(d) for d in draws)]
 
 
 def edits(model, evaluate, selections, *, ks, alpha, acts, args, baseline, keep, experiment):
@@ -114,7 +117,7 @@ def edits(model, evaluate, selections, *, ks, alpha, acts, args, baseline, keep,
         frames.append(rand.assign(draw=[int(m.split()[1]) for m in rand["method"]], method="random"))
         extra["distinct_random"][str(k)] = len({tuple(d) for d in draws})
         extra["random_moved"][str(k)] = heads_moved(target, acts)
-    table = pd.concat(frames, ignore_index=True).assign(model=MODEL, experiment=experiment, alpha=float(alpha))
+    table = pd.concat(frames, ignore_index=True).assign(model=args.model, experiment=experiment, alpha=float(alpha))
     return table[table["method"] != "unedited"][COLUMNS], outputs, extra
 
 
@@ -144,7 +147,7 @@ def mnist_row(model, processor, args, meta) -> list[pd.DataFrame]:
         frames.append(table)
         out.update({f"{alpha:g}|{key}": v for key, v in outputs.items()})
         info[f"{alpha:g}"] = extra
-    unedited = pd.DataFrame({"model": MODEL, "experiment": "mnist", "alpha": float("nan"), "method": "unedited",
+    unedited = pd.DataFrame({"model": args.model, "experiment": "mnist", "alpha": float("nan"), "method": "unedited",
                              "k": 0, "draw": 0, "heads": "", "metric": list(baseline),
                              "value": list(baseline.values()), "baseline": list(baseline.values()),
                              "normalised": 1.0})
@@ -178,14 +181,14 @@ def caption_edits(model, processor, args, meta) -> list[pd.DataFrame]:
         evaluate = captioning.caption_evaluator(lambda: llava.describe(model, processor, images), refs,
                                                 vision.CAPTION_CONCEPTS[concept])
         baseline = captioning.caption_evaluator(lambda: unedited_captions, refs, vision.CAPTION_CONCEPTS[concept])()
-        frames.append(pd.DataFrame({"model": MODEL, "experiment": f"caption {concept}", "alpha": float("nan"),
+        frames.append(pd.DataFrame({"model": args.model, "experiment": f"caption {concept}", "alpha": float("nan"),
                                     "method": "unedited", "k": 0, "draw": 0, "heads": "", "metric": list(baseline),
                                     "value": list(baseline.values()), "baseline": list(baseline.values()),
                                     "normalised": 1.0}))
         info[concept] = {"dictionary": list(dictionary.labels), "baseline": baseline,
                          "selections": {n: [head_label(*h) for h in s[:TOP]] for n, s in selections.items()},
                          "random": {}, "outputs": {}}
-        for alpha, k in CAPTION_EDITS:
+        for alpha, k in args.caption_edits:
             table, outputs, extra = timed(seconds, f"{concept} alpha={alpha:g} k={k}", edits, model, evaluate,
                                           selections, ks=[k], alpha=alpha, acts=acts, args=args, baseline=baseline,
                                           keep="captions", experiment=f"caption {concept}")
@@ -193,7 +196,7 @@ def caption_edits(model, processor, args, meta) -> list[pd.DataFrame]:
             info[concept]["outputs"].update({f"{alpha:g}|{key}": v for key, v in outputs.items()})
             info[concept]["random"][f"{alpha:g}"] = extra
     meta["experiments"]["caption"] = {"prompt": text, "n_ranking": args.scenes, "n_scoring": args.scenes,
-                                      "ranking_seed": 8, "scoring_seed": 7, "edits": [list(e) for e in CAPTION_EDITS],
+                                      "ranking_seed": 8, "scoring_seed": 7, "edits": [list(e) for e in args.caption_edits],
                                       "references": refs, "unedited": unedited_captions, "concepts": info,
                                       "seconds": seconds}
     return frames
@@ -210,7 +213,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rank-per-class", type=int, default=10, help="digits per class to rank the heads")
     parser.add_argument("--per-class", type=int, default=6, help="further digits per class to score the edits")
     parser.add_argument("--scenes", type=int, default=60, help="scenes to rank, and as many to caption")
-    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 16, 32])
+    parser.add_argument("--model", choices=list(SETTINGS), default="smollm2-llava")
+    parser.add_argument("--ks", type=int, nargs="+", default=None, help="head counts (default: the model's SETTINGS)")
     parser.add_argument("--alphas", type=float, nargs="+", default=[-1.0, 0.0])
     parser.add_argument("--n-random", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -218,6 +222,8 @@ def main(argv=None) -> None:
     parser.add_argument("--only", choices=["mnist", "caption"], default=None)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    args.ks = args.ks or SETTINGS[args.model]["ks"]
+    args.caption_edits = SETTINGS[args.model]["caption_edits"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out)
@@ -225,14 +231,14 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     meta = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + (sys.argv[1:] if argv is None else argv)),
-        "model": MODEL, "ks": args.ks, "alphas": args.alphas, "n_random": args.n_random,
+        "model": args.model, "ks": args.ks, "alphas": args.alphas, "n_random": args.n_random,
         "seed": args.seed, "skip_layers": SKIP_LAYERS, "random_fill": "nearest", "threads": args.threads,
         "date": datetime.date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
         "load_average_start": os.getloadavg()[0],
         "versions": {p: metadata.version(p) for p in ("torch", "transformers", "pycocoevalcap", "hp_mini")},
-        "weights_sha256": llava.WEIGHTS_SHA256, "experiments": {},
+        "weights_sha256": llava.llava_recipe(args.model).weights_sha256, "experiments": {},
     }
-    model, processor = hp_mini.load_model(MODEL, progress=False)
+    model, processor = hp_mini.load_model(args.model, progress=False)
     meta["n_heads"] = sum(site.n_heads for site in hp_mini.attention_heads(model))
     frames = []
     for name, run in (("mnist", mnist_row), ("caption", caption_edits)):
@@ -242,9 +248,9 @@ def main(argv=None) -> None:
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_average_end"] = os.getloadavg()[0]
     table = pd.concat(frames, ignore_index=True)[COLUMNS]
-    write_whole(out / f"vision_{MODEL}.csv", table.to_csv(index=False))
-    write_whole(out / f"vision_{MODEL}.json", json.dumps(meta, indent=1))
-    print(f"done in {meta['seconds']:.0f} s; wrote {out}/vision_{MODEL}.csv and .json")
+    write_whole(out / f"vision_{args.model}.csv", table.to_csv(index=False))
+    write_whole(out / f"vision_{args.model}.json", json.dumps(meta, indent=1))
+    print(f"done in {meta['seconds']:.0f} s; wrote {out}/vision_{args.model}.csv and .json")
 
 
 if __name__ == "__main__":

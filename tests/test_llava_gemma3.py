@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import train_tiny_llava
@@ -10,6 +14,7 @@ import hp_mini
 from hp_mini.vision import digits, llava
 
 GEMMA = llava.GEMMA3_RECIPE
+SHIPPED_RECORD = GEMMA.weights_file.with_name(llava.TRAINING_RECORD)
 
 
 @pytest.fixture(scope="module")
@@ -23,18 +28,55 @@ def gemma():
 # --------------------------------------------------------------------------- #
 
 
-def test_missing_gemma_weights_error_names_the_train_command(tmp_path):
-    assert not GEMMA.weights_file.exists() and GEMMA.weights_sha256 is None
+def test_shipped_gemma_file_has_the_recorded_hash_size_notice_and_accuracy():
+    record = json.loads(SHIPPED_RECORD.read_text())
+    assert llava.file_sha256(GEMMA.weights_file) == GEMMA.weights_sha256 == record["sha256"]
+    assert GEMMA.weights_file.stat().st_size == record["bytes"]
+    assert record["name"] == "gemma3-llava" and record["notice"] == hp_mini.GEMMA_TERMS_NOTICE
+    assert record["training"]["settings"] == json.loads(json.dumps(llava.TRAINING))
+    held = record["held_out"]  # benchmarks/llava_accuracy.py --record
+    assert held["digits"] == 1000 and min(held["name_accuracy"], held["numeral_accuracy"]) >= 0.9
+
+
+def test_readme_states_the_shipped_gemma_figures():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## gemma3-llava"):]
+    section = section[: section.index("\n## ")]
+    record = json.loads(SHIPPED_RECORD.read_text())
+    held, training = record["held_out"], record["training"]
+    for figure in (f"{100 * held['name_accuracy']:.1f} %", f"{100 * held['numeral_accuracy']:.1f} %",
+                   f"{held['digits']:,} MNIST", f"{record['bytes']:,} bytes", f"took {training['seconds']:,.0f} s",
+                   f"{training['tower_seconds']:,.0f} s for the tower",
+                   f"{training['projector_seconds']:,.0f} s for the projector", f"on {training['threads']} threads",
+                   "237 tensors bit-identical"):
+        assert figure in section, figure
+    assert held["scenes"] == 100 and held["caption_accuracy"]["exact"] == 1.0 and "all 100" in section
+
+
+def test_a_recipe_without_shipped_weights_names_the_train_command(tmp_path):
+    unshipped = replace(GEMMA, weights_sha256=None)
     with pytest.raises(hp_mini.ModelNotAvailableError,
                        match=r"gemma3-llava: hp_mini ships no trained weights .*`python -m hp_mini train gemma3-llava"):
-        llava.load_llava("gemma3-llava")
+        llava.load_llava(unshipped)
     missing = tmp_path / "weights.safetensors"
     with pytest.raises(hp_mini.ModelNotAvailableError,
                        match=r"no trained weights at .*: train them with `python -m hp_mini train gemma3-llava --out"):
         llava.load_llava("gemma3-llava", missing)
-    assert "gemma3-llava" not in hp_mini.model_names()
     with pytest.raises(ValueError, match="unknown LLaVA 'gemma-llava'"):
         llava.load_llava("gemma-llava")
+
+
+def test_a_damaged_shipped_gemma_file_says_reinstall_through_load_model(tmp_path, monkeypatch):
+    copy = tmp_path / "weights.safetensors"
+    copy.write_bytes(GEMMA.weights_file.read_bytes()[:-100])  # truncated
+    monkeypatch.setattr(llava, "GEMMA3_RECIPE", replace(GEMMA, weights_file=copy))
+    with pytest.raises(hp_mini.ModelNotAvailableError, match="reinstall hp_mini"):
+        hp_mini.load_model("gemma3-llava")
+
+
+def test_gemma3_llava_is_a_registered_name_built_on_gemma():
+    assert "gemma3-llava" in hp_mini.model_names()
+    assert hp_mini.model.loading.base_model("gemma3-llava") == GEMMA.base_model == "gemma3-270m"
 
 
 def test_smollm2_weights_are_refused_as_gemma_weights():
@@ -145,3 +187,27 @@ def test_tiny_training_through_the_cli_writes_a_loadable_file(tmp_path, capsys):
     out.write_bytes(out.read_bytes()[:-1] + bytes([out.read_bytes()[-1] ^ 1]))
     with pytest.raises(hp_mini.ModelNotAvailableError, match="SHA-256 .* expected " + record["sha256"]):
         llava.load_llava("gemma3-llava", out)
+
+
+# --------------------------------------------------------------------------- #
+# The shipped model (slow: loads Gemma-3-270M)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.slow
+def test_shipped_gemma_weights_load_by_name_and_answer_held_out_digits_and_scenes():
+    from hp_mini.vision import shapes
+
+    model, processor = hp_mini.load_model("gemma3-llava", progress=False)
+    assert type(model).__name__ == "LlavaForConditionalGeneration" and not model.training
+    assert llava.check_language_model(model, "gemma3-llava") == 237
+    test = digits.digits_dataset("test", per_class=2)  # 20 held-out digits, two of each
+    for task in ("name", "numeral"):
+        got = llava.ask(model, processor, test["image"], task)
+        right = sum(g == w for g, w in zip(got, llava.answers_of(task, test["label"])))
+        assert right >= 18, f"{task}: {right} of 20 right ({got})"
+    scene_list = shapes.scenes(4, seed=7)
+    got = llava.describe(model, processor, [shapes.render_scene(s) for s in scene_list])
+    assert llava.caption_accuracy(got, scene_list)["all"] >= 0.75, got
+    notice = (GEMMA.weights_file.parent / "NOTICE").read_text()
+    assert notice.strip() == hp_mini.GEMMA_TERMS_NOTICE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -67,18 +68,19 @@ def test_altered_weights_copy_gives_the_hash_error(tmp_path):
 def test_corrupted_shipped_file_gives_the_hash_error_through_load_model(tmp_path, monkeypatch):
     copy = tmp_path / "weights.safetensors"
     copy.write_bytes(llava.WEIGHTS_FILE.read_bytes()[:-100])  # truncated
-    monkeypatch.setattr(llava, "WEIGHTS_FILE", copy)
+    monkeypatch.setattr(llava, "SMOLLM2_RECIPE", replace(llava.SMOLLM2_RECIPE, weights_file=copy))
     with pytest.raises(hp_mini.ModelNotAvailableError, match="reinstall hp_mini"):
         hp_mini.load_model("smollm2-llava")
 
 
 def test_missing_weights_file_gives_a_clear_error(tmp_path, monkeypatch):
     missing = tmp_path / "gone" / "weights.safetensors"
-    monkeypatch.setattr(llava, "WEIGHTS_FILE", missing)
+    monkeypatch.setattr(llava, "SMOLLM2_RECIPE", replace(llava.SMOLLM2_RECIPE, weights_file=missing))
     with pytest.raises(hp_mini.ModelNotAvailableError, match="no trained weights at .*python -m hp_mini train"):
         hp_mini.load_model("smollm2-llava")
-    with pytest.raises(hp_mini.ModelNotAvailableError, match="no trained weights"):
+    with pytest.raises(hp_mini.ModelNotAvailableError, match="no trained weights") as info:
         llava.load_llava_smollm2(tmp_path / "other.safetensors")
+    assert "reinstall" not in str(info.value)  # a file of the user's, not the shipped one
 
 
 def test_file_that_is_not_safetensors_is_refused(tmp_path):

@@ -29,7 +29,7 @@ def test_importing_models_does_not_import_the_vision_package():
 
 def test_the_registry_names_every_model_and_resolves_the_vision_loaders_lazily():
     assert models.model_names() == ["smollm2-135m", "gemma3-270m", "shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip",
-                                    "smollm2-llava"]
+                                    "smollm2-llava", "gemma3-llava"]
     from hp_mini.vision.shapes_clip import load_shapes_clip
     from hp_mini.vision.vlm import load_shapes_vlm
 
@@ -81,7 +81,7 @@ def test_progress_reaches_a_loader_that_takes_it_and_spares_one_that_does_not(mo
     import importlib
     import inspect
 
-    for name in ("shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip", "smollm2-llava"):
+    for name in ("shapes-vlm", "shapes-clip", "digits-vlm", "digits-clip", "smollm2-llava", "gemma3-llava"):
         module = importlib.import_module(models.model_module(name))
         loaders = [f for f in vars(module).values() if inspect.isfunction(f) and f.__name__.startswith("load_")
                    and f.__module__ == module.__name__]
@@ -100,6 +100,22 @@ def test_progress_reaches_a_loader_that_takes_it_and_spares_one_that_does_not(mo
 def test_register_model_rejects_bad_input(name, loader, error, match):
     with pytest.raises(error, match=match):
         models.register_model(name, loader)
+
+
+def test_a_registered_model_declares_the_embedded_model_it_is_built_on(monkeypatch):
+    from hp_mini.vision import llava
+
+    assert [models.base_model(n) for n in models.model_names()] == [None] * 6 + ["smollm2-135m", "gemma3-270m"]
+    assert {r.name: r.base_model for r in llava.RECIPES.values()} == {
+        "smollm2-llava": "smollm2-135m", "gemma3-llava": "gemma3-270m"}
+    monkeypatch.setitem(models._LOADERS, "toy", None)
+    monkeypatch.setitem(models._BASES, "toy", None)
+    models.register_model("toy", "toy_models_for_test:load", base="gemma3-270m")
+    assert models.base_model("toy") == "gemma3-270m"
+    models.register_model("toy", "toy_models_for_test:load")
+    assert models.base_model("toy") is None
+    with pytest.raises(ValueError, match="base='shapes-vlm' is not an embedded model"):
+        models.register_model("toy", "toy_models_for_test:load", base="shapes-vlm")
 
 
 @pytest.mark.parametrize("name", ["./no/such/folder", "/no/such/model", "~/no-such-model-folder", "weights.gguf",

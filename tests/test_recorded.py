@@ -271,19 +271,19 @@ def test_agreement_rejects_bad_input(run):
 
 
 # --------------------------------------------------------------------------- #
-# The recorded run of benchmarks/vision_edits.py (smollm2-llava)
+# The recorded runs of benchmarks/vision_edits.py (smollm2-llava, gemma3-llava)
 # --------------------------------------------------------------------------- #
 
 
-@pytest.fixture(scope="module")
-def vision_run():
+@pytest.fixture(scope="module", params=["smollm2-llava", "gemma3-llava"])
+def vision_run(request):
     from hp_mini.experiments.recorded import load_vision_results
 
-    return load_vision_results("smollm2-llava")
+    return load_vision_results(request.param)
 
 
 def test_vision_run_is_recorded():
-    assert recorded_models("vision") == ["smollm2-llava"]
+    assert recorded_models("vision") == ["gemma3-llava", "smollm2-llava"]
     with pytest.raises(ValueError, match="kind must be one of"):
         recorded_models("audio")
 
@@ -304,7 +304,8 @@ def test_vision_edits_read_as_an_edit_table(vision_run):
     assert np.allclose(edited["normalised"], edited["value"] / edited["baseline"])
     summary = edit_summary(table)
     assert list(summary.index) == vision_run.meta["ks"]
-    assert (summary["random n"] == vision_run.meta["n_random"]).all()
+    distinct = vision_run.meta["experiments"]["mnist"]["random"]["-1"]["distinct_random"]
+    assert list(summary["random n"]) == [distinct[str(k)] for k in summary.index]
     with pytest.raises(ValueError, match="recorded \\(experiment, alpha\\)"):
         vision_run.edits("mnist", 5.0)
 
@@ -320,15 +321,25 @@ def test_vision_selection_and_outputs_validate(vision_run):
 
 
 def test_vision_random_sets_are_distinct(vision_run):
+    # every edited random set is a different set, n_random of them wherever that many exist
     mnist = vision_run.meta["experiments"]["mnist"]["random"]
-    assert all(n == vision_run.meta["n_random"] for a in mnist.values() for n in a["distinct_random"].values())
+    table = vision_run.table
+    for alpha, info in mnist.items():
+        for k, n in info["distinct_random"].items():
+            rows = table[(table["experiment"] == "mnist") & (table["method"] == "random") & (table["alpha"] == float(alpha))
+                         & (table["k"] == int(k)) & (table["metric"] == "accuracy")]
+            sets = [frozenset(h.split()) for h in rows["heads"]]
+            assert len(sets) == len(set(sets)) == n <= vision_run.meta["n_random"]
+    if vision_run.model == "smollm2-llava":  # 9 heads a layer: ten distinct sets at every k
+        assert all(n == vision_run.meta["n_random"] for a in mnist.values() for n in a["distinct_random"].values())
 
 
 def test_vision_accuracies_follow_from_the_recorded_answers(vision_run):
     from hp_mini.vision.digits import DIGIT_WORDS
 
     labels = vision_run.meta["experiments"]["mnist"]["labels"]
-    for method, alpha, k in (("unedited", None, None), ("SOMP", -1.0, 8), ("image readers", 0.0, 32)):
+    top = max(vision_run.meta["ks"])
+    for method, alpha, k in (("unedited", None, None), ("SOMP", -1.0, 8), ("image readers", 0.0, top)):
         answers = vision_run.outputs("mnist", method, alpha=alpha, k=k)
         accuracy = np.mean([a == DIGIT_WORDS[y] for a, y in zip(answers, labels)])
         rows = vision_run.table[(vision_run.table["experiment"] == "mnist") & (vision_run.table["method"] == method)

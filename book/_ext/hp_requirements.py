@@ -10,8 +10,9 @@
    ``importlib.resources.files`` (a string, or a module-level constant that holds one).
 3. **The models it passes to** ``load_model``: for each, its weight packages
    (``hp_mini.model.loading.MODEL_PACKAGES``) and, for a model hp_mini builds
-   (``hp_mini.model.loading.model_module``), what that module needs by 2. and the models it
-   loads itself. ``load_model()`` loads ``DEFAULT_MODEL``. A name held in a variable is read
+   (``hp_mini.model.loading.model_module``), what that module needs by 2., the embedded model
+   it is built on (``hp_mini.model.loading.base_model``) and the models that module loads by
+   a literal name. ``load_model()`` loads ``DEFAULT_MODEL``. A name held in a variable is read
    statically: the string literals assigned to that variable anywhere in the notebook (a
    list, tuple or set of them too), and for a loop variable, those of what it loops over
    (:func:`loaded_models`). A name that cannot be read this way is an error, so the install
@@ -353,7 +354,7 @@ def notebook_needs(sources: list[str], root: Path, *, where: str = "the notebook
     where : str
         Names the notebook in errors.
     """
-    from hp_mini.model.loading import DEFAULT_MODEL, EMBEDDED_MODELS, MODEL_PACKAGES, model_module
+    from hp_mini.model.loading import DEFAULT_MODEL, EMBEDDED_MODELS, MODEL_PACKAGES, base_model, model_module
 
     trees = python_cells(sources)
     imported = set().union(*(imported_modules(t) for t in trees))
@@ -373,6 +374,8 @@ def notebook_needs(sources: list[str], root: Path, *, where: str = "the notebook
                 seen_models.add(item)
                 if model_module(item):
                     hp_modules |= hp_mini_modules(root, {model_module(item)})
+                if base_model(item) and base_model(item) not in models:
+                    models.append(base_model(item))
 
     weight_of = {requirement_name(r): r for rs in MODEL_PACKAGES.values() for r in rs}
     embedded = {requirement_name(r) for n in EMBEDDED_MODELS for r in MODEL_PACKAGES.get(n, ())}

