@@ -77,3 +77,15 @@ def test_caption_evaluator_refuses_a_wrong_number_of_captions():
     evaluate = caption_evaluator(lambda: ["one"], ["one", "two"], ["one"])
     with pytest.raises(ValueError, match="1 captions for 2 references"):
         evaluate()
+
+
+def test_one_line_joins_white_space_cuts_long_captions_and_names_empty_ones():
+    from hp_mini.experiments.captioning import one_line
+
+    assert one_line("two  red\ncircles") == "two red circles"
+    assert one_line("a" * 60, width=10) == "a" * 9 + "\u2026" and len(one_line("b" * 60)) == 48
+    assert one_line("") == "(empty)" and one_line("\n\t ") == "(white space only)"
+    with pytest.raises(ValueError, match="width must be an int of 2 or more"):
+        one_line("x", width=1)
+    with pytest.raises(TypeError, match="caption must be a str"):
+        one_line(None)

@@ -28,9 +28,34 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-__all__ = ["caption_evaluator", "cider", "keyword_rate", "tokens"]
+__all__ = ["caption_evaluator", "cider", "keyword_rate", "one_line", "tokens"]
 
 _WORD = re.compile(r"[a-z0-9]+")
+
+
+def one_line(caption: str, width: int = 48) -> str:
+    r"""A caption as one line of at most ``width`` characters, for a table.
+
+    Runs of white space (newlines too) become one space; a longer text is cut
+    and ends with an ellipsis. An empty caption reads ``"(empty)"`` and one of
+    white space only ``"(white space only)"``, so that neither looks like a
+    missing cell.
+
+    Examples
+    --------
+    >>> one_line("two red\n\ncircles on the left", width=10)
+    'two red c…'
+    >>> one_line(" \n"), one_line("")
+    ('(white space only)', '(empty)')
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a str, got {type(caption).__name__}")
+    if not isinstance(width, int) or width < 2:
+        raise ValueError(f"width must be an int of 2 or more, got {width!r}")
+    text = " ".join(caption.split())
+    if not text:
+        return "(empty)" if not caption else "(white space only)"
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
 def tokens(caption: str) -> list[str]:
