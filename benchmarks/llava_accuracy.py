@@ -9,7 +9,8 @@ name ("seven") or numeral ("7"). Captions of ``--scenes`` held-out scenes
 
 With ``--record``, the figures go into the ``training.json`` beside the
 model's weights as ``"held_out"`` (with the data's licences), written whole or
-not at all; the weights and their SHA-256 are not touched::
+not at all, after the measurement; figures already there are replaced only with
+``--overwrite``. The weights and their SHA-256 are not touched::
 
     python benchmarks/llava_accuracy.py --model gemma3-llava --threads 2 --record
     python benchmarks/llava_accuracy.py --model smollm2-llava --digits 100 --scenes 10   # a quick look
@@ -71,9 +72,13 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--record", action="store_true",
                         help="write the figures into the training.json beside the shipped weights")
+    parser.add_argument("--overwrite", action="store_true", help="with --record: replace recorded figures")
     args = parser.parse_args(argv)
     if args.record and (args.digits is not None or args.scenes != 100):
         parser.error("--record measures every held-out digit and 100 scenes: leave out --digits and --scenes")
+    if args.record and not args.overwrite and "held_out" in llava.shipped_record(args.model):
+        parser.error(f"{llava.llava_recipe(args.model).record_file} already holds held-out figures: "
+                     "pass --overwrite to replace them")
     torch.set_num_threads(args.threads)
     start, load = time.perf_counter(), os.getloadavg()[0]
     model, processor = hp_mini.load_model(args.model, progress=False)
@@ -82,7 +87,7 @@ def main(argv=None) -> None:
     held["load_average_start"] = round(load, 2)
     print(json.dumps(held, indent=1))
     if args.record:
-        path = llava.llava_recipe(args.model).weights_file.with_name(llava.TRAINING_RECORD)
+        path = llava.llava_recipe(args.model).record_file
         write_record(path, held)
         print(f"wrote held_out into {path}")
 

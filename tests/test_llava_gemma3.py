@@ -14,7 +14,7 @@ import hp_mini
 from hp_mini.vision import digits, llava
 
 GEMMA = llava.GEMMA3_RECIPE
-SHIPPED_RECORD = GEMMA.weights_file.with_name(llava.TRAINING_RECORD)
+SHIPPED_RECORD = GEMMA.record_file
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +211,23 @@ def test_shipped_gemma_weights_load_by_name_and_answer_held_out_digits_and_scene
     assert llava.caption_accuracy(got, scene_list)["all"] >= 0.75, got
     notice = (GEMMA.weights_file.parent / "NOTICE").read_text()
     assert notice.strip() == hp_mini.GEMMA_TERMS_NOTICE
+
+
+def test_held_out_figures_already_recorded_are_not_replaced_without_overwrite():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "llava_accuracy.py"
+    before = SHIPPED_RECORD.read_bytes()
+    out = subprocess.run([sys.executable, str(script), "--model", "gemma3-llava", "--record"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "already holds held-out figures: pass --overwrite" in out.stderr
+    assert SHIPPED_RECORD.read_bytes() == before
+
+
+def test_a_missing_training_record_says_how_to_restore_it(tmp_path, monkeypatch):
+    assert llava.shipped_record("gemma3-llava")["sha256"] == GEMMA.weights_sha256
+    monkeypatch.setattr(llava, "RECIPES", {**llava.RECIPES, "gemma3-llava": replace(
+        GEMMA, weights_file=tmp_path / "weights.safetensors")})
+    with pytest.raises(hp_mini.ModelNotAvailableError, match="no readable training record .*reinstall hp_mini"):
+        llava.shipped_record("gemma3-llava")

@@ -17,7 +17,7 @@ import hp_mini
 from hp_mini.cli import main as cli_main
 from hp_mini.vision import digits, llava, shapes
 
-SHIPPED_RECORD = llava.WEIGHTS_FILE.with_name(llava.TRAINING_RECORD)
+SHIPPED_RECORD = llava.SMOLLM2_RECIPE.record_file
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,7 @@ __all__ = [
     "prompt",
     "read_weights",
     "save_trained",
+    "shipped_record",
     "scene_pixels",
     "train",
     "train_projector",
@@ -289,6 +290,11 @@ class LlavaRecipe:
     weights_sha256: str | None
     notice: str | None = None
     projector_scale: float | None = None
+
+    @property
+    def record_file(self) -> Path:
+        """The ``training.json`` beside :attr:`weights_file` (:data:`TRAINING_RECORD`)."""
+        return self.weights_file.with_name(TRAINING_RECORD)
 
     @property
     def retrain(self) -> str:
@@ -1270,6 +1276,26 @@ def load_llava(name: str | LlavaRecipe, weights: str | Path | None = None, *, sh
     recipe = llava_recipe(name)
     parts = _trained_parts(recipe, weights, sha256)
     return _assemble(recipe, parts, hp_mini.load_model(recipe.base_model, progress=progress), dtype, device)
+
+
+def shipped_record(name: str | LlavaRecipe) -> dict:
+    """The ``training.json`` that ships with a recipe's weights: settings, times, losses, held-out figures.
+
+    Raises
+    ------
+    hp_mini.ModelNotAvailableError
+        When no record ships for the recipe, or it is not JSON.
+    ValueError
+        When ``name`` is not a recipe.
+    """
+    recipe = llava_recipe(name)
+    try:
+        return json.loads(recipe.record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelNotAvailableError(
+            f"{recipe.name}: no readable training record at {recipe.record_file} ({err}); "
+            + _restore(recipe, recipe.weights_file, f"retrain with `{recipe.retrain}`")
+        ) from err
 
 
 def _trained_parts(recipe: LlavaRecipe, weights, sha256) -> tuple[Path, dict, dict]:
